@@ -198,3 +198,6 @@ func (s *Scalar) big() *big.Int {
 	b := s.Bytes()
 	return new(big.Int).SetBytes(b[:])
 }
+
+// Zeroize overwrites p (for secret points such as keys and shares).
+func (p *G1) Zeroize() { *p = G1{} }

@@ -157,3 +157,6 @@ func MulSecretG2(k *Scalar, p G2) G2 {
 	r.ScalarMult(&k.s, &a)
 	return g2FromCircl(r)
 }
+
+// Zeroize overwrites p (for secret points such as keys and shares).
+func (p *G2) Zeroize() { *p = G2{} }

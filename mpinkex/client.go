@@ -1,0 +1,309 @@
+package mpinkex
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/milagro-sc/milagro/pairing"
+)
+
+// ClientKey is a client identity with its whole key CS = s·H_A(id). It is
+// immutable and safe for concurrent use. It never holds G2 key material.
+type ClientKey struct {
+	id string
+	a  pairing.G1 // H_A(id), both library forms
+	cs pairing.G1 // secret
+
+	mu     sync.Mutex
+	bCache map[string]pairing.G2 // H_B(server_id), public
+}
+
+// NewClientKey wraps the whole client key CS for identity id.
+func NewClientKey(id string, cs pairing.G1) (*ClientKey, error) {
+	a, err := HashClientID(id)
+	if err != nil {
+		return nil, err
+	}
+	if cs.IsIdentity() {
+		return nil, fmt.Errorf("%w: client key is the identity", ErrConfig)
+	}
+	return &ClientKey{id: id, a: a.Cached(), cs: cs.Cached()}, nil
+}
+
+// NewClientKeyFromToken rebuilds CS = TOKEN + f·A from a stored token and the
+// factor (PIN or secret string) the user supplies. A wrong factor is not
+// detectable here: the server's check fails.
+func NewClientKeyFromToken(id string, token pairing.G1, factor string) (*ClientKey, error) {
+	cs, err := RebuildCS(token, id, factor)
+	if err != nil {
+		return nil, err
+	}
+	defer cs.Zeroize()
+	return NewClientKey(id, cs)
+}
+
+// ID returns the client identity.
+func (k *ClientKey) ID() string { return k.id }
+
+const maxBCache = 64
+
+// serverPoint returns H_B(id), cached: clients talk to few servers and the
+// hash costs more than a scalar multiplication.
+func (k *ClientKey) serverPoint(id string) (pairing.G2, error) {
+	k.mu.Lock()
+	b, ok := k.bCache[id]
+	k.mu.Unlock()
+	if ok {
+		return b, nil
+	}
+	b, err := HashServerID(id)
+	if err != nil {
+		return pairing.G2{}, err
+	}
+	b = b.Cached()
+	k.mu.Lock()
+	if k.bCache == nil || len(k.bCache) >= maxBCache {
+		k.bCache = make(map[string]pairing.G2)
+	}
+	k.bCache[id] = b
+	k.mu.Unlock()
+	return b, nil
+}
+
+// Permit is a whole time permit TP = s·H_T(id, Epoch).
+type Permit struct {
+	Epoch uint64
+	TP    pairing.G1
+}
+
+// ClientConfig configures the client side of the handshake.
+type ClientConfig struct {
+	// Key is the client's identity key. Required.
+	Key *ClientKey
+	// Permits are the time permits the client holds; it uses the one for the
+	// current epoch, else one for the adjacent epoch within Grace of the
+	// boundary, else none.
+	Permits []Permit
+	// ServerID is the identity asked for in Msg1; empty asks for the
+	// server's default.
+	ServerID string
+	// VerifyServerID decides whether the identity the server will prove
+	// (Msg2) is acceptable. If nil, it must equal ServerID, which must then
+	// be set. The client aborts before Msg3 otherwise.
+	VerifyServerID func(serverID string) error
+	// EpochLen, Grace and Now choose the permit (defaults as for the server).
+	EpochLen, Grace time.Duration
+	Now             func() time.Time
+	// Rand is the source of x and z (default crypto/rand.Reader).
+	Rand io.Reader
+	// StepTimeout bounds each read and write (default 10 s).
+	StepTimeout time.Duration
+
+	trace func(name string, v []byte)
+}
+
+func (cfg *ClientConfig) permit() (*Permit, error) {
+	if len(cfg.Permits) == 0 {
+		return nil, nil
+	}
+	now := time.Now
+	if cfg.Now != nil {
+		now = cfg.Now
+	}
+	epochLen, grace := cfg.EpochLen, cfg.Grace
+	if epochLen == 0 {
+		epochLen = DefaultEpochLen
+	}
+	if grace == 0 {
+		grace = DefaultGrace
+	} else if grace < 0 {
+		grace = 0
+	}
+	t := now()
+	cur, err := Epoch(t, epochLen)
+	if err != nil {
+		return nil, err
+	}
+	var near *Permit
+	for i := range cfg.Permits {
+		p := &cfg.Permits[i]
+		if p.Epoch == cur {
+			return p, nil
+		}
+		if ok, _ := AcceptEpoch(p.Epoch, t, epochLen, grace); ok {
+			near = p
+		}
+	}
+	return near, nil
+}
+
+// Client runs the client side of the handshake on rw. On success the server
+// has accepted (Msg4) and the result carries the PSK; the stream is
+// positioned right after Msg4.
+func Client(ctx context.Context, rw io.ReadWriter, cfg *ClientConfig) (*Result, error) {
+	st := newStepper(ctx, rw, cfg.StepTimeout)
+	defer st.close()
+	fail := func(step string, err error) (*Result, error) {
+		return nil, &Error{Role: "client", Step: step, Err: err}
+	}
+	key := cfg.Key
+	if key == nil {
+		return fail("config", fmt.Errorf("%w: no client key", ErrConfig))
+	}
+	if cfg.ServerID != "" {
+		if err := ValidateID(cfg.ServerID); err != nil {
+			return fail("config", fmt.Errorf("%w: server identity: %w", ErrConfig, err))
+		}
+	}
+	verify := cfg.VerifyServerID
+	if verify == nil {
+		if cfg.ServerID == "" {
+			return fail("config", fmt.Errorf("%w: set ServerID or VerifyServerID: the server's identity must be checked", ErrConfig))
+		}
+		want := cfg.ServerID
+		verify = func(id string) error {
+			if id != want {
+				return fmt.Errorf("want %q", want)
+			}
+			return nil
+		}
+	}
+	rnd := cfg.Rand
+	if rnd == nil {
+		rnd = rand.Reader
+	}
+	trace := cfg.trace
+	permit, err := cfg.permit()
+	if err != nil {
+		return fail("choose permit", err)
+	}
+
+	// A' and CS' = CS [+ TP].
+	aPrime, csPrime := key.a, key.cs
+	m1 := &Msg1{Layers: LayerDTLS, ClientID: key.id, ServerID: cfg.ServerID}
+	if permit != nil {
+		if permit.TP.IsIdentity() {
+			return fail("config", fmt.Errorf("%w: permit is the identity", ErrConfig))
+		}
+		at, err := HashPermit(key.id, permit.Epoch)
+		if err != nil {
+			return fail("hash permit", err)
+		}
+		aPrime = pairing.AddSecret(key.a, at).Cached()
+		csPrime = pairing.AddSecret(key.cs, permit.TP)
+		m1.Flags, m1.Epoch = FlagPermit, permit.Epoch
+	}
+	defer csPrime.Zeroize()
+
+	x, err := pairing.RandomScalar(rnd)
+	if err != nil {
+		return fail("draw x", err)
+	}
+	defer x.Zeroize()
+	z, err := pairing.RandomScalar(rnd)
+	if err != nil {
+		return fail("draw z", err)
+	}
+	defer z.Zeroize()
+	m1.UPrime = pairing.MulSecret(x, aPrime)
+	m1.R = pairing.MulSecret(z, key.a)
+	raw1 := m1.Marshal()
+	if err := st.write(raw1); err != nil {
+		return fail("write Msg1", err)
+	}
+
+	// Msg2.
+	raw2, err := st.read()
+	if err != nil {
+		return fail("read Msg2", err)
+	}
+	m, err := ParseMessage(raw2)
+	if err != nil {
+		return fail("parse Msg2", err)
+	}
+	var m2 *Msg2
+	switch v := m.(type) {
+	case *Msg2:
+		m2 = v
+	case *Alert:
+		return fail("read Msg2", &AlertError{Code: v.Code})
+	default:
+		return fail("parse Msg2", decodeErr("got %T, want Msg2", m))
+	}
+	if m2.Layer&m1.Layers == 0 {
+		return fail("check layer", fmt.Errorf("%w: server chose %#02x", ErrLayer, m2.Layer))
+	}
+	if err := verify(m2.ServerID); err != nil {
+		return fail("check server identity", fmt.Errorf("%w: server proves %q: %w", ErrServerID, m2.ServerID, err))
+	}
+	b, err := key.serverPoint(m2.ServerID)
+	if err != nil {
+		return fail("hash server identity", err)
+	}
+
+	// Msg3: V = −(x+y)·CS'.
+	var xy pairing.Scalar
+	xy.Add(x, m2.Y)
+	defer xy.Zeroize()
+	if xy.IsZero() {
+		return fail("compute V", fmt.Errorf("%w: x + y = 0", ErrAuth))
+	}
+	m3 := &Msg3{V: pairing.MulSecret(&xy, csPrime).Neg()}
+	raw3 := m3.Marshal()
+	if err := st.write(raw3); err != nil {
+		return fail("write Msg3", err)
+	}
+
+	// Keys: g = e(CS, B)^(z+h) = e((z+h)·CS, B), dh = x·W.
+	th := transcriptHash(raw1, raw2, raw3)
+	h := pairing.ReduceScalar(th[:])
+	var zh pairing.Scalar
+	zh.Add(z, h)
+	defer zh.Zeroize()
+	zcs := pairing.MulSecret(&zh, key.cs)
+	g := pairing.PairSecret(zcs, b)
+	zcs.Zeroize()
+	dh := pairing.MulSecret(x, m2.W)
+	if trace != nil {
+		trace("B", func() []byte { v := b.Bytes(); return v[:] }())
+		trace("th", th[:])
+		hb := h.Bytes()
+		trace("h", hb[:])
+	}
+	res := &Result{ClientID: key.id, ServerID: m2.ServerID, PermitUsed: permit != nil, Layer: m2.Layer}
+	if permit != nil {
+		res.Epoch = permit.Epoch
+	}
+	err = deriveResult(res, th, g, dh, trace)
+	g.Zeroize()
+	dh.Zeroize()
+	if err != nil {
+		return fail("derive key", err)
+	}
+
+	// Msg4.
+	raw4, err := st.read()
+	if err != nil {
+		res.Zeroize()
+		return fail("read Msg4", err)
+	}
+	m, err = ParseMessage(raw4)
+	if err != nil {
+		res.Zeroize()
+		return fail("parse Msg4", err)
+	}
+	switch v := m.(type) {
+	case *Msg4:
+		return res, nil
+	case *Alert:
+		res.Zeroize()
+		return fail("read Msg4", &AlertError{Code: v.Code})
+	default:
+		res.Zeroize()
+		return fail("parse Msg4", decodeErr("got %T, want Msg4", m))
+	}
+}

@@ -1,0 +1,86 @@
+package mpinkex
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+// DefaultStepTimeout bounds each read of a handshake when the config sets none.
+const DefaultStepTimeout = 10 * time.Second
+
+// deadliner is implemented by net.Conn and friends.
+type deadliner interface {
+	SetDeadline(t time.Time) error
+}
+
+// stepper runs the I/O of one handshake: per-step deadlines on connections
+// that support them, and cancellation by the context (which, like
+// crypto/tls's HandshakeContext, interrupts a blocked read by moving the
+// deadline into the past).
+type stepper struct {
+	ctx     context.Context
+	rw      io.ReadWriter
+	d       deadliner
+	timeout time.Duration
+	stop    func() bool
+}
+
+func newStepper(ctx context.Context, rw io.ReadWriter, timeout time.Duration) *stepper {
+	if timeout <= 0 {
+		timeout = DefaultStepTimeout
+	}
+	s := &stepper{ctx: ctx, rw: rw, timeout: timeout, stop: func() bool { return true }}
+	if d, ok := rw.(deadliner); ok {
+		s.d = d
+		s.stop = context.AfterFunc(ctx, func() { _ = d.SetDeadline(time.Unix(1, 0)) })
+	}
+	return s
+}
+
+// close releases the context watcher and clears the deadline.
+func (s *stepper) close() {
+	if s.stop() && s.d != nil {
+		_ = s.d.SetDeadline(time.Time{})
+	}
+}
+
+func (s *stepper) arm() error {
+	if err := s.ctx.Err(); err != nil {
+		return err
+	}
+	if s.d == nil {
+		return nil
+	}
+	t := time.Now().Add(s.timeout)
+	if dl, ok := s.ctx.Deadline(); ok && dl.Before(t) {
+		t = dl
+	}
+	return s.d.SetDeadline(t)
+}
+
+// wrap turns an I/O error into a context error when the context ended.
+func (s *stepper) wrap(err error) error {
+	if cerr := s.ctx.Err(); cerr != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%w (%w)", cerr, err)
+	}
+	return err
+}
+
+func (s *stepper) read() ([]byte, error) {
+	if err := s.arm(); err != nil {
+		return nil, err
+	}
+	b, err := ReadFrame(s.rw)
+	return b, s.wrap(err)
+}
+
+func (s *stepper) write(msg []byte) error {
+	if err := s.arm(); err != nil {
+		return err
+	}
+	return s.wrap(WriteFrame(s.rw, msg))
+}
