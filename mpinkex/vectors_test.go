@@ -39,8 +39,8 @@ type vectorCase struct {
 	Msg1, Msg2, Msg3    string         `json:"-"`
 	Th, H, G, DH, PRK   *string        `json:"-"`
 	PSK, PSKIdentity    *string        `json:"-"`
-	ServerG, ServerDH   *string        `json:"server_g"`
-	ServerPSK           *string        `json:"server_psk"`
+	ServerG, ServerDH   *string        `json:"-"`
+	ServerPSK           *string        `json:"-"`
 	Accept              bool           `json:"accept"`
 	Deviation           map[string]any `json:"deviation"`
 	raw                 map[string]json.RawMessage
@@ -114,7 +114,7 @@ func loadCases(t *testing.T, path string) []*vectorCase {
 		c.Msg1, c.Msg2, c.Msg3 = c.str("msg1"), c.str("msg2"), c.str("msg3")
 		c.Th, c.H, c.G, c.DH, c.PRK = c.optStr("th"), c.optStr("h"), c.optStr("g"), c.optStr("dh"), c.optStr("prk")
 		c.PSK, c.PSKIdentity = c.optStr("psk"), c.optStr("psk_identity")
-		c.ServerDH = c.optStr("server_dh")
+		c.ServerG, c.ServerDH, c.ServerPSK = c.optStr("server_g"), c.optStr("server_dh"), c.optStr("server_psk")
 		c.CS, c.TP, c.SK, c.SS = c.str("CS"), c.str("TP"), c.str("SK"), c.str("SS")
 		if c.Name == "" {
 			c.Name = filepath.Base(path) + "#" + string(rune('0'+i))
@@ -165,9 +165,8 @@ func eq(t *testing.T, what, got, want string) {
 // each side put on the wire.
 type recorder struct {
 	net.Conn
-	mu       sync.Mutex
-	out, in  bytes.Buffer
-	dropRead bool
+	mu      sync.Mutex
+	out, in bytes.Buffer
 }
 
 func (r *recorder) Write(b []byte) (int, error) {
@@ -224,7 +223,9 @@ func (l *traceLog) get(k string) string {
 // knownDeviations are the deviations a real Client can be configured to
 // reproduce; for any other kind the case's own wire messages are replayed to
 // the real Server.
-var knownDeviations = map[string]bool{"wrong_factor": true, "missing_client_share": true, "wrong_epoch_permit": true}
+var knownDeviations = map[string]bool{
+	"wrong_factor": true, "missing_client_share": true, "wrong_epoch_permit": true, "wrong_server_key": true,
+}
 
 func TestVectors(t *testing.T) {
 	n := 0
@@ -385,7 +386,11 @@ func runVector(t *testing.T, c *vectorCase) {
 		}
 		ccfg.Permits = []Permit{{Epoch: *c.Epoch, TP: tp}}
 	}
-	sk, err := NewServerKey(c.ServerID, SS, SK)
+	serverSK := SK
+	if v := devStr(c, "server_SK"); v != "" {
+		serverSK = mustG2(t, "deviation server_SK", v)
+	}
+	sk, err := NewServerKey(c.ServerID, SS, serverSK)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +402,8 @@ func runVector(t *testing.T, c *vectorCase) {
 		Rand:      bytes.NewReader(append(unhex(t, "y", c.Y), unhex(t, "w", c.W)...)),
 		trace:     strace.hook,
 	}
-	cres, cerr, sres, serr, rec := runPair(t, ccfg, scfg)
+	run := runPair(t, ccfg, scfg)
+	cres, cerr, sres, serr, rec := run.cres, run.cerr, run.sres, run.serr, run.rec
 
 	out, in := frames(t, rec.out.Bytes()), frames(t, rec.in.Bytes())
 	if len(out) != 2 || len(in) != 2 {
@@ -509,7 +515,13 @@ func vectorNow(c *vectorCase) time.Time {
 
 // runPair runs Client and Server against each other over a synchronous
 // in-memory connection and records the client's side of the wire.
-func runPair(t *testing.T, ccfg *ClientConfig, scfg *ServerConfig) (*Result, error, *Result, error, *recorder) {
+type pairRun struct {
+	cres, sres *Result
+	cerr, serr error
+	rec        *recorder
+}
+
+func runPair(t *testing.T, ccfg *ClientConfig, scfg *ServerConfig) pairRun {
 	t.Helper()
 	cc, sc := net.Pipe()
 	rec := &recorder{Conn: cc}
@@ -526,7 +538,7 @@ func runPair(t *testing.T, ccfg *ClientConfig, scfg *ServerConfig) (*Result, err
 	cres, cerr := Client(ctx, rec, ccfg)
 	cc.Close()
 	<-done
-	return cres, cerr, sres, serr, rec
+	return pairRun{cres: cres, cerr: cerr, sres: sres, serr: serr, rec: rec}
 }
 
 // replayVector sends the case's msg1 and msg3 to the real Server and checks
