@@ -521,7 +521,7 @@ type pairRun struct {
 	rec        *recorder
 }
 
-func runPair(t *testing.T, ccfg *ClientConfig, scfg *ServerConfig) pairRun {
+func runPair(t testing.TB, ccfg *ClientConfig, scfg *ServerConfig) pairRun {
 	t.Helper()
 	cc, sc := net.Pipe()
 	rec := &recorder{Conn: cc}

@@ -50,16 +50,7 @@ func (p G1) ct() cb.G1 {
 	case p.hasC:
 		return p.c
 	case p.hasG:
-		var q cb.G1
-		if p.g.IsInfinity() {
-			q.SetIdentity()
-			return q
-		}
-		raw := p.g.RawBytes()
-		if err := q.SetBytes(raw[:]); err != nil {
-			panic("pairing: gnark-crypto to circl G1 conversion: " + err.Error())
-		}
-		return q
+		return g1ToCircl(&p.g)
 	default:
 		var q cb.G1
 		q.SetIdentity()

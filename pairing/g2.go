@@ -46,16 +46,7 @@ func (p G2) ct() cb.G2 {
 	case p.hasC:
 		return p.c
 	case p.hasG:
-		var q cb.G2
-		if p.g.IsInfinity() {
-			q.SetIdentity()
-			return q
-		}
-		raw := p.g.RawBytes()
-		if err := q.SetBytes(raw[:]); err != nil {
-			panic("pairing: gnark-crypto to circl G2 conversion: " + err.Error())
-		}
-		return q
+		return g2ToCircl(&p.g)
 	default:
 		var q cb.G2
 		q.SetIdentity()

@@ -3,7 +3,6 @@ package pairing
 import (
 	"fmt"
 
-	cb "github.com/cloudflare/circl/ecc/bls12381"
 	gb "github.com/consensys/gnark-crypto/ecc/bls12-381"
 )
 
@@ -24,9 +23,11 @@ func EncodeToG1(msg, dst []byte) (G1, error) {
 	if err := checkDST(dst); err != nil {
 		return G1{}, err
 	}
-	var p cb.G1
-	p.Encode(msg, dst)
-	return g1FromCircl(p), nil
+	p, err := gb.EncodeToG1(msg, dst)
+	if err != nil {
+		return G1{}, fmt.Errorf("pairing: encode to G1: %w", err)
+	}
+	return g1FromGnark(p), nil
 }
 
 // HashToG1 is RFC 9380 hash_to_curve for suite
@@ -35,9 +36,11 @@ func HashToG1(msg, dst []byte) (G1, error) {
 	if err := checkDST(dst); err != nil {
 		return G1{}, err
 	}
-	var p cb.G1
-	p.Hash(msg, dst)
-	return g1FromCircl(p), nil
+	p, err := gb.HashToG1(msg, dst)
+	if err != nil {
+		return G1{}, fmt.Errorf("pairing: hash to G1: %w", err)
+	}
+	return g1FromGnark(p), nil
 }
 
 // HashToG2 is RFC 9380 hash_to_curve for suite
