@@ -93,4 +93,3 @@ func BenchmarkFloorClient(b *testing.B) {
 		_ = cb.Pair(&out, &bq)
 	}
 }
-
