@@ -282,6 +282,11 @@ func checkVersion(r *reader) error {
 func ReadFrame(r io.Reader) ([]byte, error) {
 	var h [2]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			// One byte then the end: a short read (§5), unlike a clean
+			// end of stream between frames.
+			return nil, fmt.Errorf("%w: frame header truncated (%w)", ErrDecode, err)
+		}
 		return nil, fmt.Errorf("read frame header: %w", err)
 	}
 	n := int(binary.BigEndian.Uint16(h[:]))

@@ -64,7 +64,16 @@ func (s *stepper) arm() error {
 
 // wrap turns an I/O error into a context error when the context ended.
 func (s *stepper) wrap(err error) error {
-	if cerr := s.ctx.Err(); cerr != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	cerr := s.ctx.Err()
+	if dl, ok := s.ctx.Deadline(); cerr == nil && ok && !time.Now().Before(dl) {
+		// arm used the context's deadline as the connection's, and the
+		// connection's timer may fire before the context's own.
+		cerr = context.DeadlineExceeded
+	}
+	if cerr != nil {
 		return fmt.Errorf("%w (%w)", cerr, err)
 	}
 	return err

@@ -22,31 +22,38 @@
 // The split:
 //
 //   - Every multiplication or exponentiation by a secret scalar (MulSecret,
-//     GT.ExpSecret) and every addition of secret points (AddSecret) runs in
-//     circl, whose scalar multiplication uses a fixed window with
-//     constant-time table lookups and complete formulas over fiat-crypto field
-//     arithmetic.
-//   - Decoding of received points, public scalar multiplications (MulPublic),
-//     hashing to G2 and pairings with public inputs run in gnark-crypto.
+//     MulSecretG2, GT.ExpSecret) and every addition of secret points
+//     (AddSecret, AddSecretG2) runs in circl, whose scalar multiplication uses
+//     a fixed 4-bit window with constant-time table lookups and complete
+//     formulas over fiat-crypto field arithmetic.
+//   - Hashing to G1 and G2, decoding of received points, public scalar
+//     multiplications (MulPublic) and additions (AddPublic), and pairings with
+//     public inputs run in gnark-crypto.
 //   - Pairings whose G2 argument is a long-lived secret (the server's SS and
-//     SK) use gnark-crypto's precomputed lines (PrepareG2). gnark-crypto makes
-//     no constant-time promise; on amd64 its field multiplication reduces with
-//     CMOV, and its Miller loop with fixed lines branches only on the public
-//     loop counter, but the final exponentiation inverts the Miller-loop value
-//     with a variable-time binary GCD. PairPrepared and CheckPrepared therefore
-//     multiply that value by a fresh random non-zero element of Fp6, which the
-//     final exponentiation maps to 1 (its exponent is a multiple of p⁶−1), so
-//     the inversion only ever sees a uniformly random value. Line
-//     precomputation itself (once per key load) is variable time.
-//   - Pairings with a secret G1 argument (the client's e(CS, B)) use circl
-//     (PairSecret).
-//   - encode_to_curve to G1 runs in circl, because the hashed points A and AT
-//     are then multiplied by secret scalars: converting a circl point to gnark
-//     form costs one field inversion (~25 µs), while the other way round
-//     re-runs circl's subgroup check (~114 µs).
+//     SK) use gnark-crypto's precomputed lines (PrepareG2, PairPrepared,
+//     CheckPrepared). gnark-crypto makes no constant-time promise; on amd64 its
+//     field multiplication reduces with CMOV and its fixed-argument Miller loop
+//     branches only on the public loop counter, but the final exponentiation
+//     inverts the Miller-loop value with a variable-time binary GCD. So the
+//     Miller-loop value is first multiplied by a fresh random non-zero element
+//     of Fp6, which the final exponentiation maps to 1 (its exponent is a
+//     multiple of p⁶−1): the inversion only ever sees a uniformly random
+//     value. Line precomputation itself (once per key load) is variable time.
+//     MillerLoopFixedQ scales the lines it is given in place, so every call
+//     works on a copy (the prepared lines are shared between goroutines).
+//   - Pairings with a secret G1 argument (the client's e((z+h)·CS, B)) use
+//     circl (PairSecret).
 //
-// Points carry whichever library representation they were made in and convert
-// on demand; Cached returns a point holding both, for values used repeatedly.
-// Conversions never repeat a subgroup check for values computed here, except
-// gnark→circl, which circl's API only offers with the check.
+// Points carry whichever library form they were made in and convert on
+// demand; Cached returns a point holding both, for values used repeatedly.
+// circl→gnark goes through circl's uncompressed encoding (one constant-time
+// inversion, ~25 µs). gnark→circl copies the Montgomery limbs (convert.go):
+// circl's only public constructor, SetBytes, would re-run its ~110 µs
+// subgroup check on points this package has already checked or computed; the
+// copy is verified against SetBytes at start-up and falls back to it if a
+// library update ever changes either layout.
+//
+// With this split the server side of a handshake costs about 1.02–1.05× the
+// bare library calls it cannot avoid (mpinkex BenchmarkHandshakeServer against
+// BenchmarkFloorServer here, in one run).
 package pairing

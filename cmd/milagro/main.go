@@ -1,0 +1,171 @@
+// Command milagro is the certificate-less secure channel: D-TA service,
+// key fetcher and (in later releases) the server and client sidecars.
+// This file only parses flags and wires packages together.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"sort"
+	"strings"
+
+	"github.com/rs/zerolog"
+)
+
+// usageError makes main exit 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+type command struct {
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) error
+}
+
+var commands = map[string]command{
+	"version":      {"print the version", runVersion},
+	"dta init":     {"create a D-TA: master share and signing key", runDTAInit},
+	"dta serve":    {"serve the D-TA issuance API", runDTAServe},
+	"dta info":     {"print this D-TA's entry for domain.json", runDTAInfo},
+	"domain build": {"write domain.json from D-TA folders and URLs", runDomainBuild},
+	"keys fetch":   {"fetch key shares from every D-TA and write the key directory", runKeysFetch},
+	"keys check":   {"verify key directories with an in-process handshake", runKeysCheck},
+	"keys show":    {"describe a key directory (no secrets)", runKeysShow},
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	name, rest := "", args
+	for _, n := range []int{2, 1} {
+		if len(args) >= n {
+			if _, ok := commands[strings.Join(args[:n], " ")]; ok {
+				name, rest = strings.Join(args[:n], " "), args[n:]
+				break
+			}
+		}
+	}
+	if name == "" {
+		if len(args) > 0 && args[0] != "help" && args[0] != "-h" && args[0] != "--help" {
+			fmt.Fprintf(stderr, "milagro: unknown command %q\n\n", strings.Join(args, " "))
+			printUsage(stderr)
+			return 2
+		}
+		printUsage(stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	err := commands[name].run(rest, stdout, stderr)
+	var ue *usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "milagro %s: %v\n(see 'milagro %s -h')\n", name, err, name)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "milagro %s: %v\n", name, err)
+		return 1
+	}
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprintln(w, "usage: milagro <command> [flags]\n\ncommands:")
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-14s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintln(w, "\nRun 'milagro <command> -h' for its flags.")
+}
+
+func runVersion(args []string, stdout, _ io.Writer) error {
+	v := "(devel)"
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		v = bi.Main.Version
+	}
+	fmt.Fprintf(stdout, "milagro %s (mpinkex v1)\n", v)
+	return nil
+}
+
+// newFlags makes a flag set that reports errors instead of exiting.
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("milagro "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parse parses flags, mapping errors to usage errors and rejecting
+// positional arguments beyond max.
+func parse(fs *flag.FlagSet, args []string, maxPositional int) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return &usageError{err.Error()}
+	}
+	if fs.NArg() > maxPositional {
+		return usagef("unexpected arguments: %s", strings.Join(fs.Args()[maxPositional:], " "))
+	}
+	return nil
+}
+
+// envDefault returns $MILAGRO_<NAME> or def.
+func envDefault(name, def string) string {
+	if v, ok := os.LookupEnv("MILAGRO_" + name); ok {
+		return v
+	}
+	return def
+}
+
+func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
+	lv, err := zerolog.ParseLevel(level)
+	if err != nil {
+		return zerolog.Nop(), usagef("--log-level %q: %v", level, err)
+	}
+	var out io.Writer = w
+	switch format {
+	case "json":
+	case "console":
+		out = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05"}
+	default:
+		return zerolog.Nop(), usagef("--log-format %q: want json or console", format)
+	}
+	return zerolog.New(out).Level(lv).With().Timestamp().Logger(), nil
+}
+
+// readSecretFile reads a one-line secret (token, passphrase, factor),
+// refusing files that others may read, and trims one trailing newline.
+func readSecretFile(path, what string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("%s file: %w", what, err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("%s file %s has mode %04o: it must not be group/world-accessible (chmod 600)", what, path, fi.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%s file: %w", what, err)
+	}
+	s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if s == "" {
+		return "", fmt.Errorf("%s file %s is empty", what, path)
+	}
+	return s, nil
+}
