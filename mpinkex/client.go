@@ -146,7 +146,7 @@ func (cfg *ClientConfig) permit() (*Permit, error) {
 // positioned right after Msg4.
 func Client(ctx context.Context, rw io.ReadWriter, cfg *ClientConfig) (*Result, error) {
 	st := newStepper(ctx, rw, cfg.StepTimeout)
-	defer st.close()
+	defer func() { _ = st.close() }()
 	fail := func(step string, err error) (*Result, error) {
 		return nil, &Error{Role: "client", Step: step, Err: err}
 	}
@@ -298,6 +298,10 @@ func Client(ctx context.Context, rw io.ReadWriter, cfg *ClientConfig) (*Result, 
 	}
 	switch v := m.(type) {
 	case *Msg4:
+		if err := st.close(); err != nil {
+			res.Zeroize()
+			return fail("finish", err)
+		}
 		return res, nil
 	case *Alert:
 		res.Zeroize()

@@ -27,6 +27,9 @@ type stepper struct {
 	d       deadliner
 	timeout time.Duration
 	stop    func() bool
+
+	closed   bool
+	closeErr error
 }
 
 func newStepper(ctx context.Context, rw io.ReadWriter, timeout time.Duration) *stepper {
@@ -41,11 +44,23 @@ func newStepper(ctx context.Context, rw io.ReadWriter, timeout time.Duration) *s
 	return s
 }
 
-// close releases the context watcher and clears the deadline.
-func (s *stepper) close() {
-	if s.stop() && s.d != nil {
-		_ = s.d.SetDeadline(time.Time{})
+// close releases the context watcher and clears the deadline. It returns
+// the context's error if the watcher had already fired (the connection's
+// deadline is then in the past and the handshake must not be reported as a
+// success, as in crypto/tls). It is idempotent.
+func (s *stepper) close() error {
+	if s.closed {
+		return s.closeErr
 	}
+	s.closed = true
+	if s.stop() {
+		if s.d != nil {
+			_ = s.d.SetDeadline(time.Time{})
+		}
+		return nil
+	}
+	s.closeErr = s.ctx.Err()
+	return s.closeErr
 }
 
 func (s *stepper) arm() error {

@@ -76,7 +76,7 @@ var gen2 = pairing.PrepareG2(pairing.G2Generator())
 // returned *Error says which step failed, never on the wire.
 func Server(ctx context.Context, rw io.ReadWriter, cfg *ServerConfig) (*Result, error) {
 	st := newStepper(ctx, rw, cfg.StepTimeout)
-	defer st.close()
+	defer func() { _ = st.close() }()
 	fail := func(step string, err error, send bool) (*Result, error) {
 		e := &Error{Role: "server", Step: step, Err: err}
 		if send {
@@ -246,6 +246,10 @@ func Server(ctx context.Context, rw io.ReadWriter, cfg *ServerConfig) (*Result, 
 	if err := st.write((&Msg4{}).Marshal()); err != nil {
 		res.Zeroize()
 		return fail("write Msg4", err, false)
+	}
+	if err := st.close(); err != nil {
+		res.Zeroize()
+		return fail("finish", err, false)
 	}
 	return res, nil
 }
