@@ -22,13 +22,17 @@
 // P is the exact JSON payload the D-TA signed (the reader never re-encodes
 // it): {"v": 1, "domain", "dta", "identity", "epoch_len", "issued_at",
 // "expires_at", "shares": [{"kind", "epoch" (permit only), "sha256"}]}.
+// P must be canonical: compact JSON with exactly these keys in this order,
+// times in RFC 3339 UTC with a "Z" (fractional seconds only if non-zero), as
+// Go's encoding/json writes the Payload type; anything else is refused, so no
+// two readers can see different content in the same signed bytes.
 // Each share is committed by the SHA-256 of its compressed point, so a
 // value can be withheld on disk (the client share when a token is used)
 // without breaking the signature, while every value present is bound to it.
 //
 // # Directory
 //
-// Written Kubernetes-style: files go into a new folder `..<timestamp>.<n>`
+// Written Kubernetes-style: files go into a new folder `..gen-<timestamp>.<random>`
 // (mode 0700, files 0600, fsynced), the `..data` symlink is replaced
 // atomically by a rename, top-level symlinks `name → ..data/name` are
 // created, and the previous folder is removed. A reader resolves `..data`

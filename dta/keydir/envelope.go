@@ -121,6 +121,9 @@ func Seal(key ed25519.PrivateKey, meta Payload, shares []ShareValue) (*Envelope,
 		if s.Kind != KindPermit && s.Epoch != 0 {
 			return nil, fmt.Errorf("seal: %s share with an epoch", s.Kind)
 		}
+		if (s.Kind == KindServer || s.Kind == KindDomain) && s.G2.IsIdentity() || (s.Kind == KindClient || s.Kind == KindPermit) && s.G1.IsIdentity() {
+			return nil, fmt.Errorf("seal: %s share is the identity", s.Kind)
+		}
 		b := s.bytes()
 		sum := sha256.Sum256(b)
 		ref := ShareRef{Kind: s.Kind, Epoch: s.Epoch, SHA256: hex.EncodeToString(sum[:])}
@@ -214,6 +217,12 @@ func (e *Envelope) Open(pub ed25519.PublicKey, opt OpenOptions) (*Opened, error)
 	p := &o.Payload
 	if err := checkPayload(p); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	// The payload must be exactly what Seal produces (json.Marshal of the
+	// decoded value), so that no two parsers can read different content
+	// from the same signed bytes (duplicate or case-folded keys, escapes).
+	if canon, err := json.Marshal(p); err != nil || !bytes.Equal(canon, e.Payload) {
+		return nil, fmt.Errorf("%w: payload is not in canonical form", ErrMalformed)
 	}
 	used := map[string]bool{}
 	for _, ref := range p.Shares {
