@@ -28,6 +28,9 @@ const maxPatternLen = mpinkex.MaxIDLen
 //   - control characters (NUL included), Unicode white space, and invisible
 //     formatting characters (category Cf: bidirectional overrides,
 //     zero-width joiners, ...);
+//   - U+FFFD, the replacement character: JSON decoding turns invalid UTF-8
+//     and unpaired surrogate escapes into it, so many different requests
+//     would otherwise name one identity;
 //   - '*', reserved for identity patterns, and '\', a path separator for
 //     some consumers;
 //   - "%2f", "%2e", "%5c" and "%00" in any case: percent-encoded '/', '.',
@@ -78,6 +81,8 @@ func checkShape(s string, pattern bool) error {
 			return fmt.Errorf("contains the control character %U at byte %d", r, i)
 		case unicode.IsSpace(r):
 			return fmt.Errorf("contains the white-space character %U at byte %d", r, i)
+		case r == utf8.RuneError:
+			return fmt.Errorf("contains U+FFFD, the replacement character of invalid UTF-8, at byte %d", i)
 		case unicode.Is(unicode.Cf, r):
 			return fmt.Errorf("contains the invisible formatting character %U at byte %d", r, i)
 		case r == '\\':

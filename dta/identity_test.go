@@ -28,6 +28,7 @@ func TestValidateIssuableIdentity(t *testing.T) {
 		{long + "a", "1..255 bytes"},
 		{"", "1..255 bytes"},
 		{"a\xffb", "UTF-8"},
+		{"a\ufffdb", "U+FFFD"},
 		{"a\x00b", "NUL"},
 		{"a\nb", "control character"},
 		{"a\tb", "control character"},
