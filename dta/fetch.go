@@ -120,6 +120,18 @@ func Fetch(ctx context.Context, opt FetchOptions) (*FetchResult, error) {
 			return nil, fmt.Errorf("fetch keys for %q: permits for epochs %v, asked for %v: nothing written", opt.Identity, got, body.Epochs)
 		}
 	}
+	// Every D-TA issued the same kinds (Assemble); they must be the kinds
+	// asked for, so that a set lacking a share never replaces a working one.
+	has := map[keydir.Kind]bool{
+		keydir.KindClient: set.CS != nil, keydir.KindPermit: len(set.Permits) > 0,
+		keydir.KindServer: set.SK != nil, keydir.KindDomain: set.SS != nil,
+	}
+	for _, k := range []keydir.Kind{keydir.KindClient, keydir.KindPermit, keydir.KindServer, keydir.KindDomain} {
+		if has[k] != slices.Contains(opt.Kinds, k) {
+			return nil, fmt.Errorf("fetch keys for %q: the D-TAs' envelopes %s the %s share, asked for %v: nothing written",
+				opt.Identity, map[bool]string{true: "hold", false: "lack"}[has[k]], k, opt.Kinds)
+		}
+	}
 	out := map[string][]byte{keydir.DomainFile: opt.Domain.Marshal()}
 	for id, b := range files {
 		out[keydir.EnvelopeFile(id)] = b
@@ -202,7 +214,7 @@ func (opt *FetchOptions) fetchOne(ctx context.Context, t keydir.DTA, body []byte
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
 			msg = e.Error
 		}
-		return nil, &DTAError{DTA: t.ID, Status: resp.StatusCode, Err: errors.New(truncate(msg, 300))}
+		return nil, &DTAError{DTA: t.ID, Status: resp.StatusCode, Err: errors.New(printable(truncate(msg, 300)))}
 	}
 	if len(b) > keydir.MaxEnvelopeSize {
 		return nil, &DTAError{DTA: t.ID, Status: resp.StatusCode, Err: errors.New("answer too large")}
@@ -272,4 +284,15 @@ func renewIn(s *keydir.Set, now time.Time) time.Duration {
 		d += rand.N(d/10 + 1)
 	}
 	return max(d, time.Second)
+}
+
+// printable replaces control characters in text from a remote server, so
+// that it cannot drive the operator's terminal.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return '?'
+		}
+		return r
+	}, s)
 }

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -126,6 +128,7 @@ func (s *Service) authenticate(w http.ResponseWriter, r *http.Request, event str
 	}
 	if !ok {
 		if !s.limiter("ip:"+ip, 30).Allow() {
+			w.Header().Set("Retry-After", "2")
 			writeError(w, http.StatusTooManyRequests, "too many requests")
 			return nil, false
 		}
@@ -136,7 +139,11 @@ func (s *Service) authenticate(w http.ResponseWriter, r *http.Request, event str
 	}
 	if !s.limiter(req.Name, req.RatePerMinute).Allow() {
 		s.record(AuditEvent{Event: "refuse", Requester: req.Name, Result: "rate limited", Status: http.StatusTooManyRequests, Reason: event, Remote: ip})
-		w.Header().Set("Retry-After", "1")
+		per := req.RatePerMinute
+		if per <= 0 {
+			per = DefaultRatePerMinute
+		}
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, (60+per-1)/per)))
 		writeError(w, http.StatusTooManyRequests, "rate limit exceeded")
 		return nil, false
 	}
@@ -152,7 +159,13 @@ func (s *Service) limiter(key string, perMinute int) *rate.Limiter {
 	l, ok := s.limiters[key]
 	if !ok {
 		if len(s.limiters) > 10000 {
-			s.limiters = map[string]*rate.Limiter{}
+			// Forget per-address limiters only: a spray of addresses must
+			// not reset the requesters' limits.
+			for k := range s.limiters {
+				if strings.HasPrefix(k, "ip:") {
+					delete(s.limiters, k)
+				}
+			}
 		}
 		burst := max(perMinute/6, 5)
 		l = rate.NewLimiter(rate.Limit(float64(perMinute)/60), burst)
@@ -271,7 +284,13 @@ func (s *Service) revoke(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) revocations(w http.ResponseWriter, r *http.Request) {
-	if _, ok := s.authenticate(w, r, "revocations"); !ok {
+	req, ok := s.authenticate(w, r, "revocations")
+	if !ok {
+		return
+	}
+	if !req.Admin {
+		s.record(AuditEvent{Event: "refuse", Requester: req.Name, Result: "forbidden", Status: http.StatusForbidden, Reason: "revocations: requester is not an admin", Remote: remoteIP(r)})
+		writeError(w, http.StatusForbidden, "only admin requesters may list revocations")
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"revocations": s.revs.List()})
@@ -292,8 +311,10 @@ func withTime(e AuditEvent, t time.Time) AuditEvent {
 
 // decodeBody reads a bounded JSON body strictly.
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) (int, error) {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return http.StatusUnsupportedMediaType, fmt.Errorf("content type %q: send application/json", ct)
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			return http.StatusUnsupportedMediaType, fmt.Errorf("content type %q: send application/json", truncate(ct, 100))
+		}
 	}
 	body := http.MaxBytesReader(w, r.Body, MaxBodySize)
 	dec := json.NewDecoder(body)
