@@ -37,6 +37,8 @@ var commands = map[string]command{
 	"keys fetch":   {"fetch key shares from every D-TA and write the key directory", runKeysFetch},
 	"keys check":   {"verify key directories with an in-process handshake", runKeysCheck},
 	"keys show":    {"describe a key directory (no secrets)", runKeysShow},
+	"server":       {"accept secure sessions and forward streams to a plaintext backend", runServer},
+	"client":       {"carry plaintext connections to a server sidecar over secure sessions", runClient},
 }
 
 func main() {

@@ -1,0 +1,65 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+)
+
+// ParseAddr splits a listen or target address: "unix:PATH" is a Unix socket,
+// anything else is "HOST:PORT" over TCP.
+func ParseAddr(addr string) (network, address string, err error) {
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if p == "" {
+			return "", "", errors.New("unix: address without a path")
+		}
+		return "unix", p, nil
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return "", "", fmt.Errorf("address %q: want HOST:PORT or unix:PATH: %w", addr, err)
+	}
+	return "tcp", addr, nil
+}
+
+// IsLoopback reports whether addr only reaches this host: a Unix socket, or
+// a TCP address whose host is a loopback IP or "localhost".
+func IsLoopback(addr string) bool {
+	network, a, err := ParseAddr(addr)
+	if err != nil {
+		return false
+	}
+	if network == "unix" {
+		return true
+	}
+	host, _, _ := net.SplitHostPort(a)
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Listen opens a listener for addr. A stale Unix socket file left by a
+// previous run is removed first (only if nothing accepts on it).
+func Listen(addr string) (net.Listener, error) {
+	network, a, err := ParseAddr(addr)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		if c, err := net.Dial("unix", a); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("listen %s: another process is accepting on it", addr)
+		}
+		if fi, err := os.Lstat(a); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			os.Remove(a)
+		}
+	}
+	ln, err := net.Listen(network, a)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return ln, nil
+}

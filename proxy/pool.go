@@ -1,0 +1,229 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/milagro-sc/milagro/psk"
+)
+
+// SessionDialer builds a new secure session to one upstream: TCP dial,
+// mpinkex handshake, DTLS and yamux. The sidecar supplies it, with the keys
+// in force at the time of the call.
+type SessionDialer func(ctx context.Context) (*psk.Session, error)
+
+// PoolOptions tunes a Pool.
+type PoolOptions struct {
+	// MaxStreamsPerSession: a new session is built when every session
+	// carries this many streams (default 256).
+	MaxStreamsPerSession int
+	// MaxSessions bounds the sessions to one upstream (default 8).
+	MaxSessions int
+	// MinBackoff and MaxBackoff bound the wait after a failed dial during
+	// which Open fails at once with the last error (defaults 200 ms, 30 s).
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// ErrUpstreamDown is wrapped by Open while the pool backs off after failed
+// session dials.
+var ErrUpstreamDown = errors.New("upstream unavailable")
+
+// Pool keeps secure sessions to one upstream for the client side: app
+// connections become streams on an established session; a new session is
+// built only when none is usable; failed sessions are dropped and redialled
+// with backoff.
+type Pool struct {
+	dial SessionDialer
+	opt  PoolOptions
+
+	mu       sync.Mutex
+	sessions []*psk.Session
+	dialing  chan struct{} // closed when the dial in flight ends
+	lastErr  error
+	failures int
+	retryAt  time.Time
+	closed   bool
+
+	stats PoolStats
+}
+
+// PoolStats are counters for observability.
+type PoolStats struct {
+	Dials, DialFailures, Opens, OpenFailures uint64
+	Sessions                                 int
+}
+
+// NewPool makes a pool; it dials nothing until the first Open.
+func NewPool(dial SessionDialer, opt PoolOptions) *Pool {
+	if opt.MaxStreamsPerSession <= 0 {
+		opt.MaxStreamsPerSession = 256
+	}
+	if opt.MaxSessions <= 0 {
+		opt.MaxSessions = 8
+	}
+	if opt.MinBackoff <= 0 {
+		opt.MinBackoff = 200 * time.Millisecond
+	}
+	if opt.MaxBackoff <= 0 {
+		opt.MaxBackoff = 30 * time.Second
+	}
+	return &Pool{dial: dial, opt: opt}
+}
+
+// Stats returns the pool's counters.
+func (p *Pool) Stats() PoolStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.stats
+	s.Sessions = len(p.sessions)
+	return s
+}
+
+// Open opens a stream to target on a usable session, building one if
+// needed. A stream that fails because its session died is retried once on
+// another session.
+func (p *Pool) Open(ctx context.Context, target string) (*psk.Stream, error) {
+	for attempt := 0; ; attempt++ {
+		s, err := p.session(ctx)
+		if err != nil {
+			p.count(func(st *PoolStats) { st.OpenFailures++ })
+			return nil, err
+		}
+		st, err := s.Open(ctx, target)
+		if err == nil {
+			p.count(func(st *PoolStats) { st.Opens++ })
+			return st, nil
+		}
+		var refused *psk.StreamRefusedError
+		if errors.As(err, &refused) || ctx.Err() != nil || attempt > 0 {
+			p.count(func(st *PoolStats) { st.OpenFailures++ })
+			return nil, err
+		}
+		if s.IsClosed() || errors.Is(err, psk.ErrSessionClosed) || errors.Is(err, psk.ErrTooManyStreams) {
+			p.drop(s)
+			continue
+		}
+		p.count(func(st *PoolStats) { st.OpenFailures++ })
+		return nil, err
+	}
+}
+
+func (p *Pool) count(f func(*PoolStats)) {
+	p.mu.Lock()
+	f(&p.stats)
+	p.mu.Unlock()
+}
+
+func (p *Pool) drop(s *psk.Session) {
+	p.mu.Lock()
+	for i, x := range p.sessions {
+		if x == s {
+			p.sessions = append(p.sessions[:i], p.sessions[i+1:]...)
+			break
+		}
+	}
+	p.mu.Unlock()
+	s.Close()
+}
+
+// session returns the least loaded live session with room, or dials one.
+func (p *Pool) session(ctx context.Context) (*psk.Session, error) {
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, errors.New("pool closed")
+		}
+		var best *psk.Session
+		live := p.sessions[:0]
+		for _, s := range p.sessions {
+			if s.IsClosed() {
+				continue
+			}
+			live = append(live, s)
+			if n := s.NumStreams(); n < p.opt.MaxStreamsPerSession && (best == nil || n < best.NumStreams()) {
+				best = s
+			}
+		}
+		p.sessions = live
+		if best != nil {
+			p.mu.Unlock()
+			return best, nil
+		}
+		if wait := p.dialing; wait != nil {
+			p.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		if len(p.sessions) >= p.opt.MaxSessions {
+			p.mu.Unlock()
+			return nil, fmt.Errorf("%w: all %d sessions carry %d streams", psk.ErrTooManyStreams, p.opt.MaxSessions, p.opt.MaxStreamsPerSession)
+		}
+		if now := time.Now(); now.Before(p.retryAt) {
+			err := fmt.Errorf("%w (retry in %s): %w", ErrUpstreamDown, p.retryAt.Sub(now).Round(time.Millisecond), p.lastErr)
+			p.mu.Unlock()
+			return nil, err
+		}
+		done := make(chan struct{})
+		p.dialing = done
+		p.stats.Dials++
+		p.mu.Unlock()
+
+		s, err := p.dial(ctx)
+
+		p.mu.Lock()
+		p.dialing = nil
+		close(done)
+		if err != nil {
+			p.stats.DialFailures++
+			p.lastErr = err
+			p.failures++
+			b := p.opt.MinBackoff << min(p.failures-1, 20)
+			b = min(b, p.opt.MaxBackoff)
+			p.retryAt = time.Now().Add(b/2 + rand.N(b/2+1))
+			p.mu.Unlock()
+			return nil, err
+		}
+		p.failures, p.lastErr, p.retryAt = 0, nil, time.Time{}
+		if p.closed {
+			p.mu.Unlock()
+			s.Close()
+			return nil, errors.New("pool closed")
+		}
+		p.sessions = append(p.sessions, s)
+		p.mu.Unlock()
+		return s, nil
+	}
+}
+
+// Close closes every session of the pool.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	p.closed = true
+	ss := p.sessions
+	p.sessions = nil
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, s := range ss {
+		wg.Go(func() { s.Close() })
+	}
+	wg.Wait()
+}
+
+// GoAway closes sessions gracefully: no new streams, existing ones go on.
+func (p *Pool) GoAway() {
+	p.mu.Lock()
+	ss := append([]*psk.Session(nil), p.sessions...)
+	p.mu.Unlock()
+	for _, s := range ss {
+		_ = s.GoAway()
+	}
+}

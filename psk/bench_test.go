@@ -1,0 +1,314 @@
+package psk
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"math/big"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pion/dtls/v2"
+
+	"github.com/milagro-sc/milagro/mpinkex"
+)
+
+const bulkChunk = 1 << 20
+
+// cpuTime is the process's user+system CPU time: client and server run in
+// this process, so CPU per operation is the whole cost of both ends, a
+// steadier figure than wall time on a small shared machine.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// sink accepts one stream, counts what it reads and reports the total.
+func sink(b *testing.B, srv *Session) <-chan int64 {
+	done := make(chan int64, 1)
+	go func() {
+		in, err := srv.Accept(context.Background())
+		if err != nil {
+			done <- -1
+			return
+		}
+		st, err := in.Accept()
+		if err != nil {
+			done <- -1
+			return
+		}
+		defer st.Close()
+		n, _ := io.Copy(io.Discard, st)
+		done <- n
+	}()
+	return done
+}
+
+// BenchmarkBulk is one stream's throughput through mpinkex+DTLS+yamux on
+// loopback.
+func BenchmarkBulk(b *testing.B) {
+	cli, srv := sessionPair(b, nil, nil)
+	done := sink(b, srv)
+	st, err := cli.Open(context.Background(), "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, bulkChunk)
+	_, _ = rand.Read(buf)
+	before := cli.Stats()
+	b.SetBytes(bulkChunk)
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	for range b.N {
+		if _, err := st.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	_ = st.CloseWrite()
+	if n := <-done; n != int64(b.N)*bulkChunk {
+		b.Fatalf("sink read %d bytes, want %d", n, int64(b.N)*bulkChunk)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+	after := cli.Stats()
+	b.ReportMetric(float64(after.RecordsOut-before.RecordsOut)/float64(b.N), "records/op")
+	b.ReportMetric(float64(after.TCPWrites-before.TCPWrites)/float64(b.N), "tcpwrites/op")
+	st.Close()
+}
+
+// rawDTLSPair runs mpinkex and the DTLS handshake only.
+func rawDTLSPair(b *testing.B) (cli, srv *dtls.Conn) {
+	d := sharedDomain(b)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	cfg, _ := (*Config)(nil).withDefaults()
+	ch := make(chan *dtls.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			ch <- nil
+			return
+		}
+		res, err := mpinkex.Server(context.Background(), c, &mpinkex.ServerConfig{Keys: []*mpinkex.ServerKey{d.sk}, Authorize: func(string) error { return nil }})
+		if err != nil {
+			ch <- nil
+			return
+		}
+		dc, _, err := handshakeDTLS(context.Background(), false, c, res, &cfg)
+		if err != nil {
+			ch <- nil
+			return
+		}
+		ch <- dc
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	res, err := mpinkex.Client(context.Background(), c, &mpinkex.ClientConfig{Key: d.ck, ServerID: testServerID})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cli, _, err = handshakeDTLS(context.Background(), true, c, res, &cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if srv = <-ch; srv == nil {
+		b.Fatal("server handshake failed")
+	}
+	b.Cleanup(func() {
+		cli.Close()
+		srv.Close()
+	})
+	return cli, srv
+}
+
+// BenchmarkBulkRawDTLS is pion's record layer alone over the record reader:
+// 8000-byte records, no yamux.
+func BenchmarkBulkRawDTLS(b *testing.B) {
+	cli, srv := rawDTLSPair(b)
+	total := make(chan int64, 1)
+	want := int64(b.N) * bulkChunk
+	go func() {
+		buf := make([]byte, maxRecordLen)
+		var n int64
+		for {
+			k, err := srv.Read(buf)
+			if err != nil {
+				total <- n
+				return
+			}
+			n += int64(k)
+			if n == want {
+				total <- n
+				return
+			}
+		}
+	}()
+	buf := make([]byte, bulkChunk)
+	_, _ = rand.Read(buf)
+	b.SetBytes(bulkChunk)
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	for range b.N {
+		for p := buf; len(p) > 0; {
+			k := min(len(p), MaxRecordPlaintext)
+			if _, err := cli.Write(p[:k]); err != nil {
+				b.Fatal(err)
+			}
+			p = p[k:]
+		}
+	}
+	if n := <-total; n != want {
+		b.Fatalf("read %d, want %d", n, want)
+	}
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+}
+
+// BenchmarkBulkTLS13 is crypto/tls 1.3 over loopback, for comparison.
+func BenchmarkBulkTLS13(b *testing.B) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"bench"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			done <- -1
+			return
+		}
+		defer c.Close()
+		n, _ := io.Copy(io.Discard, c)
+		done <- n
+	}()
+	pool := x509.NewCertPool()
+	leaf, _ := x509.ParseCertificate(der)
+	pool.AddCert(leaf)
+	c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: pool, ServerName: "bench", MinVersion: tls.VersionTLS13})
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, bulkChunk)
+	_, _ = rand.Read(buf)
+	b.SetBytes(bulkChunk)
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	for range b.N {
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	_ = c.CloseWrite()
+	if n := <-done; n != int64(b.N)*bulkChunk {
+		b.Fatalf("read %d", n)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+	c.Close()
+}
+
+// BenchmarkNewStream is Open (header and status) plus a 1-byte round trip
+// and Close on a warm session.
+func BenchmarkNewStream(b *testing.B) {
+	cli, srv := sessionPair(b, nil, nil)
+	wait := serveEcho(b, srv)
+	defer wait()
+	defer srv.Close()
+	one := []byte{42}
+	got := make([]byte, 1)
+	before := cli.Stats()
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	for range b.N {
+		st, err := cli.Open(context.Background(), "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := st.Write(one); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(st, got); err != nil {
+			b.Fatal(err)
+		}
+		st.Close()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+	after := cli.Stats()
+	b.ReportMetric(float64(after.RecordsOut-before.RecordsOut)/float64(b.N), "records/op")
+	b.ReportMetric(float64(after.TCPWrites-before.TCPWrites)/float64(b.N), "tcpwrites/op")
+}
+
+// BenchmarkSessionSetup is TCP connect, mpinkex, DTLS and yamux, both
+// sides, on loopback.
+func BenchmarkSessionSetup(b *testing.B) {
+	d := sharedDomain(b)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	scfg := &mpinkex.ServerConfig{Keys: []*mpinkex.ServerKey{d.sk}, Authorize: func(string) error { return nil }}
+	ccfg := &mpinkex.ClientConfig{Key: d.ck, ServerID: testServerID}
+	srvDone := make(chan error, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			res, err := mpinkex.Server(context.Background(), c, scfg)
+			if err != nil {
+				srvDone <- err
+				continue
+			}
+			s, err := Server(context.Background(), c, res, nil)
+			res.Zeroize()
+			if err == nil {
+				s.Close()
+			}
+			srvDone <- err
+		}
+	}()
+	b.ResetTimer()
+	for range b.N {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		res, err := mpinkex.Client(context.Background(), c, ccfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, err := Client(context.Background(), c, res, nil)
+		res.Zeroize()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := <-srvDone; err != nil {
+			b.Fatal(err)
+		}
+		s.Close()
+	}
+}

@@ -1,0 +1,45 @@
+// Package psk implements the record layer "dtls" of PROTOCOL.md §7. Its one
+// job: after an mpinkex handshake on a TCP connection, run a DTLS 1.2 PSK
+// session on the same stream (pion/dtls/v2) and a yamux session on top, and
+// return a Session that opens (client) or accepts (server) streams and
+// knows the peer's authenticated identity.
+//
+// It opens no sockets, reads no files and logs nothing: the caller dials or
+// accepts the TCP connection, runs mpinkex.Client or mpinkex.Server on it,
+// and hands the connection and the *mpinkex.Result to Client or Server.
+// Errors are returned, wrapped with context, and typed where callers
+// branch (see the Err* sentinels and the error types).
+//
+// # Layers
+//
+//	TCP ── mpinkex Msg1..Msg4 ── DTLS records ── yamux frames ── streams
+//
+// The DTLS layer uses exactly TLS_PSK_WITH_AES_128_GCM_SHA256 with the
+// extended master secret required, PSK identity Result.PSKIdentity and PSK
+// Result.PSK; the server accepts no other identity and sends no
+// HelloVerifyRequest (the TCP handshake proves reachability). The
+// handshake's Finished messages confirm that both sides derived the same
+// PSK, which only the holders of the client key and of the server identity
+// key can: a server holding another identity key passes mpinkex and fails
+// here, on both sides.
+//
+// pion/dtls is built for UDP. Over TCP this package adds a record reader
+// that hands pion exactly one whole record per Read (pion drops records
+// split across reads, and anything beyond its 8192-byte buffer), checks
+// that records arrive complete, well-formed and in sequence (DTLS, unlike
+// TLS, tolerates loss, replay and reordering, which over TCP can only be an
+// attack), and turns every record pion would silently discard into a fatal
+// error. Application data is written in records of at most
+// MaxRecordPlaintext (8000) bytes.
+//
+// # Streams
+//
+// The DTLS client is the yamux client and the only side that opens
+// streams. Each stream starts with a header from the client,
+// ver=01 | kind | str8 target, answered by one status byte from the server
+// before any data: 00 ok, 01 refused by policy, 02 target unreachable.
+// Open does both halves on the client; on the server Accept returns an
+// IncomingStream to Accept or Reject. Streams have yamux's per-stream flow
+// control; see Stream for exactly what half-close and close look like from
+// each side.
+package psk

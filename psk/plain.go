@@ -1,0 +1,167 @@
+package psk
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/pion/dtls/v2"
+)
+
+// closeGrace bounds the writes left when a session closes (close_notify,
+// or a writer blocked on a peer that stopped reading).
+const closeGrace = time.Second
+
+// plainConn is what yamux runs on: the DTLS connection with reads
+// buffered (pion returns one whole record per Read and fails a Read whose
+// buffer is smaller than the record) and writes split into records of at
+// most MaxRecordPlaintext bytes. The frame parsers follow yamux's frames
+// in both directions for the stream table. Reads happen on yamux's receive
+// goroutine, writes on its send goroutine; Close may come from anywhere.
+type plainConn struct {
+	dc  *dtls.Conn
+	rc  *recordConn
+	tab *streamTable
+
+	// setCause records why the session ended; the first cause wins.
+	setCause func(error)
+
+	rbuf []byte
+	r, w int
+	in   frameParser
+	rerr error
+
+	out  frameParser
+	pend []byte // start of an incomplete frame, not yet sent
+}
+
+func newPlainConn(dc *dtls.Conn, rc *recordConn, tab *streamTable, setCause func(error)) *plainConn {
+	return &plainConn{dc: dc, rc: rc, tab: tab, setCause: setCause, rbuf: make([]byte, maxRecordLen), pend: make([]byte, 0, MaxRecordPlaintext)}
+}
+
+func (c *plainConn) Read(p []byte) (int, error) {
+	if c.rerr != nil {
+		return 0, c.rerr
+	}
+	for c.r == c.w {
+		// Read straight into p when it can hold any record.
+		direct := len(p) >= len(c.rbuf)
+		buf := c.rbuf
+		if direct {
+			buf = p
+		}
+		n, err := c.dc.Read(buf)
+		if err != nil {
+			return 0, c.readFailed(err)
+		}
+		if n == 0 {
+			continue
+		}
+		if direct {
+			if err := c.in.feed(p[:n], c.tab.inbound); err != nil {
+				return 0, c.readFailed(err)
+			}
+			return n, nil
+		}
+		c.r, c.w = 0, n
+	}
+	n := copy(p, c.rbuf[c.r:c.w])
+	c.r += n
+	if err := c.in.feed(p[:n], c.tab.inbound); err != nil {
+		return 0, c.readFailed(err)
+	}
+	return n, nil
+}
+
+func (c *plainConn) readFailed(err error) error {
+	switch {
+	case c.rc.failure() != nil:
+		err = c.rc.failure()
+	case errors.Is(err, io.EOF):
+		err = ErrPeerClosed
+	case errors.Is(err, ErrProtocol):
+	case errors.Is(err, ErrBadRecord):
+		err = unwrapPion(err)
+	default:
+		err = fmt.Errorf("psk: session read: %w", unwrapPion(err))
+	}
+	c.rerr = err
+	c.setCause(err)
+	return err
+}
+
+// Write carries yamux's frames in DTLS records. yamux writes each frame
+// as two Writes, the 12-byte header and then the body; sent as they come,
+// every data frame would cost a 12-byte record (37 bytes of DTLS overhead,
+// one AEAD seal, one TCP write) before its body. Instead the bytes of a
+// frame are packed into records of up to MaxRecordPlaintext bytes and a
+// record is cut short only where a frame ends: a frame is useless to the
+// peer until it is complete, so holding back its incomplete start delays
+// nothing. The records of one Write go to the socket in as few TCP writes
+// as possible.
+func (c *plainConn) Write(b []byte) (int, error) {
+	_ = c.out.feed(b, c.tab.outbound) // outbound never fails
+	c.rc.beginBatch()
+	err := c.writeRecords(b)
+	if ferr := c.rc.endBatch(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		err = fmt.Errorf("psk: session write: %w", unwrapPion(err))
+		c.setCause(err)
+		return 0, err
+	}
+	return len(b), nil
+}
+
+func (c *plainConn) writeRecords(b []byte) error {
+	for len(b) > 0 {
+		if len(c.pend) == 0 && len(b) >= MaxRecordPlaintext {
+			if _, err := c.dc.Write(b[:MaxRecordPlaintext]); err != nil {
+				return err
+			}
+			b = b[MaxRecordPlaintext:]
+			continue
+		}
+		k := min(len(b), MaxRecordPlaintext-len(c.pend))
+		c.pend = append(c.pend, b[:k]...)
+		b = b[k:]
+		if len(c.pend) == MaxRecordPlaintext {
+			if err := c.flushPending(); err != nil {
+				return err
+			}
+		}
+	}
+	if c.out.atBoundary() {
+		return c.flushPending()
+	}
+	return nil
+}
+
+func (c *plainConn) flushPending() error {
+	if len(c.pend) == 0 {
+		return nil
+	}
+	_, err := c.dc.Write(c.pend)
+	c.pend = c.pend[:0]
+	return err
+}
+
+// Close sends close_notify (bounded by closeGrace) and closes the TCP
+// connection.
+func (c *plainConn) Close() error {
+	c.rc.beginClose(closeGrace)
+	err := c.dc.Close()
+	if cerr := c.rc.Conn.Close(); err == nil && cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+		err = cerr
+	}
+	if errors.Is(err, dtls.ErrConnClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (c *plainConn) LocalAddr() net.Addr  { return c.rc.LocalAddr() }
+func (c *plainConn) RemoteAddr() net.Addr { return c.rc.RemoteAddr() }

@@ -1,0 +1,392 @@
+package psk
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/dtls/v2/pkg/protocol/alert"
+)
+
+// DTLS record constants (RFC 6347 §4.1) and the limits pion/dtls v2 imposes.
+const (
+	recordHeaderLen = 13
+	// maxRecordLen is pion/dtls v2's receive buffer (inboundBufferSize):
+	// one read of the underlying connection, header included. pion
+	// silently drops whatever does not fit, so a longer record is a fatal
+	// error here.
+	maxRecordLen  = 8192
+	maxRecordBody = maxRecordLen - recordHeaderLen
+	// MaxRecordPlaintext is the most application data one record carries
+	// (PROTOCOL.md §7). With AES-128-GCM's 8-byte explicit nonce and 16-byte
+	// tag the record is 8037 bytes, inside pion's 8192-byte buffer.
+	MaxRecordPlaintext = 8000
+	gcmOverhead        = 8 + 16
+
+	readBufferSize = 64 << 10
+
+	ctChangeCipherSpec = 20
+	ctAlert            = 21
+	ctHandshake        = 22
+	ctApplicationData  = 23
+)
+
+func badRecord(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrBadRecord}, args...)...)
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// recordReader splits a TCP byte stream into DTLS records and hands out
+// exactly one whole record per call. It also enforces the order in which
+// pion/dtls (configured as in this package) sends records, which DTLS
+// itself does not: over UDP a receiver tolerates loss, duplication and
+// reordering, so pion silently drops records that are late, replayed or
+// from a future epoch. Over TCP none of that happens legitimately, so any
+// of it is an attack or a bug and is reported here instead:
+//
+//   - content type ∈ {change_cipher_spec, alert, handshake, application_data},
+//     version DTLS 1.2, non-empty, at most 8192 bytes with the header;
+//   - per epoch, sequence numbers 0, 1, 2, … without gaps;
+//   - epoch 0 (plaintext): handshake, alerts, one ChangeCipherSpec, no
+//     application data; nothing in epoch 0 after the ChangeCipherSpec, so a
+//     forged plaintext alert (say close_notify) cannot be injected later;
+//   - epoch 1 (encrypted): only after the ChangeCipherSpec; the first record
+//     is the Finished message, later ones only alerts and application data
+//     (no renegotiation, no retransmitted flights);
+//   - no other epoch.
+//
+// Timeouts are not sticky (a partial record stays buffered); every other
+// error is.
+type recordReader struct {
+	br  *bufio.Reader
+	err error
+
+	next  [2]uint64 // next expected sequence number per epoch
+	ccs   bool      // the peer's ChangeCipherSpec was read
+	enc   bool      // the peer's first encrypted record (Finished) was read
+	alert *AlertError
+	count atomic.Uint64
+}
+
+func newRecordReader(r io.Reader) *recordReader {
+	return &recordReader{br: bufio.NewReaderSize(r, readBufferSize)}
+}
+
+// recordHeader is a parsed DTLS record header.
+type recordHeader struct {
+	typ   byte
+	epoch uint16
+	seq   uint64
+	n     int // fragment length
+}
+
+func parseRecordHeader(h []byte) (recordHeader, error) {
+	rh := recordHeader{
+		typ:   h[0],
+		epoch: binary.BigEndian.Uint16(h[3:5]),
+		seq:   uint64(binary.BigEndian.Uint16(h[5:7]))<<32 | uint64(binary.BigEndian.Uint32(h[7:11])),
+		n:     int(binary.BigEndian.Uint16(h[11:13])),
+	}
+	switch rh.typ {
+	case ctChangeCipherSpec, ctAlert, ctHandshake, ctApplicationData:
+	default:
+		return rh, badRecord("unknown content type %d", rh.typ)
+	}
+	if h[1] != 0xfe || h[2] != 0xfd {
+		return rh, badRecord("version %d.%d, want DTLS 1.2 (254.253)", h[1], h[2])
+	}
+	if rh.n == 0 {
+		return rh, badRecord("empty %s record", typeName(rh.typ))
+	}
+	if rh.n > maxRecordBody {
+		return rh, badRecord("%s record of %d bytes exceeds the %d-byte DTLS receive buffer", typeName(rh.typ), recordHeaderLen+rh.n, maxRecordLen)
+	}
+	return rh, nil
+}
+
+func typeName(t byte) string {
+	switch t {
+	case ctChangeCipherSpec:
+		return "change_cipher_spec"
+	case ctAlert:
+		return "alert"
+	case ctHandshake:
+		return "handshake"
+	case ctApplicationData:
+		return "application_data"
+	}
+	return fmt.Sprintf("type-%d", t)
+}
+
+// check validates a header against the sequencing state without changing it.
+func (r *recordReader) check(h recordHeader) error {
+	name := typeName(h.typ)
+	switch h.epoch {
+	case 0:
+		switch {
+		case r.ccs:
+			return badRecord("plaintext %s record after the peer's ChangeCipherSpec", name)
+		case h.typ == ctApplicationData:
+			return badRecord("unencrypted application data")
+		case h.typ == ctChangeCipherSpec && h.n != 1:
+			return badRecord("change_cipher_spec of %d bytes", h.n)
+		case h.typ == ctAlert && h.n != 2:
+			return badRecord("plaintext alert of %d bytes", h.n)
+		}
+	case 1:
+		switch {
+		case !r.ccs:
+			return badRecord("encrypted %s record before the peer's ChangeCipherSpec", name)
+		case h.typ == ctChangeCipherSpec:
+			return badRecord("second change_cipher_spec")
+		case !r.enc && h.typ != ctHandshake:
+			return badRecord("first encrypted record is %s, want the Finished message", name)
+		case r.enc && h.typ == ctHandshake:
+			return badRecord("handshake record after Finished (renegotiation and retransmission are not used over TCP)")
+		case h.n < gcmOverhead:
+			return badRecord("encrypted record of %d bytes is shorter than the AES-GCM nonce and tag", h.n)
+		}
+	default:
+		return badRecord("epoch %d (only 0 and 1 exist without renegotiation)", h.epoch)
+	}
+	if want := r.next[h.epoch]; h.seq != want {
+		return badRecord("sequence number %d in epoch %d, want %d (a record was lost, replayed or reordered)", h.seq, h.epoch, want)
+	}
+	return nil
+}
+
+func (r *recordReader) commit(h recordHeader, body []byte) {
+	r.next[h.epoch]++
+	r.count.Add(1)
+	switch {
+	case h.typ == ctChangeCipherSpec:
+		r.ccs = true
+	case h.epoch == 1:
+		r.enc = true
+	case h.typ == ctAlert && len(body) == 2:
+		r.alert = &AlertError{Level: body[0], Description: body[1]}
+	}
+}
+
+// readRecord copies the next whole record into p (which must hold
+// maxRecordLen bytes) and returns its length.
+func (r *recordReader) readRecord(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	hb, err := r.br.Peek(recordHeaderLen)
+	if err != nil {
+		return 0, r.readFailed(err, len(hb), recordHeaderLen)
+	}
+	h, err := parseRecordHeader(hb)
+	if err == nil {
+		err = r.check(h)
+	}
+	if err != nil {
+		r.err = err
+		return 0, err
+	}
+	total := recordHeaderLen + h.n
+	if len(p) < total {
+		r.err = fmt.Errorf("psk: record reader: %d-byte read buffer for a %d-byte record: %w", len(p), total, io.ErrShortBuffer)
+		return 0, r.err
+	}
+	b, err := r.br.Peek(total)
+	if err != nil {
+		return 0, r.readFailed(err, len(b), total)
+	}
+	n := copy(p, b)
+	_, _ = r.br.Discard(total) // cannot fail: the bytes are buffered
+	r.commit(h, p[recordHeaderLen:n])
+	return n, nil
+}
+
+func (r *recordReader) readFailed(err error, got, want int) error {
+	switch {
+	case isTimeout(err):
+		return err // not sticky: the partial record stays buffered
+	case errors.Is(err, io.EOF) && got == 0:
+		r.err = io.EOF
+	case errors.Is(err, io.EOF):
+		r.err = fmt.Errorf("psk: connection closed inside a DTLS record (%d of %d bytes): %w", got, want, io.ErrUnexpectedEOF)
+	default:
+		r.err = err
+	}
+	return r.err
+}
+
+// recordConn is the net.Conn pion/dtls runs on: the TCP connection with
+// record-at-a-time reads. Writes pass through (pion writes whole records,
+// several per Write during the handshake), with a per-write deadline.
+type recordConn struct {
+	net.Conn
+	rr *recordReader
+
+	failMu  sync.Mutex
+	failErr error
+
+	closing      atomic.Bool
+	wmu          sync.Mutex
+	writeTimeout time.Duration
+	batching     bool
+	wbuf         []byte
+	outNext      [2]uint64 // next sequence number we send, per epoch
+	outEpoch     uint16
+
+	recordsOut, writesOut atomic.Uint64
+}
+
+func newRecordConn(c net.Conn, writeTimeout time.Duration) *recordConn {
+	return &recordConn{Conn: c, rr: newRecordReader(c), writeTimeout: writeTimeout}
+}
+
+// Read hands pion exactly one record.
+func (c *recordConn) Read(p []byte) (int, error) {
+	if err := c.failure(); err != nil {
+		return 0, err
+	}
+	n, err := c.rr.readRecord(p)
+	if err != nil {
+		if f := c.failure(); f != nil {
+			return 0, f
+		}
+		return 0, err
+	}
+	return n, nil
+}
+
+// fail makes every later Read return err and wakes a Read blocked on the
+// socket. It is how records pion discarded become fatal.
+func (c *recordConn) fail(err error) {
+	c.failMu.Lock()
+	if c.failErr == nil {
+		c.failErr = err
+	}
+	c.failMu.Unlock()
+	_ = c.Conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+func (c *recordConn) failure() error {
+	c.failMu.Lock()
+	defer c.failMu.Unlock()
+	return c.failErr
+}
+
+// peerAlert returns the last plaintext alert the peer sent, if any. Only
+// meaningful once reading has stopped (after a failed handshake).
+func (c *recordConn) peerAlert() *AlertError { return c.rr.alert }
+
+func (c *recordConn) Write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.trackOut(b)
+	if !c.batching {
+		return c.writeLocked(b)
+	}
+	if len(c.wbuf)+len(b) > batchSize {
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+	}
+	c.wbuf = append(c.wbuf, b...)
+	return len(b), nil
+}
+
+// batchSize is the most a batch holds before it goes to the socket.
+const batchSize = 64 << 10
+
+// beginBatch collects the records written until endBatch (by anyone: they
+// stay in order) into as few TCP writes as possible.
+func (c *recordConn) beginBatch() {
+	c.wmu.Lock()
+	c.batching = true
+	c.wmu.Unlock()
+}
+
+func (c *recordConn) endBatch() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.batching = false
+	return c.flushLocked()
+}
+
+func (c *recordConn) flushLocked() error {
+	if len(c.wbuf) == 0 {
+		return nil
+	}
+	_, err := c.writeLocked(c.wbuf)
+	c.wbuf = c.wbuf[:0]
+	return err
+}
+
+func (c *recordConn) writeLocked(b []byte) (int, error) {
+	if c.writeTimeout > 0 && !c.closing.Load() {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+	}
+	c.writesOut.Add(1)
+	return c.Conn.Write(b)
+}
+
+// trackOut follows the records pion writes: their count, and the epoch and
+// sequence number we are at (for sendPlainAlert).
+func (c *recordConn) trackOut(b []byte) {
+	for len(b) >= recordHeaderLen {
+		epoch := binary.BigEndian.Uint16(b[3:5])
+		seq := uint64(binary.BigEndian.Uint16(b[5:7]))<<32 | uint64(binary.BigEndian.Uint32(b[7:11]))
+		n := int(binary.BigEndian.Uint16(b[11:13]))
+		if epoch < 2 && seq+1 > c.outNext[epoch] {
+			c.outNext[epoch] = seq + 1
+		}
+		if epoch > c.outEpoch {
+			c.outEpoch = epoch
+		}
+		c.recordsOut.Add(1)
+		if len(b) < recordHeaderLen+n {
+			return
+		}
+		b = b[recordHeaderLen+n:]
+	}
+}
+
+// sendPlainAlert writes a fatal plaintext alert, possible only while we
+// have not switched to epoch 1. pion sends no alert when it drops a record
+// it cannot authenticate; without this the peer would only see the
+// connection close.
+func (c *recordConn) sendPlainAlert(desc alert.Description) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.outEpoch != 0 {
+		return errors.New("psk: cipher already changed, cannot send a plaintext alert")
+	}
+	seq := c.outNext[0]
+	c.outNext[0]++
+	rec := [recordHeaderLen + 2]byte{ctAlert, 0xfe, 0xfd, 0, 0}
+	binary.BigEndian.PutUint16(rec[5:7], uint16(seq>>32))
+	binary.BigEndian.PutUint32(rec[7:11], uint32(seq))
+	binary.BigEndian.PutUint16(rec[11:13], 2)
+	rec[13], rec[14] = byte(alert.Fatal), byte(desc)
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+	_, err := c.Conn.Write(rec[:])
+	return err
+}
+
+// beginClose bounds the remaining writes (close_notify, a writer blocked on
+// a peer that stopped reading) by grace.
+func (c *recordConn) beginClose(grace time.Duration) {
+	c.closing.Store(true)
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(grace))
+}

@@ -1,0 +1,600 @@
+package psk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/milagro-sc/milagro/mpinkex"
+)
+
+// Config tunes a session. The zero value (or nil) gives the defaults.
+type Config struct {
+	// HandshakeTimeout bounds the DTLS handshake, in addition to the
+	// context (default 10 s).
+	HandshakeTimeout time.Duration
+	// KeepAliveInterval is how often yamux pings the peer (default 30 s;
+	// negative disables keepalives). A ping unanswered within WriteTimeout
+	// closes the session.
+	KeepAliveInterval time.Duration
+	// WriteTimeout bounds every write to the TCP connection and the wait
+	// for a yamux frame to be sent (yamux ConnectionWriteTimeout); a peer
+	// that stops reading fails the session after it (default 10 s).
+	WriteTimeout time.Duration
+	// IdleTimeout closes the session after it has had no stream for this
+	// long (0: never).
+	IdleTimeout time.Duration
+	// HeaderTimeout bounds how long the server waits for a stream header
+	// (default 10 s).
+	HeaderTimeout time.Duration
+	// OpenTimeout bounds how long Open waits for the server's status byte,
+	// in addition to the context (default 30 s). It covers the server's
+	// dial to its target.
+	OpenTimeout time.Duration
+	// StreamCloseTimeout is how long a stream may stay half-closed by this
+	// side (after CloseWrite or Close) without the peer closing its side
+	// before yamux resets it (default 5 min, yamux's; negative: never).
+	// It is yamux v0.1.2's only way to reset a stream: it bounds what a
+	// peer that never finishes can hold (memory, and data it keeps sending
+	// after Close, which is discarded), and it also cuts off a legitimate
+	// transfer that outlasts it after this side's CloseWrite.
+	StreamCloseTimeout time.Duration
+	// AcceptBacklog bounds the streams opened but not yet accepted: on the
+	// client, streams waiting for the server's status (Open blocks beyond
+	// it); on the server, streams whose header is being read or that wait
+	// for Accept (yamux resets streams beyond it). Both sides should use
+	// the same value (default 256).
+	AcceptBacklog int
+	// MaxStreams bounds the streams a session carries at once: Open fails
+	// with ErrTooManyStreams and the server refuses streams beyond it
+	// (default 4096).
+	MaxStreams int
+	// StreamWindow is the per-stream flow-control window in bytes (default
+	// and minimum 256 KiB, yamux's).
+	StreamWindow uint32
+}
+
+const minStreamWindow = 256 << 10
+
+func (c *Config) withDefaults() (Config, error) {
+	var cfg Config
+	if c != nil {
+		cfg = *c
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&cfg.HandshakeTimeout, 10*time.Second)
+	def(&cfg.KeepAliveInterval, 30*time.Second)
+	def(&cfg.WriteTimeout, 10*time.Second)
+	def(&cfg.HeaderTimeout, 10*time.Second)
+	def(&cfg.OpenTimeout, 30*time.Second)
+	def(&cfg.StreamCloseTimeout, 5*time.Minute)
+	if cfg.AcceptBacklog == 0 {
+		cfg.AcceptBacklog = 256
+	}
+	if cfg.MaxStreams == 0 {
+		cfg.MaxStreams = 4096
+	}
+	if cfg.StreamWindow == 0 {
+		cfg.StreamWindow = minStreamWindow
+	}
+	switch {
+	case cfg.HandshakeTimeout < 0, cfg.WriteTimeout < 0, cfg.HeaderTimeout < 0, cfg.OpenTimeout < 0, cfg.IdleTimeout < 0:
+		return cfg, fmt.Errorf("%w: negative timeout", ErrConfig)
+	case cfg.AcceptBacklog < 0 || cfg.MaxStreams < 0:
+		return cfg, fmt.Errorf("%w: negative stream limit", ErrConfig)
+	case cfg.StreamWindow < minStreamWindow:
+		return cfg, fmt.Errorf("%w: stream window %d below yamux's minimum %d", ErrConfig, cfg.StreamWindow, minStreamWindow)
+	}
+	return cfg, nil
+}
+
+func (c *Config) yamux() *yamux.Config {
+	y := yamux.DefaultConfig()
+	y.AcceptBacklog = c.AcceptBacklog
+	y.EnableKeepAlive = c.KeepAliveInterval > 0
+	if y.EnableKeepAlive {
+		y.KeepAliveInterval = c.KeepAliveInterval
+	}
+	y.ConnectionWriteTimeout = c.WriteTimeout
+	y.MaxStreamWindowSize = c.StreamWindow
+	y.StreamOpenTimeout = 0 // Open waits for the status with its own bound
+	y.StreamCloseTimeout = max(c.StreamCloseTimeout, 0)
+	y.LogOutput = nil
+	y.Logger = log.New(io.Discard, "", 0)
+	return y
+}
+
+// Session is an authenticated, encrypted, multiplexed connection to one
+// peer: DTLS 1.2 PSK over the TCP connection, yamux over DTLS. The client
+// opens streams, the server accepts them. All methods are safe for
+// concurrent use.
+type Session struct {
+	client  bool
+	localID string
+	peerID  string
+	cfg     Config
+
+	raw net.Conn
+	rc  *recordConn
+	pc  *plainConn
+	mux *yamux.Session
+	tab *streamTable
+
+	openSem    chan struct{}   // client: streams waiting for a status
+	hdrSem     chan struct{}   // server: streams between yamux and Accept
+	incoming   chan acceptItem // server
+	acceptDone chan struct{}   // server: accept loop finished
+
+	goMu    sync.Mutex
+	closing bool
+	wg      sync.WaitGroup
+
+	closeOnce sync.Once
+	causeMu   sync.Mutex
+	cause     error
+
+	badStreams atomic.Uint64
+}
+
+type acceptItem struct {
+	in  *IncomingStream
+	err error
+}
+
+// Client runs the client side of PROTOCOL.md §7 on conn, which must be
+// positioned right after Msg4 of the mpinkex handshake that produced res
+// (mpinkex.Client reads no further). The DTLS client is the yamux client;
+// open streams with (*Session).Open.
+//
+// The session takes conn over: it is closed with the session, and on
+// error. res is only read (PSK, PSKIdentity, identities); the caller
+// should Zeroize it once Client returns. ctx bounds the handshake.
+func Client(ctx context.Context, conn net.Conn, res *mpinkex.Result, cfg *Config) (*Session, error) {
+	return newSession(ctx, true, conn, res, cfg)
+}
+
+// Server runs the server side of PROTOCOL.md §7 on conn, positioned right
+// after Msg4 (mpinkex.Server leaves it there). The DTLS server accepts only
+// res.PSKIdentity with res.PSK, and sends no HelloVerifyRequest. Accept
+// streams with (*Session).Accept. Ownership of conn and res as for Client.
+func Server(ctx context.Context, conn net.Conn, res *mpinkex.Result, cfg *Config) (*Session, error) {
+	return newSession(ctx, false, conn, res, cfg)
+}
+
+func newSession(ctx context.Context, client bool, conn net.Conn, res *mpinkex.Result, c *Config) (*Session, error) {
+	fail := func(err error) (*Session, error) {
+		if conn != nil {
+			_ = conn.Close()
+		}
+		return nil, err
+	}
+	switch {
+	case conn == nil:
+		return fail(fmt.Errorf("%w: nil connection", ErrConfig))
+	case res == nil:
+		return fail(fmt.Errorf("%w: nil handshake result", ErrConfig))
+	case res.Layer != mpinkex.LayerDTLS:
+		return fail(fmt.Errorf("%w: record layer %#02x, want dtls", ErrConfig, res.Layer))
+	case len(res.PSK) != mpinkex.PSKSize || res.PSKIdentity == "":
+		return fail(fmt.Errorf("%w: no PSK in the handshake result (zeroized?)", ErrConfig))
+	}
+	cfg, err := c.withDefaults()
+	if err != nil {
+		return fail(err)
+	}
+	dc, rc, err := handshakeDTLS(ctx, client, conn, res, &cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{client: client, cfg: cfg, raw: conn, rc: rc}
+	if client {
+		s.localID, s.peerID = res.ClientID, res.ServerID
+		s.openSem = make(chan struct{}, cfg.AcceptBacklog)
+	} else {
+		s.localID, s.peerID = res.ServerID, res.ClientID
+		s.hdrSem = make(chan struct{}, cfg.AcceptBacklog)
+		s.incoming = make(chan acceptItem)
+		s.acceptDone = make(chan struct{})
+	}
+	s.tab = newStreamTable(client, cfg.IdleTimeout, func() { _ = s.closeWith(ErrIdleTimeout) })
+	s.pc = newPlainConn(dc, rc, s.tab, s.setCause)
+	if client {
+		s.mux, err = yamux.Client(s.pc, cfg.yamux())
+	} else {
+		s.mux, err = yamux.Server(s.pc, cfg.yamux())
+	}
+	if err != nil {
+		_ = s.pc.Close()
+		return nil, fmt.Errorf("psk: yamux: %w", err)
+	}
+	if !client {
+		s.spawn(s.acceptLoop)
+	}
+	s.tab.startIdle()
+	return s, nil
+}
+
+// PeerID is the authenticated identity of the peer: the server identity
+// on a client session, the client identity on a server session.
+func (s *Session) PeerID() string { return s.peerID }
+
+// LocalID is this side's identity.
+func (s *Session) LocalID() string { return s.localID }
+
+// IsClient reports whether this is the client side.
+func (s *Session) IsClient() bool { return s.client }
+
+// NumStreams is the number of streams open in either direction, including
+// streams not yet accepted and streams half-closed by one side.
+func (s *Session) NumStreams() int { return s.tab.len() }
+
+// LocalAddr and RemoteAddr are the addresses of the TCP connection.
+func (s *Session) LocalAddr() net.Addr  { return s.raw.LocalAddr() }
+func (s *Session) RemoteAddr() net.Addr { return s.raw.RemoteAddr() }
+
+// Done is closed when the session has ended, for whatever reason.
+func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }
+
+// CloseChan is Done, under yamux's name.
+func (s *Session) CloseChan() <-chan struct{} { return s.mux.CloseChan() }
+
+// IsClosed reports whether the session has ended.
+func (s *Session) IsClosed() bool { return s.mux.IsClosed() }
+
+// Err returns nil while the session is open, then why it ended: an error
+// wrapping ErrSessionClosed and the cause (ErrPeerClosed, ErrIdleTimeout,
+// yamux.ErrKeepAliveTimeout, ErrBadRecord, ErrRecordRejected, an I/O
+// error…); exactly ErrSessionClosed after a local Close.
+func (s *Session) Err() error {
+	if !s.mux.IsClosed() {
+		return nil
+	}
+	if s.acceptDone != nil {
+		<-s.acceptDone
+	}
+	return s.closedErr()
+}
+
+// Ping sends a yamux ping and returns the round-trip time.
+func (s *Session) Ping() (time.Duration, error) {
+	d, err := s.mux.Ping()
+	if err != nil {
+		if errors.Is(err, yamux.ErrSessionShutdown) {
+			return 0, s.closedErr()
+		}
+		return 0, fmt.Errorf("psk: ping: %w", err)
+	}
+	return d, nil
+}
+
+// GoAway tells the peer to open no more streams (for a graceful drain);
+// streams already open continue. A client Open after the server's GoAway
+// fails with an error wrapping ErrSessionClosed and yamux.ErrRemoteGoAway.
+func (s *Session) GoAway() error {
+	if err := s.mux.GoAway(); err != nil {
+		if errors.Is(err, yamux.ErrSessionShutdown) {
+			return s.closedErr()
+		}
+		return fmt.Errorf("psk: go away: %w", err)
+	}
+	return nil
+}
+
+// Stats are counters for observability.
+type Stats struct {
+	RecordsIn  uint64 // DTLS records read
+	RecordsOut uint64 // DTLS records written
+	TCPWrites  uint64 // writes to the TCP connection
+	BadStreams uint64 // streams dropped before Accept (bad header, timeout, limit)
+	Streams    int    // NumStreams
+}
+
+// Stats returns the session's counters.
+func (s *Session) Stats() Stats {
+	return Stats{
+		RecordsIn:  s.rc.rr.count.Load(),
+		RecordsOut: s.rc.recordsOut.Load(),
+		TCPWrites:  s.rc.writesOut.Load(),
+		BadStreams: s.badStreams.Load(),
+		Streams:    s.tab.len(),
+	}
+}
+
+// Close ends the session and every stream (Reads return an error wrapping
+// ErrSessionClosed, not io.EOF, on streams the peer had not finished),
+// sends close_notify, closes the TCP connection and waits for the
+// session's goroutines. It returns once everything has stopped.
+func (s *Session) Close() error { return s.closeWith(ErrSessionClosed) }
+
+func (s *Session) closeWith(cause error) error {
+	s.setCause(cause)
+	s.closeOnce.Do(func() {
+		s.goMu.Lock()
+		s.closing = true
+		s.goMu.Unlock()
+		s.tab.stop()
+		_ = s.mux.Close() // closes plainConn: close_notify, TCP close
+		_ = s.raw.Close()
+		s.wg.Wait()
+	})
+	return nil
+}
+
+func (s *Session) setCause(err error) {
+	s.causeMu.Lock()
+	if s.cause == nil {
+		s.cause = err
+	}
+	s.causeMu.Unlock()
+}
+
+// closedErr is the error operations on a dead session return.
+func (s *Session) closedErr() error {
+	s.causeMu.Lock()
+	cause := s.cause
+	s.causeMu.Unlock()
+	if cause == nil && s.client && s.mux.IsClosed() {
+		// yamux ended on its own (keepalive, protocol error). A client
+		// accepts no streams, so AcceptStream just reports why.
+		if _, err := s.mux.AcceptStream(); err != nil {
+			cause = fmt.Errorf("psk: yamux: %w", err)
+			s.setCause(cause)
+		}
+	}
+	if cause == nil || cause == ErrSessionClosed {
+		return ErrSessionClosed
+	}
+	return fmt.Errorf("%w: %w", ErrSessionClosed, cause)
+}
+
+// spawn runs f on a goroutine the session owns: Close waits for it. It
+// returns false once the session is closing.
+func (s *Session) spawn(f func()) bool {
+	s.goMu.Lock()
+	defer s.goMu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// Open opens a stream to target (empty: the server's default target),
+// sends the stream header and waits for the server's status. Status 01 or
+// 02 gives a *StreamRefusedError. ctx bounds the whole open, as does
+// Config.OpenTimeout the wait for the status. Only the client opens.
+func (s *Session) Open(ctx context.Context, target string) (*Stream, error) {
+	if !s.client {
+		return nil, fmt.Errorf("%w: only the client side opens streams", ErrConfig)
+	}
+	hdr, err := appendStreamHeader(make([]byte, 0, 3+len(target)), target)
+	if err != nil {
+		return nil, err
+	}
+	if s.mux.IsClosed() {
+		return nil, s.closedErr()
+	}
+	if n := s.tab.len(); n >= s.cfg.MaxStreams {
+		return nil, fmt.Errorf("%w (%d)", ErrTooManyStreams, n)
+	}
+	select {
+	case s.openSem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.mux.CloseChan():
+		return nil, s.closedErr()
+	}
+	release := sync.OnceFunc(func() { <-s.openSem })
+	ys, err := s.mux.OpenStream()
+	if err != nil {
+		release()
+		switch {
+		case errors.Is(err, yamux.ErrSessionShutdown):
+			return nil, s.closedErr()
+		case errors.Is(err, yamux.ErrRemoteGoAway):
+			return nil, fmt.Errorf("%w: server is draining: %w", ErrSessionClosed, err)
+		}
+		return nil, fmt.Errorf("psk: open stream: %w", err)
+	}
+	st := s.wrap(ys)
+	fail := func(err error) (*Stream, error) {
+		_ = st.Close()
+		// Hold the slot until yamux forgets the stream, so that OpenStream
+		// never blocks on yamux's own limit of unacknowledged streams.
+		s.tab.whenGone(st.tr, release)
+		return nil, err
+	}
+	if _, err := ys.Write(hdr); err != nil {
+		return fail(st.writeErr(err))
+	}
+
+	deadline := time.Now().Add(s.cfg.OpenTimeout)
+	ctxBound := false
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline, ctxBound = d, true
+	}
+	_ = ys.SetReadDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = ys.SetReadDeadline(time.Unix(1, 0)) })
+	var b [1]byte
+	_, err = io.ReadFull(ys, b[:])
+	if !stop() {
+		return fail(fmt.Errorf("psk: open stream: %w", ctx.Err()))
+	}
+	_ = ys.SetReadDeadline(time.Time{})
+	if err != nil {
+		switch {
+		case errors.Is(err, yamux.ErrTimeout):
+			if ctxBound {
+				// The context's own timer may not have fired yet.
+				return fail(fmt.Errorf("psk: open stream: %w", context.DeadlineExceeded))
+			}
+			return fail(fmt.Errorf("psk: open stream: no status from the server within %v: %w", s.cfg.OpenTimeout, os.ErrDeadlineExceeded))
+		case errors.Is(err, io.EOF) && s.tab.finReceived(st.tr):
+			return fail(fmt.Errorf("%w: server closed the stream without a status", ErrBadStreamHeader))
+		}
+		return fail(st.readErr(err))
+	}
+	release()
+	switch status := Status(b[0]); status {
+	case StatusOK:
+		return st, nil
+	case StatusRefused, StatusUnreachable:
+		_ = st.Close()
+		return nil, &StreamRefusedError{Status: status, Target: target}
+	default:
+		return fail(fmt.Errorf("%w: unknown status %#02x", ErrBadStreamHeader, b[0]))
+	}
+}
+
+// IncomingStream is a stream whose header the server has read: decide
+// with Accept or Reject (exactly one of them must be called).
+type IncomingStream struct {
+	st       *Stream
+	kind     Kind
+	target   string
+	answered atomic.Bool
+}
+
+// Kind is KindDefault or KindNamed.
+func (in *IncomingStream) Kind() Kind { return in.kind }
+
+// Target is the named target ("" for KindDefault). It is whatever bytes the
+// client sent (1–255 of them): check it against policy before use.
+func (in *IncomingStream) Target() string { return in.target }
+
+// StreamID is the yamux stream ID.
+func (in *IncomingStream) StreamID() uint32 { return in.st.StreamID() }
+
+// Session returns the session carrying the stream.
+func (in *IncomingStream) Session() *Session { return in.st.s }
+
+// Accept sends status 00 and returns the stream for data.
+func (in *IncomingStream) Accept() (*Stream, error) {
+	if !in.answered.CompareAndSwap(false, true) {
+		return nil, fmt.Errorf("%w: stream %d already answered", ErrConfig, in.StreamID())
+	}
+	if _, err := in.st.Write([]byte{byte(StatusOK)}); err != nil {
+		_ = in.st.Close()
+		return nil, err
+	}
+	return in.st, nil
+}
+
+// Reject sends status (StatusRefused or StatusUnreachable) and closes the
+// stream.
+func (in *IncomingStream) Reject(status Status) error {
+	if status != StatusRefused && status != StatusUnreachable {
+		return fmt.Errorf("%w: reject with status %v", ErrConfig, status)
+	}
+	if !in.answered.CompareAndSwap(false, true) {
+		return fmt.Errorf("%w: stream %d already answered", ErrConfig, in.StreamID())
+	}
+	_, err := in.st.Write([]byte{byte(status)})
+	cerr := in.st.Close()
+	if err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Accept returns the next stream whose header has been read. A stream
+// dropped before it could be accepted (malformed header, header timeout,
+// stream limit) is returned as a *StreamError: the session stays usable,
+// call Accept again. Once the session has ended Accept returns an error
+// wrapping ErrSessionClosed. Only the server accepts.
+func (s *Session) Accept(ctx context.Context) (*IncomingStream, error) {
+	if s.client {
+		return nil, fmt.Errorf("%w: only the server side accepts streams", ErrConfig)
+	}
+	select {
+	case it := <-s.incoming:
+		return it.in, it.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.acceptDone:
+		return nil, s.closedErr()
+	}
+}
+
+// acceptLoop takes streams from yamux (which acknowledges them at once)
+// and reads each header on its own goroutine, so a slow header does not
+// hold up the others.
+func (s *Session) acceptLoop() {
+	defer close(s.acceptDone)
+	for {
+		ys, err := s.mux.AcceptStream()
+		if err != nil {
+			if !errors.Is(err, yamux.ErrSessionShutdown) {
+				s.setCause(fmt.Errorf("psk: yamux: %w", err))
+			}
+			return
+		}
+		select {
+		case s.hdrSem <- struct{}{}:
+		case <-s.mux.CloseChan():
+			_ = ys.Close()
+			return
+		}
+		if !s.spawn(func() { s.readHeader(ys) }) {
+			_ = ys.Close()
+			return
+		}
+	}
+}
+
+func (s *Session) readHeader(ys *yamux.Stream) {
+	defer func() { <-s.hdrSem }()
+	st := s.wrap(ys)
+	drop := func(err error) {
+		if s.mux.IsClosed() {
+			_ = st.Close()
+			return
+		}
+		s.badStreams.Add(1)
+		_ = st.Close()
+		s.deliver(acceptItem{err: &StreamError{StreamID: ys.StreamID(), Err: err}})
+	}
+	_ = ys.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+	kind, target, err := readStreamHeader(ys)
+	_ = ys.SetReadDeadline(time.Time{})
+	if err != nil {
+		if errors.Is(err, yamux.ErrTimeout) {
+			err = fmt.Errorf("%w: no complete header within %v", ErrBadStreamHeader, s.cfg.HeaderTimeout)
+		}
+		drop(err)
+		return
+	}
+	if n := s.tab.len(); n > s.cfg.MaxStreams {
+		_, _ = st.Write([]byte{byte(StatusRefused)})
+		drop(fmt.Errorf("%w (%d)", ErrTooManyStreams, n))
+		return
+	}
+	s.deliver(acceptItem{in: &IncomingStream{st: st, kind: kind, target: target}})
+}
+
+func (s *Session) deliver(it acceptItem) {
+	select {
+	case s.incoming <- it:
+	case <-s.mux.CloseChan():
+		if it.in != nil {
+			_ = it.in.st.Close()
+		}
+	}
+}

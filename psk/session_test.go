@@ -1,0 +1,724 @@
+package psk
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/gob"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/milagro-sc/milagro/mpinkex"
+)
+
+func openCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// echoRoundTrip writes n random bytes on a fresh stream, half-closes, and
+// checks that the echo has the same hash.
+func echoRoundTrip(t testing.TB, cli *Session, n int) {
+	t.Helper()
+	st, err := cli.Open(openCtx(t), "")
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer st.Close()
+	data := make([]byte, n)
+	_, _ = rand.Read(data)
+	want := sha256.Sum256(data)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := st.Write(data)
+		if err == nil {
+			err = st.CloseWrite()
+		}
+		werr <- err
+	}()
+	h := sha256.New()
+	got, err := io.Copy(h, st)
+	if err != nil {
+		t.Fatalf("read echo of %d bytes: %v after %d", n, err, got)
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("write %d bytes: %v", n, err)
+	}
+	if got != int64(n) || !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Fatalf("echo of %d bytes: got %d bytes, hash mismatch", n, got)
+	}
+}
+
+func TestDataIntegrity(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, nil)
+	wait := serveEcho(t, srv)
+	defer wait()
+	defer srv.Close()
+	sizes := []int{1, 7999, 8000, 8001, 1 << 20}
+	if !testing.Short() {
+		sizes = append(sizes, 64<<20)
+	}
+	for _, n := range sizes {
+		t.Run(fmt.Sprint(n), func(t *testing.T) { echoRoundTrip(t, cli, n) })
+	}
+	if cli.PeerID() != testServerID || srv.PeerID() != testClientID || cli.LocalID() != testClientID || srv.LocalID() != testServerID {
+		t.Errorf("identities: client %q→%q, server %q→%q", cli.LocalID(), cli.PeerID(), srv.LocalID(), srv.PeerID())
+	}
+	st := cli.Stats()
+	if st.RecordsOut == 0 || st.RecordsIn == 0 {
+		t.Errorf("stats: %+v", st)
+	}
+	waitFor(t, "streams to finish", func() bool { return cli.NumStreams() == 0 && srv.NumStreams() == 0 })
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestManyStreams(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, nil)
+	wait := serveEcho(t, srv)
+	defer wait()
+	defer srv.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := 1000 + i*997
+			st, err := cli.Open(context.Background(), "")
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer st.Close()
+			data := make([]byte, n)
+			_, _ = rand.Read(data)
+			go func() {
+				_, _ = st.Write(data)
+				_ = st.CloseWrite()
+			}()
+			got, err := io.ReadAll(st)
+			if err != nil {
+				errs <- err
+				return
+			}
+			if !bytes.Equal(got, data) {
+				errs <- fmt.Errorf("stream %d: echo differs (%d vs %d bytes)", i, len(got), n)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+func TestNegotiatedState(t *testing.T) {
+	cli, srv := sessionPair(t, nil, nil)
+	for _, s := range []*Session{cli, srv} {
+		st := s.pc.dc.ConnectionState()
+		b, err := st.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// dtls.State serialises with gob; decode the fields we check.
+		var got struct {
+			CipherSuiteID uint16
+			IdentityHint  []byte
+			IsClient      bool
+		}
+		if err := gob.NewDecoder(bytes.NewReader(b)).Decode(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got.CipherSuiteID != 0x00a8 || got.IsClient != s.client {
+			t.Errorf("%v: cipher suite %#04x, client %v", s.client, got.CipherSuiteID, got.IsClient)
+		}
+	}
+	if got := string(srv.pc.dc.ConnectionState().IdentityHint); len(got) != 32 {
+		t.Errorf("server bound to identity %q", got)
+	}
+}
+
+func TestHalfClose(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, nil)
+	type result struct {
+		req []byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		in, err := srv.Accept(context.Background())
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		st, err := in.Accept()
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer st.Close()
+		req, err := io.ReadAll(st) // until the client's FIN
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		// The client's write side is closed; ours is not.
+		for _, part := range []string{"response ", "after ", "EOF"} {
+			time.Sleep(10 * time.Millisecond)
+			if _, err := st.Write([]byte(part)); err != nil {
+				done <- result{err: err}
+				return
+			}
+		}
+		done <- result{req: req, err: st.CloseWrite()}
+	}()
+	st, err := cli.Open(openCtx(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Write([]byte("request")); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("write after CloseWrite: %v, want net.ErrClosed", err)
+	}
+	resp, err := io.ReadAll(st)
+	if err != nil {
+		t.Fatalf("client read after its CloseWrite: %v", err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("server: %v", r.err)
+	}
+	if string(r.req) != "request" || string(resp) != "response after EOF" {
+		t.Fatalf("got request %q, response %q", r.req, resp)
+	}
+	waitFor(t, "stream to leave both sessions", func() bool { return cli.NumStreams() == 0 && srv.NumStreams() == 0 })
+}
+
+// TestCloseDiscards: a full Close on one side lets the other keep writing
+// (the data is discarded) and read EOF; the stream then finishes.
+func TestCloseDiscards(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, nil)
+	srvDone := make(chan error, 1)
+	go func() {
+		in, err := srv.Accept(context.Background())
+		if err != nil {
+			srvDone <- err
+			return
+		}
+		st, err := in.Accept()
+		if err != nil {
+			srvDone <- err
+			return
+		}
+		defer st.Close()
+		// The client closes at once: our read sees EOF, and writes beyond
+		// the 256 KiB window still complete because the client drains.
+		if _, err := io.ReadAll(st); err != nil {
+			srvDone <- fmt.Errorf("server read: %w", err)
+			return
+		}
+		if _, err := st.Write(make([]byte, 1<<20)); err != nil {
+			srvDone <- fmt.Errorf("server write: %w", err)
+			return
+		}
+		srvDone <- st.CloseWrite()
+	}()
+	st, err := cli.Open(openCtx(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readErr := make(chan error, 1)
+	go func() {
+		_, err := st.Read(make([]byte, 10))
+		readErr <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-readErr; !errors.Is(err, net.ErrClosed) {
+		t.Errorf("read blocked across Close: %v, want net.ErrClosed", err)
+	}
+	if _, err := st.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("write after Close: %v", err)
+	}
+	if err := <-srvDone; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "stream to leave both sessions", func() bool { return cli.NumStreams() == 0 && srv.NumStreams() == 0 })
+}
+
+// TestSessionEndIsNotEOF: a stream whose session dies reports an error, not
+// a clean end.
+func TestSessionEndIsNotEOF(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, nil)
+	go func() {
+		in, err := srv.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		st, err := in.Accept()
+		if err != nil {
+			return
+		}
+		_, _ = st.Write([]byte("partial"))
+		time.Sleep(20 * time.Millisecond)
+		srv.Close() // the peer's session ends mid-stream
+	}()
+	st, err := cli.Open(openCtx(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(st)
+	if string(got) != "partial" {
+		t.Errorf("read %q before the end", got)
+	}
+	if !errors.Is(err, ErrSessionClosed) || !errors.Is(err, ErrPeerClosed) {
+		t.Fatalf("stream read after the peer's session closed: %v, want ErrSessionClosed(ErrPeerClosed)", err)
+	}
+	<-cli.Done()
+	if err := cli.Err(); !errors.Is(err, ErrPeerClosed) {
+		t.Errorf("client session Err: %v", err)
+	}
+	if err := srv.Err(); err != ErrSessionClosed {
+		t.Errorf("server session Err after local Close: %v", err)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, nil)
+	go func() {
+		for {
+			in, err := srv.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			switch in.Target() {
+			case "refuse":
+				_ = in.Reject(StatusRefused)
+			case "unreachable":
+				_ = in.Reject(StatusUnreachable)
+			case "bogus":
+				_, _ = in.st.Write([]byte{0x07})
+				_ = in.st.Close()
+			case "silent":
+				_ = in.st.Close()
+			default:
+				if in.Kind() != KindNamed || in.Target() != "db:5432" {
+					_ = in.Reject(StatusRefused)
+					continue
+				}
+				st, _ := in.Accept()
+				_, _ = st.Write([]byte("ok"))
+				_ = st.Close()
+			}
+		}
+	}()
+	for _, tc := range []struct {
+		target string
+		status Status
+	}{{"refuse", StatusRefused}, {"unreachable", StatusUnreachable}} {
+		_, err := cli.Open(openCtx(t), tc.target)
+		var re *StreamRefusedError
+		if !errors.As(err, &re) || re.Status != tc.status || re.Target != tc.target {
+			t.Errorf("open %q: %v, want refused with %v", tc.target, err, tc.status)
+		}
+	}
+	for _, target := range []string{"bogus", "silent"} {
+		if _, err := cli.Open(openCtx(t), target); !errors.Is(err, ErrBadStreamHeader) {
+			t.Errorf("open %q: %v, want ErrBadStreamHeader", target, err)
+		}
+	}
+	// The session is still good.
+	st, err := cli.Open(openCtx(t), "db:5432")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if b, err := io.ReadAll(st); err != nil || string(b) != "ok" {
+		t.Fatalf("named target: %q, %v", b, err)
+	}
+	if _, err := cli.Open(openCtx(t), string(make([]byte, 256))); !errors.Is(err, ErrBadStreamHeader) {
+		t.Errorf("256-byte target: %v", err)
+	}
+	if _, err := srv.Open(openCtx(t), ""); !errors.Is(err, ErrConfig) {
+		t.Errorf("server Open: %v", err)
+	}
+}
+
+// TestMalformedHeader: bad headers and slow headers cost the stream, not
+// the session.
+func TestMalformedHeader(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, &Config{HeaderTimeout: 200 * time.Millisecond})
+	for _, raw := range [][]byte{
+		{0x02, 0x00, 0x00},       // version
+		{0x01, 0x05, 0x00},       // kind
+		{0x01, 0x00, 0x01, 'x'},  // default with a target
+		{0x01, 0x01, 0x00},       // named, empty
+		{0x01, 0x01, 0x05, 'a'},  // truncated (then FIN)
+		{},                       // nothing, then FIN
+		nil,                      // nothing, no FIN: header timeout
+		[]byte("GET / HTTP/1.1"), // not our protocol
+	} {
+		ys, err := cli.mux.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(raw) > 0 {
+			if _, err := ys.Write(raw); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if raw != nil {
+			_ = ys.Close()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err = srv.Accept(ctx)
+		cancel()
+		var se *StreamError
+		if !errors.As(err, &se) || !errors.Is(err, ErrBadStreamHeader) || se.StreamID != ys.StreamID() {
+			t.Errorf("header %x: Accept returned %v", raw, err)
+		}
+		// The server closed the stream: the client sees EOF.
+		_ = ys.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadAll(ys); err != nil {
+			t.Errorf("header %x: client read: %v", raw, err)
+		}
+		_ = ys.Close()
+	}
+	if n := srv.Stats().BadStreams; n != 8 {
+		t.Errorf("BadStreams = %d, want 8", n)
+	}
+	// Still usable.
+	wait := serveEcho(t, srv)
+	defer wait()
+	defer srv.Close()
+	echoRoundTrip(t, cli, 100)
+}
+
+func TestIdleTimeout(t *testing.T) {
+	leakCheck(t)
+	const idle = 300 * time.Millisecond
+	cli, srv := sessionPair(t, &Config{IdleTimeout: idle}, nil)
+	wait := serveEcho(t, srv)
+	defer wait()
+	defer srv.Close()
+
+	// A stream open (and silent) for longer than the idle timeout keeps
+	// the session; keepalive-free, so nothing else crosses it.
+	st, err := cli.Open(openCtx(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * idle)
+	if cli.IsClosed() {
+		t.Fatal("session with an open stream closed as idle")
+	}
+	_ = st.CloseWrite()
+	if _, err := io.ReadAll(st); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	select {
+	case <-cli.Done():
+	case <-time.After(10 * idle):
+		t.Fatal("idle session not closed")
+	}
+	if d := time.Since(start); d < idle-50*time.Millisecond {
+		t.Errorf("closed after %v, before the idle timeout %v", d, idle)
+	}
+	if err := cli.Err(); !errors.Is(err, ErrIdleTimeout) {
+		t.Errorf("Err = %v", err)
+	}
+	if _, err := cli.Open(openCtx(t), ""); !errors.Is(err, ErrSessionClosed) {
+		t.Errorf("open on idle-closed session: %v", err)
+	}
+	// The server sees its peer leave.
+	select {
+	case <-srv.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("server session survived the client's close")
+	}
+}
+
+func TestKeepAlive(t *testing.T) {
+	leakCheck(t)
+	cfg := &Config{KeepAliveInterval: 50 * time.Millisecond, IdleTimeout: 200 * time.Millisecond}
+	cli, srv := sessionPair(t, cfg, cfg)
+	wait := serveEcho(t, srv)
+	defer wait()
+	defer srv.Close()
+	st, err := cli.Open(openCtx(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := cli.Stats().RecordsIn
+	time.Sleep(600 * time.Millisecond)
+	if cli.IsClosed() || srv.IsClosed() {
+		t.Fatalf("used session closed: %v / %v", cli.Err(), srv.Err())
+	}
+	if got := cli.Stats().RecordsIn - before; got < 5 {
+		t.Errorf("only %d records in 600 ms with 50 ms keepalives", got)
+	}
+	st.Close()
+}
+
+// TestKeepAliveDeadPeer: a peer that stops answering is detected.
+func TestKeepAliveDeadPeer(t *testing.T) {
+	leakCheck(t)
+	freeze := make(chan struct{})
+	pr := dialPair(t, sharedDomain(t), pairOpts{
+		cli: &Config{KeepAliveInterval: 50 * time.Millisecond, WriteTimeout: 200 * time.Millisecond},
+		srv: &Config{KeepAliveInterval: -1},
+		relay: func(c, s net.Conn) {
+			defer c.Close()
+			defer s.Close()
+			go func() {
+				<-freeze
+				// Stop forwarding in both directions, keep the sockets open.
+				c.SetReadDeadline(time.Unix(1, 0))
+				s.SetReadDeadline(time.Unix(1, 0))
+			}()
+			go io.Copy(s, c)
+			_, _ = io.Copy(c, s)
+			time.Sleep(2 * time.Second)
+		},
+	})
+	if pr.cliErr != nil || pr.srvErr != nil {
+		t.Fatal(pr.cliErr, pr.srvErr)
+	}
+	close(freeze)
+	select {
+	case <-pr.cli.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("dead peer not detected")
+	}
+	if err := pr.cli.Err(); !errors.Is(err, ErrSessionClosed) {
+		t.Errorf("Err = %v", err)
+	} else {
+		t.Logf("client session ended: %v", err)
+	}
+}
+
+func TestHandshakeTimeout(t *testing.T) {
+	leakCheck(t)
+	d := sharedDomain(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	hold := make(chan struct{})
+	defer close(hold)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := mpinkex.Server(context.Background(), c, &mpinkex.ServerConfig{Keys: []*mpinkex.ServerKey{d.sk}, Authorize: func(string) error { return nil }}); err != nil {
+			return
+		}
+		<-hold // never speaks DTLS
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := mpinkex.Client(context.Background(), c, &mpinkex.ClientConfig{Key: d.ck, ServerID: testServerID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = Client(ctx, c, res, nil)
+	var he *HandshakeError
+	if !errors.As(err, &he) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want a HandshakeError wrapping context.DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("handshake gave up after %v", d)
+	}
+	if _, err := c.Write([]byte{0}); err == nil {
+		t.Error("connection not closed after a failed handshake")
+	}
+}
+
+func TestDeadlines(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, nil)
+	wait := serveEcho(t, srv)
+	defer wait()
+	defer srv.Close()
+	st, err := cli.Open(openCtx(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	_ = st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := st.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past deadline: %v", err)
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	if _, err := st.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(st, b); err != nil || b[0] != 'x' {
+		t.Fatalf("read after clearing the deadline: %q %v", b, err)
+	}
+}
+
+// TestServerMustNotOpen: a server that opens a stream breaks the protocol;
+// the client ends the session.
+func TestServerMustNotOpen(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, nil)
+	if _, err := srv.mux.OpenStream(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-cli.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("client accepted a server-opened stream")
+	}
+	if err := cli.Err(); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("client Err = %v, want ErrProtocol", err)
+	}
+}
+
+func TestStreamLimits(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, &Config{MaxStreams: 2}, &Config{MaxStreams: 1})
+	accepted := make(chan error, 4)
+	go func() {
+		for {
+			in, err := srv.Accept(context.Background())
+			if err != nil {
+				var se *StreamError
+				if errors.As(err, &se) {
+					accepted <- err
+					continue
+				}
+				return
+			}
+			_, err = in.Accept()
+			accepted <- err
+		}
+	}()
+	a, err := cli.Open(openCtx(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := <-accepted; err != nil {
+		t.Fatal(err)
+	}
+	// The server carries at most one stream: the second is refused.
+	_, err = cli.Open(openCtx(t), "")
+	var re *StreamRefusedError
+	if !errors.As(err, &re) || re.Status != StatusRefused {
+		t.Fatalf("second stream: %v, want refused", err)
+	}
+	if err := <-accepted; !errors.Is(err, ErrTooManyStreams) {
+		t.Fatalf("server Accept: %v, want ErrTooManyStreams", err)
+	}
+	// The client carries at most two (the refused one may still be
+	// closing): fill up, then Open fails locally.
+	waitFor(t, "refused stream to finish", func() bool { return cli.NumStreams() == 1 })
+	ys, err := cli.mux.OpenStream() // a raw stream counts too
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ys.Close()
+	if _, err := cli.Open(openCtx(t), ""); !errors.Is(err, ErrTooManyStreams) {
+		t.Fatalf("third stream: %v, want ErrTooManyStreams", err)
+	}
+}
+
+func TestOpenContext(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, nil)
+	got := make(chan *IncomingStream, 1)
+	go func() {
+		in, err := srv.Accept(context.Background())
+		if err == nil {
+			got <- in // never answered
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := cli.Open(ctx, "slow"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("open: %v, want context.DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("open gave up after %v", d)
+	}
+	in := <-got
+	_ = in.Reject(StatusUnreachable)
+	waitFor(t, "abandoned stream to finish", func() bool { return cli.NumStreams() == 0 && srv.NumStreams() == 0 })
+	if len(cli.openSem) != 0 {
+		t.Errorf("%d open slots still held", len(cli.openSem))
+	}
+}
+
+func TestGoAway(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, nil)
+	wait := serveEcho(t, srv)
+	defer wait()
+	defer srv.Close()
+	st, err := cli.Open(openCtx(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.GoAway(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "GoAway to arrive", func() bool {
+		_, err := cli.Open(openCtx(t), "")
+		return errors.Is(err, ErrSessionClosed)
+	})
+	// The open stream still works.
+	if _, err := st.Write([]byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	_ = st.CloseWrite()
+	if b, err := io.ReadAll(st); err != nil || string(b) != "still here" {
+		t.Fatalf("%q %v", b, err)
+	}
+}

@@ -1,0 +1,225 @@
+package psk
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// Stream is one proxied connection: a yamux stream whose header exchange
+// is done. It is a net.Conn with half-close:
+//
+//   - CloseWrite sends FIN. The peer reads the data written so far and then
+//     io.EOF; it can go on writing, and this side can go on reading.
+//   - Close is CloseWrite and also ends reading here: a blocked Read
+//     returns, later Reads and Writes fail with net.ErrClosed. Whatever the
+//     peer still sends is read and discarded until it closes its side;
+//     yamux v0.1.2 has no stream reset, so the peer is not told that data
+//     was dropped (its writes succeed), as if this side had read it.
+//   - If this side has sent FIN and the peer does not close its side within
+//     Config.StreamCloseTimeout, yamux resets the stream: both sides' Reads
+//     and Writes fail with ErrStreamReset.
+//   - A stream ends with io.EOF only if the peer's FIN was received. If the
+//     session ends first (Close, idle timeout, keepalive failure, I/O
+//     error), Read returns an error wrapping ErrSessionClosed after the data
+//     already received, never a clean io.EOF, so a truncated transfer is
+//     never mistaken for a complete one.
+//
+// Read and Write deadlines work as for net.Conn and fail with an error that
+// wraps os.ErrDeadlineExceeded. Read, Write and Close may be called
+// concurrently.
+type Stream struct {
+	ys *yamux.Stream
+	s  *Session
+	tr *streamTrack
+
+	mu       sync.Mutex
+	closed   bool // Close was called
+	wclosed  bool // FIN sent
+	readDone bool // Read reached EOF or a terminal error
+	readers  int
+	noReader chan struct{} // closed when readers drops to 0 after Close
+}
+
+func (s *Session) wrap(ys *yamux.Stream) *Stream {
+	return &Stream{ys: ys, s: s, tr: s.tab.lookup(ys.StreamID())}
+}
+
+// StreamID is the yamux stream ID (odd: streams are opened by the client).
+func (st *Stream) StreamID() uint32 { return st.ys.StreamID() }
+
+// Session returns the session carrying the stream.
+func (st *Stream) Session() *Session { return st.s }
+
+func (st *Stream) Read(p []byte) (int, error) {
+	st.mu.Lock()
+	if st.closed {
+		st.mu.Unlock()
+		return 0, errStreamClosed("read")
+	}
+	st.readers++
+	st.mu.Unlock()
+
+	n, err := st.ys.Read(p)
+
+	st.mu.Lock()
+	st.readers--
+	if st.readers == 0 && st.noReader != nil {
+		close(st.noReader)
+		st.noReader = nil
+	}
+	closed := st.closed
+	if err != nil && !closed && !errors.Is(err, yamux.ErrTimeout) {
+		st.readDone = true
+	}
+	st.mu.Unlock()
+	if err == nil {
+		return n, nil
+	}
+	if closed {
+		return n, errStreamClosed("read")
+	}
+	return n, st.readErr(err)
+}
+
+func (st *Stream) readErr(err error) error {
+	switch {
+	case err == io.EOF:
+		if st.s.tab.finReceived(st.tr) {
+			return io.EOF
+		}
+		return st.s.closedErr()
+	case errors.Is(err, yamux.ErrTimeout):
+		return fmt.Errorf("psk: stream read: %w", os.ErrDeadlineExceeded)
+	case errors.Is(err, yamux.ErrConnectionReset):
+		return fmt.Errorf("%w (read)", ErrStreamReset)
+	case errors.Is(err, yamux.ErrSessionShutdown):
+		return st.s.closedErr()
+	}
+	return fmt.Errorf("psk: stream read: %w", err)
+}
+
+func (st *Stream) Write(p []byte) (int, error) {
+	n, err := st.ys.Write(p)
+	if err != nil {
+		err = st.writeErr(err)
+	}
+	return n, err
+}
+
+func (st *Stream) writeErr(err error) error {
+	switch {
+	case errors.Is(err, yamux.ErrTimeout):
+		return fmt.Errorf("psk: stream write: %w", os.ErrDeadlineExceeded)
+	case errors.Is(err, yamux.ErrConnectionReset):
+		return fmt.Errorf("%w (write)", ErrStreamReset)
+	case errors.Is(err, yamux.ErrSessionShutdown):
+		return st.s.closedErr()
+	case errors.Is(err, yamux.ErrStreamClosed):
+		st.mu.Lock()
+		local := st.wclosed
+		st.mu.Unlock()
+		if local {
+			return errStreamClosed("write")
+		}
+		return st.s.closedErr()
+	case errors.Is(err, yamux.ErrConnectionWriteTimeout):
+		return fmt.Errorf("psk: stream write: session write timeout: %w", err)
+	}
+	return fmt.Errorf("psk: stream write: %w", err)
+}
+
+func errStreamClosed(op string) error {
+	return fmt.Errorf("psk: stream %s: %w", op, net.ErrClosed)
+}
+
+// CloseWrite sends FIN: the peer reads io.EOF after the data written so
+// far. Reading is unaffected. Later Writes fail with net.ErrClosed.
+func (st *Stream) CloseWrite() error {
+	st.mu.Lock()
+	if st.wclosed {
+		st.mu.Unlock()
+		return nil
+	}
+	st.wclosed = true
+	st.mu.Unlock()
+	return st.ys.Close() // yamux: a half-close (FIN)
+}
+
+// Close closes both directions (see Stream). It does not wait for the peer.
+func (st *Stream) Close() error {
+	st.mu.Lock()
+	if st.closed {
+		st.mu.Unlock()
+		return nil
+	}
+	st.closed = true
+	fin := !st.wclosed
+	st.wclosed = true
+	drain := !st.readDone
+	if st.readers > 0 {
+		st.noReader = make(chan struct{})
+	}
+	wait := st.noReader
+	st.mu.Unlock()
+	if drain {
+		// Wake a blocked Read before the FIN can draw an answer.
+		_ = st.ys.SetReadDeadline(time.Unix(1, 0))
+	}
+	if fin {
+		_ = st.ys.Close()
+	}
+	if drain {
+		// Read and discard until the peer's FIN, so that the peer is not
+		// blocked on a full window and the stream can finish.
+		st.s.spawn(func() { st.drain(wait) })
+	}
+	return nil
+}
+
+func (st *Stream) drain(wait chan struct{}) {
+	if wait != nil {
+		select {
+		case <-wait:
+		case <-st.s.mux.CloseChan():
+			return
+		}
+	}
+	_ = st.ys.SetReadDeadline(time.Time{})
+	buf := make([]byte, 4096)
+	for {
+		if _, err := st.ys.Read(buf); err != nil {
+			return
+		}
+	}
+}
+
+// LocalAddr and RemoteAddr are the TCP addresses of the session.
+func (st *Stream) LocalAddr() net.Addr  { return st.ys.LocalAddr() }
+func (st *Stream) RemoteAddr() net.Addr { return st.ys.RemoteAddr() }
+
+func (st *Stream) SetDeadline(t time.Time) error {
+	if err := st.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return st.SetWriteDeadline(t)
+}
+
+func (st *Stream) SetReadDeadline(t time.Time) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.closed {
+		return errStreamClosed("set deadline")
+	}
+	return st.ys.SetReadDeadline(t)
+}
+
+func (st *Stream) SetWriteDeadline(t time.Time) error {
+	return st.ys.SetWriteDeadline(t)
+}

@@ -1,0 +1,260 @@
+package psk
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// yamux v0 frame header (hashicorp/yamux spec.md): version, type, flags,
+// stream ID, length; 12 bytes, big-endian.
+const (
+	yHeaderLen        = 12
+	yTypeData         = 0
+	yTypeWindowUpdate = 1
+	yFlagSYN          = 1
+	yFlagFIN          = 4
+	yFlagRST          = 8
+)
+
+// frameParser follows the yamux frame boundaries in one direction of the
+// byte stream, which passes through unchanged, and calls fn for each
+// header.
+type frameParser struct {
+	hdr  [yHeaderLen]byte
+	n    int
+	skip uint32 // data-frame body bytes still to pass
+}
+
+func (p *frameParser) feed(b []byte, fn func(h *[yHeaderLen]byte) error) error {
+	for len(b) > 0 {
+		if p.skip > 0 {
+			k := p.skip
+			if uint32(len(b)) < k {
+				k = uint32(len(b))
+			}
+			b = b[k:]
+			p.skip -= k
+			continue
+		}
+		k := copy(p.hdr[p.n:], b)
+		p.n += k
+		b = b[k:]
+		if p.n < yHeaderLen {
+			return nil
+		}
+		p.n = 0
+		if p.hdr[1] == yTypeData {
+			p.skip = binary.BigEndian.Uint32(p.hdr[8:12])
+		}
+		if err := fn(&p.hdr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// atBoundary reports whether the bytes fed so far end exactly at the end
+// of a frame.
+func (p *frameParser) atBoundary() bool { return p.n == 0 && p.skip == 0 }
+
+// streamTrack is what the frame parsers saw of one stream.
+type streamTrack struct {
+	finIn  bool // the peer closed its side (FIN received)
+	finOut bool // we sent FIN
+	rst    bool // reset in either direction
+	gone   bool // removed from the table: both FINs or a reset
+	onGone []func()
+}
+
+// streamTable tracks every stream yamux knows, from the frames crossing
+// the session, and drives the idle timer. It exists because yamux's
+// Stream.Read returns io.EOF both for a FIN and when the session dies:
+// with the table a stream that ends without the peer's FIN reports an
+// error instead of a clean end (no silent truncation).
+type streamTable struct {
+	client bool
+
+	mu        sync.Mutex
+	m         map[uint32]*streamTrack
+	idle      time.Duration
+	zeroSince time.Time
+	timer     *time.Timer
+	stopped   bool
+	onIdle    func()
+}
+
+func newStreamTable(client bool, idle time.Duration, onIdle func()) *streamTable {
+	return &streamTable{client: client, m: make(map[uint32]*streamTrack), idle: idle, onIdle: onIdle}
+}
+
+// startIdle arms the idle timer (the session starts without streams).
+func (t *streamTable) startIdle() {
+	if t.idle <= 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.zeroSince = time.Now()
+	if len(t.m) == 0 && !t.stopped {
+		t.timer = time.AfterFunc(t.idle, t.fire)
+	}
+}
+
+func frameFields(h *[yHeaderLen]byte) (typ byte, flags uint16, id uint32) {
+	return h[1], binary.BigEndian.Uint16(h[2:4]), binary.BigEndian.Uint32(h[4:8])
+}
+
+// inbound sees a frame header from the peer before yamux does.
+func (t *streamTable) inbound(h *[yHeaderLen]byte) error {
+	typ, flags, id := frameFields(h)
+	if typ != yTypeData && typ != yTypeWindowUpdate {
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := t.m[id]
+	if flags&yFlagSYN != 0 {
+		switch {
+		case t.client:
+			return fmt.Errorf("%w: the server opened stream %d", ErrProtocol, id)
+		case id%2 == 0:
+			return fmt.Errorf("%w: client stream with even ID %d", ErrProtocol, id)
+		}
+		if st == nil {
+			st = &streamTrack{}
+			t.add(id, st)
+		}
+	}
+	if st == nil {
+		return nil
+	}
+	if flags&yFlagFIN != 0 {
+		st.finIn = true
+	}
+	if flags&yFlagRST != 0 {
+		st.rst = true
+	}
+	t.settle(id, st)
+	return nil
+}
+
+// outbound sees a frame header we send, before it is written.
+func (t *streamTable) outbound(h *[yHeaderLen]byte) error {
+	typ, flags, id := frameFields(h)
+	if typ != yTypeData && typ != yTypeWindowUpdate {
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := t.m[id]
+	if flags&yFlagSYN != 0 && st == nil {
+		st = &streamTrack{}
+		t.add(id, st)
+	}
+	if st == nil {
+		return nil
+	}
+	if flags&yFlagFIN != 0 {
+		st.finOut = true
+	}
+	if flags&yFlagRST != 0 {
+		st.rst = true
+	}
+	t.settle(id, st)
+	return nil
+}
+
+func (t *streamTable) add(id uint32, st *streamTrack) {
+	t.m[id] = st
+	if len(t.m) == 1 && t.timer != nil {
+		t.timer.Stop()
+	}
+}
+
+// settle removes a finished stream, as yamux does at the same frame.
+func (t *streamTable) settle(id uint32, st *streamTrack) {
+	if !(st.finIn && st.finOut) && !st.rst {
+		return
+	}
+	delete(t.m, id)
+	st.gone = true
+	for _, f := range st.onGone {
+		f()
+	}
+	st.onGone = nil
+	if len(t.m) == 0 && t.timer != nil && !t.stopped {
+		t.zeroSince = time.Now()
+		t.timer.Reset(t.idle)
+	}
+}
+
+// lookup returns the track of stream id (nil if unknown or gone).
+func (t *streamTable) lookup(id uint32) *streamTrack {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.m[id]
+}
+
+// finReceived reports whether the peer's FIN for st has arrived.
+func (t *streamTable) finReceived(st *streamTrack) bool {
+	if st == nil {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return st.finIn && !st.rst
+}
+
+// whenGone runs f (once) when st leaves the table, now if it has.
+func (t *streamTable) whenGone(st *streamTrack, f func()) {
+	t.mu.Lock()
+	if st != nil && !st.gone {
+		st.onGone = append(st.onGone, f)
+		t.mu.Unlock()
+		return
+	}
+	t.mu.Unlock()
+	f()
+}
+
+func (t *streamTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
+}
+
+func (t *streamTable) fire() {
+	t.mu.Lock()
+	if t.stopped || len(t.m) != 0 {
+		t.mu.Unlock()
+		return
+	}
+	if rest := t.idle - time.Since(t.zeroSince); rest > 0 {
+		t.timer.Reset(rest)
+		t.mu.Unlock()
+		return
+	}
+	t.stopped = true
+	t.mu.Unlock()
+	t.onIdle()
+}
+
+// stop disarms the idle timer and releases everything waiting on streams.
+func (t *streamTable) stop() {
+	t.mu.Lock()
+	t.stopped = true
+	if t.timer != nil {
+		t.timer.Stop()
+	}
+	var fs []func()
+	for _, st := range t.m {
+		fs = append(fs, st.onGone...)
+		st.onGone = nil
+	}
+	t.mu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+}

@@ -1,0 +1,428 @@
+package sidecar
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/milagro-sc/milagro/dta/pattern"
+	"github.com/milagro-sc/milagro/mpinkex"
+	"github.com/milagro-sc/milagro/proxy"
+	"github.com/milagro-sc/milagro/psk"
+)
+
+// Client is `milagro client`: it accepts plaintext application connections
+// and carries each as a stream over a pooled secure session to the upstream
+// server sidecar, after checking the identity the upstream proves.
+type Client struct {
+	cfg  *ClientConfig
+	log  zerolog.Logger
+	keys *Keystore
+	m    *Metrics
+	t    *tracker
+
+	def    *upstream            // --target
+	routes map[string]*upstream // forward proxy: host:port → upstream
+
+	ready    atomic.Bool
+	draining atomic.Bool
+	addr     atomic.Value
+	fwdAddr  atomic.Value
+}
+
+type upstream struct {
+	addr, verifyID, serverID, target string
+	pool                             *proxy.Pool
+}
+
+// NewClient validates cfg and loads the keys.
+func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, configErr(err)
+	}
+	if cfg.Target == "" && cfg.ForwardProxy == "" {
+		return nil, configErr(errors.New("--target (with --listen) or --forward-proxy is required"))
+	}
+	for _, l := range []string{cfg.Listen, cfg.ForwardProxy} {
+		if l != "" && !cfg.UnsafeListen && !proxy.IsLoopback(l) {
+			return nil, configErr(fmt.Errorf("listener %s is not on loopback: plaintext would be reachable from the network; pass --unsafe-listen if that is intended", l))
+		}
+	}
+	factor := ""
+	if cfg.FactorFile != "" {
+		b, err := os.ReadFile(cfg.FactorFile)
+		if err != nil {
+			return nil, configErr(fmt.Errorf("factor file: %w", err))
+		}
+		factor = strings.TrimRight(string(b), "\r\n")
+		clear(b)
+	}
+	m := NewMetrics("client")
+	ks, err := OpenKeystore(KeystoreOptions{Dir: cfg.Keys, Role: RoleClient, Factor: factor, Log: log, OnReload: reloadCounter(m)})
+	if err != nil {
+		return nil, err
+	}
+	m.observeKeys(ks.Current())
+	c := &Client{cfg: cfg, log: log, keys: ks, m: m, t: newTracker(), routes: map[string]*upstream{}}
+	if cfg.Target != "" {
+		if cfg.VerifyID == "" {
+			return nil, errors.New("--verify-id is required with --target: the client must check whom it talks to")
+		}
+		if c.def, err = c.newUpstream(cfg.Target, cfg.VerifyID, cfg.ServerID, cfg.RemoteTarget); err != nil {
+			return nil, err
+		}
+	}
+	for dest, r := range cfg.Routes {
+		if _, _, err := net.SplitHostPort(dest); err != nil {
+			return nil, fmt.Errorf("route %q: destination must be HOST:PORT", dest)
+		}
+		if r.VerifyID == "" {
+			return nil, fmt.Errorf("route %s: verify-id is required", dest)
+		}
+		u, err := c.newUpstream(r.Upstream, r.VerifyID, "", r.Target)
+		if err != nil {
+			return nil, fmt.Errorf("route %s: %w", dest, err)
+		}
+		c.routes[strings.ToLower(dest)] = u
+	}
+	if cfg.ForwardProxy != "" && len(c.routes) == 0 {
+		return nil, errors.New("--forward-proxy needs at least one --route")
+	}
+	return c, nil
+}
+
+func (c *Client) newUpstream(addr, verifyID, serverID, target string) (*upstream, error) {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, fmt.Errorf("upstream %q: want HOST:PORT", addr)
+	}
+	if err := pattern.Validate(verifyID); err != nil {
+		return nil, fmt.Errorf("verify-id %q: %w", verifyID, err)
+	}
+	if serverID == "" && !strings.Contains(verifyID, "*") {
+		serverID = verifyID
+	}
+	u := &upstream{addr: addr, verifyID: verifyID, serverID: serverID, target: target}
+	u.pool = proxy.NewPool(func(ctx context.Context) (*psk.Session, error) { return c.dial(ctx, u) },
+		proxy.PoolOptions{MaxStreamsPerSession: c.cfg.MaxStreams})
+	return u, nil
+}
+
+// dial builds a secure session to u with the keys in force now.
+func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout+c.cfg.HandshakeTO)
+	defer cancel()
+	start := time.Now()
+	d := net.Dialer{Timeout: c.cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", u.addr)
+	if err != nil {
+		c.m.Handshakes.WithLabelValues("connect_failed").Inc()
+		return nil, fmt.Errorf("connect %s: %w", u.addr, err)
+	}
+	k := c.keys.Current()
+	res, err := mpinkex.Client(ctx, conn, &mpinkex.ClientConfig{
+		Key: k.Client, Permits: k.Permits, ServerID: u.serverID, EpochLen: k.EpochLen, Grace: c.cfg.Grace,
+		StepTimeout: c.cfg.HandshakeTO,
+		VerifyServerID: func(id string) error {
+			if !pattern.Match(u.verifyID, id) {
+				return fmt.Errorf("does not match --verify-id %q", u.verifyID)
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		conn.Close()
+		c.m.Handshakes.WithLabelValues(handshakeResult(err)).Inc()
+		return nil, fmt.Errorf("handshake with %s: %w", u.addr, err)
+	}
+	sess, err := psk.Client(ctx, conn, res, c.cfg.pskConfig())
+	res.Zeroize()
+	if err != nil {
+		c.m.Handshakes.WithLabelValues(handshakeResult(err)).Inc()
+		return nil, fmt.Errorf("secure session with %s: %w", u.addr, err)
+	}
+	dur := time.Since(start)
+	c.m.Handshakes.WithLabelValues("ok").Inc()
+	c.m.HandshakeDuration.Observe(dur.Seconds())
+	c.m.Sessions.Inc()
+	c.t.addSession(sess)
+	c.log.Info().Str("upstream", u.addr).Str("server", sess.PeerID()).Bool("permit", res.PermitUsed).Dur("handshake", dur).Msg("session open")
+	go func() {
+		<-sess.Done()
+		c.t.removeSession(sess)
+		c.m.Sessions.Dec()
+		c.log.Info().Str("upstream", u.addr).Str("server", sess.PeerID()).AnErr("reason", sess.Err()).Msg("session closed")
+	}()
+	return sess, nil
+}
+
+// Addr returns the bound --listen address once Run has bound it.
+func (c *Client) Addr() string { v, _ := c.addr.Load().(string); return v }
+
+// ForwardProxyAddr returns the bound --forward-proxy address.
+func (c *Client) ForwardProxyAddr() string { v, _ := c.fwdAddr.Load().(string); return v }
+
+// Keystore returns the client's keystore.
+func (c *Client) Keystore() *Keystore { return c.keys }
+
+// Run serves until ctx ends, then drains like Server.Run.
+func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
+	var lns []net.Listener
+	closeAll := func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}
+	if c.def != nil {
+		ln, err := proxy.Listen(c.cfg.Listen)
+		if err != nil {
+			return err
+		}
+		c.addr.Store(ln.Addr().String())
+		lns = append(lns, ln)
+	}
+	var fwd net.Listener
+	if c.cfg.ForwardProxy != "" {
+		ln, err := proxy.Listen(c.cfg.ForwardProxy)
+		if err != nil {
+			closeAll()
+			return err
+		}
+		c.fwdAddr.Store(ln.Addr().String())
+		fwd = ln
+		lns = append(lns, ln)
+	}
+	var wg sync.WaitGroup
+	bg, stopBG := context.WithCancel(context.Background())
+	defer func() { stopBG(); wg.Wait() }()
+	if c.cfg.Status != "" {
+		sl, err := net.Listen("tcp", c.cfg.Status)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("status listener: %w", err)
+		}
+		wg.Go(func() {
+			if err := serveStatus(bg, sl, c.m, c.status); err != nil {
+				c.log.Error().Err(err).Msg("status endpoint failed")
+			}
+		})
+	}
+	wg.Go(func() {
+		if err := c.keys.Watch(bg, hup, c.cfg.TimedReload); err != nil {
+			c.log.Error().Err(err).Msg("key watcher stopped")
+		}
+	})
+	var accepting sync.WaitGroup
+	if c.def != nil {
+		accepting.Go(func() { c.acceptLoop(bg, lns[0], func(conn net.Conn) { c.serveApp(bg, conn, c.def) }) })
+	}
+	if fwd != nil {
+		accepting.Go(func() { c.acceptLoop(bg, fwd, func(conn net.Conn) { c.serveConnect(bg, conn) }) })
+	}
+	c.ready.Store(true)
+	k := c.keys.Current()
+	c.log.Info().Str("listen", c.Addr()).Str("forward_proxy", c.ForwardProxyAddr()).Str("identity", k.Identity).
+		Str("target", c.cfg.Target).Str("verify_id", c.cfg.VerifyID).Msg("client ready")
+	<-ctx.Done()
+	c.draining.Store(true)
+	c.ready.Store(false)
+	closeAll()
+	accepting.Wait()
+	c.log.Info().Int64("streams", c.t.streams.Load()).Dur("timeout", c.cfg.ShutdownTimeout).Msg("draining")
+	dctx, cancel := context.WithTimeout(context.Background(), c.cfg.ShutdownTimeout)
+	defer cancel()
+	clean := c.t.drain(dctx)
+	for _, u := range c.upstreams() {
+		u.pool.Close()
+	}
+	if !clean {
+		c.log.Warn().Msg("drain timed out; connections closed")
+		return ErrDrainTimeout
+	}
+	c.log.Info().Msg("drained")
+	return nil
+}
+
+func (c *Client) upstreams() []*upstream {
+	var us []*upstream
+	if c.def != nil {
+		us = append(us, c.def)
+	}
+	for _, u := range c.routes {
+		us = append(us, u)
+	}
+	return us
+}
+
+func (c *Client) acceptLoop(ctx context.Context, ln net.Listener, serve func(net.Conn)) {
+	slots := make(chan struct{}, c.cfg.MaxConns)
+	var delay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		c.m.Accepts.Inc()
+		select {
+		case slots <- struct{}{}:
+		default:
+			c.log.Warn().Int("max_conns", c.cfg.MaxConns).Msg("connection limit reached; closing")
+			conn.Close()
+			continue
+		}
+		c.t.streams.Add(1)
+		c.m.Streams.Inc()
+		go func() {
+			defer func() { <-slots; c.t.streamDone(); c.m.Streams.Dec() }()
+			serve(conn)
+		}()
+	}
+}
+
+// serveApp carries one application connection to u.
+func (c *Client) serveApp(ctx context.Context, app net.Conn, u *upstream) {
+	c.t.addConn(app)
+	defer c.t.removeConn(app)
+	octx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout+c.cfg.HandshakeTO)
+	st, err := u.pool.Open(octx, u.target)
+	cancel()
+	if err != nil {
+		app.Close()
+		c.m.StreamsTotal.WithLabelValues(streamFailure(err)).Inc()
+		c.log.Warn().Err(err).Str("upstream", u.addr).Str("app", app.RemoteAddr().String()).Msg("connection refused: no secure stream")
+		return
+	}
+	c.pipe(ctx, app, st, u)
+}
+
+func (c *Client) pipe(ctx context.Context, app net.Conn, st *psk.Stream, u *upstream) {
+	start := time.Now()
+	stats, err := proxy.Pipe(ctx, app, st, c.cfg.IdleTimeout)
+	c.m.Bytes.WithLabelValues("up").Add(float64(stats.AToB))
+	c.m.Bytes.WithLabelValues("down").Add(float64(stats.BToA))
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	c.m.StreamsTotal.WithLabelValues(result).Inc()
+	ev := c.log.Debug()
+	if err != nil {
+		ev = c.log.Info().Err(err)
+	}
+	ev.Str("upstream", u.addr).Str("server", st.Session().PeerID()).Uint32("stream", st.StreamID()).
+		Int64("bytes_up", stats.AToB).Int64("bytes_down", stats.BToA).Dur("duration", time.Since(start)).Msg("stream closed")
+}
+
+func streamFailure(err error) string {
+	var r *psk.StreamRefusedError
+	if errors.As(err, &r) {
+		if r.Status == psk.StatusUnreachable {
+			return "unreachable"
+		}
+		return "refused"
+	}
+	if errors.Is(err, proxy.ErrUpstreamDown) {
+		return "upstream_down"
+	}
+	return "error"
+}
+
+// serveConnect is the HTTP CONNECT forward proxy: CONNECT host:port is
+// carried to the route's upstream; anything else is refused.
+func (c *Client) serveConnect(ctx context.Context, conn net.Conn) {
+	c.t.addConn(conn)
+	defer c.t.removeConn(conn)
+	_ = conn.SetReadDeadline(time.Now().Add(c.cfg.HandshakeTO))
+	br := bufio.NewReader(conn)
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		conn.Close()
+		return
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	reply := func(code int, msg string) {
+		fmt.Fprintf(conn, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", code, http.StatusText(code), len(msg), msg)
+		conn.Close()
+	}
+	if req.Method != http.MethodConnect {
+		reply(http.StatusMethodNotAllowed, "this forward proxy only tunnels with CONNECT\n")
+		return
+	}
+	dest := strings.ToLower(req.Host)
+	u, ok := c.routes[dest]
+	if !ok {
+		c.log.Warn().Str("destination", dest).Msg("CONNECT refused: no route")
+		reply(http.StatusForbidden, "no route for "+dest+"\n")
+		return
+	}
+	octx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout+c.cfg.HandshakeTO)
+	st, err := u.pool.Open(octx, u.target)
+	cancel()
+	if err != nil {
+		c.m.StreamsTotal.WithLabelValues(streamFailure(err)).Inc()
+		c.log.Warn().Err(err).Str("destination", dest).Str("upstream", u.addr).Msg("CONNECT failed")
+		reply(http.StatusBadGateway, "upstream unavailable\n")
+		return
+	}
+	if _, err := fmt.Fprint(conn, "HTTP/1.1 200 Connection Established\r\n\r\n"); err != nil {
+		st.Close()
+		conn.Close()
+		return
+	}
+	// Bytes the client sent after the request head belong to the tunnel.
+	app := conn
+	if n := br.Buffered(); n > 0 {
+		early, _ := br.Peek(n)
+		app = &prefixConn{Conn: conn, prefix: append([]byte(nil), early...)}
+	}
+	c.pipe(ctx, app, st, u)
+}
+
+// prefixConn replays bytes read ahead by the CONNECT parser.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.prefix) > 0 {
+		n := copy(b, p.prefix)
+		p.prefix = p.prefix[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}
+
+func (p *prefixConn) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return p.Conn.Close()
+}
+
+func (c *Client) status(bool) StatusInfo {
+	k := c.keys.Current()
+	st := StatusInfo{Role: "client", Identity: k.Identity, Domain: k.Domain, Listen: c.Addr(),
+		Draining: c.draining.Load(), Keys: keysStatus(c.keys), Sessions: c.t.numSessions(),
+		Streams: int(c.t.streams.Load()), Time: time.Now().UTC()}
+	st.Ready = c.ready.Load() && time.Now().Before(k.ExpiresAt)
+	for _, u := range c.upstreams() {
+		st.Upstreams = append(st.Upstreams, PoolStatus{Upstream: u.addr, VerifyID: u.verifyID, Stats: u.pool.Stats()})
+	}
+	return st
+}

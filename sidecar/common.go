@@ -1,0 +1,152 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/milagro-sc/milagro/psk"
+)
+
+// ErrDrainTimeout is returned by Run when SIGTERM's drain did not finish
+// within the shutdown timeout and connections were cut (exit status 1).
+var ErrDrainTimeout = errors.New("shutdown timeout: connections were still open and have been closed")
+
+// NewLogger builds the zerolog logger of a sidecar.
+func NewLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
+	lv, err := zerolog.ParseLevel(level)
+	if err != nil || level == "" {
+		return zerolog.Nop(), fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	out := w
+	switch format {
+	case "json":
+	case "console":
+		out = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
+	default:
+		return zerolog.Nop(), fmt.Errorf("log format %q: want json or console", format)
+	}
+	return zerolog.New(out).Level(lv).With().Timestamp().Logger(), nil
+}
+
+func (c *Common) quiet(class string) bool { return slices.Contains(c.Quiet, class) }
+
+func (c *Common) validate() error {
+	if c.Keys == "" {
+		return errors.New("--keys is required")
+	}
+	for _, q := range c.Quiet {
+		if q != "handshake-errs" {
+			return fmt.Errorf("--quiet %q: the only class is handshake-errs", q)
+		}
+	}
+	if c.MaxConns <= 0 {
+		return errors.New("--max-conns must be positive")
+	}
+	return nil
+}
+
+func (c *Common) pskConfig() *psk.Config {
+	return &psk.Config{
+		HandshakeTimeout:  c.HandshakeTO,
+		KeepAliveInterval: c.KeepAlive,
+		IdleTimeout:       c.SessionIdle,
+	}
+}
+
+// tracker counts and closes what a sidecar has open, for drain.
+type tracker struct {
+	mu       sync.Mutex
+	sessions map[*psk.Session]struct{}
+	conns    map[net.Conn]struct{}
+	streams  atomic.Int64
+	idle     chan struct{} // signalled when streams drops to 0
+}
+
+func newTracker() *tracker {
+	return &tracker{sessions: map[*psk.Session]struct{}{}, conns: map[net.Conn]struct{}{}, idle: make(chan struct{}, 1)}
+}
+
+func (t *tracker) addSession(s *psk.Session) {
+	t.mu.Lock()
+	t.sessions[s] = struct{}{}
+	t.mu.Unlock()
+}
+
+func (t *tracker) removeSession(s *psk.Session) {
+	t.mu.Lock()
+	delete(t.sessions, s)
+	t.mu.Unlock()
+}
+
+func (t *tracker) addConn(c net.Conn) {
+	t.mu.Lock()
+	t.conns[c] = struct{}{}
+	t.mu.Unlock()
+}
+
+func (t *tracker) removeConn(c net.Conn) {
+	t.mu.Lock()
+	delete(t.conns, c)
+	t.mu.Unlock()
+}
+
+func (t *tracker) numSessions() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.sessions)
+}
+
+func (t *tracker) streamDone() {
+	if t.streams.Add(-1) == 0 {
+		select {
+		case t.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// drain waits until no stream is open or ctx ends; then it closes every
+// session and connection. It reports whether the drain was clean.
+func (t *tracker) drain(ctx context.Context) bool {
+	t.mu.Lock()
+	for s := range t.sessions {
+		_ = s.GoAway()
+	}
+	t.mu.Unlock()
+	clean := true
+	for t.streams.Load() > 0 {
+		select {
+		case <-t.idle:
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			clean = false
+		}
+		if !clean {
+			break
+		}
+	}
+	t.mu.Lock()
+	ss := make([]*psk.Session, 0, len(t.sessions))
+	for s := range t.sessions {
+		ss = append(ss, s)
+	}
+	for c := range t.conns {
+		c.Close()
+	}
+	t.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, s := range ss {
+		wg.Go(func() { s.Close() })
+	}
+	wg.Wait()
+	return clean && t.streams.Load() == 0
+}

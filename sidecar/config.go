@@ -1,0 +1,218 @@
+package sidecar
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+// Common settings of both sidecars.
+type Common struct {
+	Listen          string        `yaml:"listen"`
+	Keys            string        `yaml:"keys"`
+	Status          string        `yaml:"status"`
+	LogLevel        string        `yaml:"log-level"`
+	LogFormat       string        `yaml:"log-format"`
+	Quiet           []string      `yaml:"quiet"`
+	TimedReload     time.Duration `yaml:"timed-reload"`
+	ShutdownTimeout time.Duration `yaml:"shutdown-timeout"`
+	MaxConns        int           `yaml:"max-conns"`
+	ConnectTimeout  time.Duration `yaml:"connect-timeout"`
+	HandshakeTO     time.Duration `yaml:"handshake-timeout"`
+	IdleTimeout     time.Duration `yaml:"idle-timeout"`
+	SessionIdle     time.Duration `yaml:"session-idle-timeout"`
+	KeepAlive       time.Duration `yaml:"keepalive"`
+	Grace           time.Duration `yaml:"epoch-grace"`
+}
+
+// ServerConfig configures `milagro server`.
+type ServerConfig struct {
+	Common        `yaml:",inline"`
+	Target        string            `yaml:"target"`
+	Routes        map[string]string `yaml:"routes"` // named targets
+	AllowIDs      []string          `yaml:"allow-id"`
+	AllowAll      bool              `yaml:"allow-all"`
+	HTTP          bool              `yaml:"http"`
+	ProxyProtocol bool              `yaml:"proxy-protocol"`
+	UnsafeTarget  bool              `yaml:"unsafe-target"`
+	MaxHandshakes int               `yaml:"max-handshakes"`
+	RequirePermit bool              `yaml:"require-permit"`
+}
+
+// Route maps an application destination to an upstream server sidecar and
+// the identity it must prove.
+type Route struct {
+	Upstream string `yaml:"upstream"`
+	VerifyID string `yaml:"verify-id"`
+	Target   string `yaml:"target"` // named target at the upstream ("" = its default)
+}
+
+// ClientConfig configures `milagro client`.
+type ClientConfig struct {
+	Common       `yaml:",inline"`
+	Target       string           `yaml:"target"`    // upstream server sidecar
+	VerifyID     string           `yaml:"verify-id"` // identity (pattern) the upstream must prove
+	ServerID     string           `yaml:"server-id"` // identity asked for in Msg1 (default: verify-id when literal)
+	RemoteTarget string           `yaml:"remote-target"`
+	FactorFile   string           `yaml:"factor-file"`
+	UnsafeListen bool             `yaml:"unsafe-listen"`
+	ForwardProxy string           `yaml:"forward-proxy"` // HTTP CONNECT listener
+	Routes       map[string]Route `yaml:"routes"`        // forward proxy: host:port → route
+	MaxStreams   int              `yaml:"max-streams-per-session"`
+}
+
+func commonDefaults(c *Common, listen string) {
+	c.Listen = listen
+	c.LogLevel = "info"
+	c.LogFormat = "json"
+	c.ShutdownTimeout = 30 * time.Second
+	c.MaxConns = 10000
+	c.ConnectTimeout = 5 * time.Second
+	c.HandshakeTO = 10 * time.Second
+	c.SessionIdle = 10 * time.Minute
+	c.KeepAlive = 30 * time.Second
+	c.Grace = 300 * time.Second
+}
+
+// DefaultServerConfig returns the server defaults.
+func DefaultServerConfig() *ServerConfig {
+	c := &ServerConfig{MaxHandshakes: 64}
+	commonDefaults(&c.Common, ":8443")
+	return c
+}
+
+// DefaultClientConfig returns the client defaults.
+func DefaultClientConfig() *ClientConfig {
+	c := &ClientConfig{MaxStreams: 256}
+	commonDefaults(&c.Common, "127.0.0.1:9000")
+	return c
+}
+
+func (c *Common) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.Listen, "listen", c.Listen, "address to accept connections on (HOST:PORT or unix:PATH)")
+	fs.StringVar(&c.Keys, "keys", c.Keys, "key directory written by 'milagro keys fetch' (required)")
+	fs.StringVar(&c.Status, "status", c.Status, "serve /_status, /healthz, /readyz and /_metrics/prometheus on this address")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn, error")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or console")
+	fs.Var((*stringList)(&c.Quiet), "quiet", "silence a class of log lines (handshake-errs); repeatable")
+	fs.DurationVar(&c.TimedReload, "timed-reload", c.TimedReload, "also reload keys at this interval (0: only on change and SIGHUP)")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "on SIGTERM, how long to wait for connections to drain")
+	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "maximum concurrent connections")
+	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", c.ConnectTimeout, "timeout for dialing a backend or upstream")
+	fs.DurationVar(&c.HandshakeTO, "handshake-timeout", c.HandshakeTO, "timeout for a whole secure handshake (mpinkex and DTLS)")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close a proxied connection idle this long (0: never)")
+	fs.DurationVar(&c.SessionIdle, "session-idle-timeout", c.SessionIdle, "close a secure session without streams this long")
+	fs.DurationVar(&c.KeepAlive, "keepalive", c.KeepAlive, "secure session keepalive interval")
+	fs.DurationVar(&c.Grace, "epoch-grace", c.Grace, "accept the adjacent epoch's time permit this close to an epoch boundary")
+}
+
+// RegisterFlags binds the server flags to c (defaults from c).
+func (c *ServerConfig) RegisterFlags(fs *flag.FlagSet) {
+	c.register(fs)
+	fs.StringVar(&c.Target, "target", c.Target, "backend for streams that name no target (HOST:PORT or unix:PATH)")
+	fs.Func("route", "named target NAME=ADDR that clients may ask for; repeatable", func(v string) error {
+		name, addr, ok := strings.Cut(v, "=")
+		if !ok || name == "" || addr == "" {
+			return errors.New("want NAME=ADDR")
+		}
+		if c.Routes == nil {
+			c.Routes = map[string]string{}
+		}
+		c.Routes[name] = addr
+		return nil
+	})
+	fs.Var((*stringList)(&c.AllowIDs), "allow-id", "allow clients whose identity matches this pattern (* one segment, ** any); repeatable")
+	fs.BoolVar(&c.AllowAll, "allow-all", c.AllowAll, "allow every authenticated client of the domain")
+	fs.BoolVar(&c.HTTP, "http", c.HTTP, "HTTP reverse proxy: set X-Milagro-Client-Id to the authenticated identity")
+	fs.BoolVar(&c.ProxyProtocol, "proxy-protocol", c.ProxyProtocol, "send a PROXY protocol v2 header with the client identity (TLV 0xE0) to TCP backends")
+	fs.BoolVar(&c.UnsafeTarget, "unsafe-target", c.UnsafeTarget, "allow a backend that is not on loopback (plaintext leaves the host)")
+	fs.IntVar(&c.MaxHandshakes, "max-handshakes", c.MaxHandshakes, "concurrent handshakes; more are answered 'overloaded'")
+	fs.BoolVar(&c.RequirePermit, "require-permit", c.RequirePermit, "refuse clients without a time permit for the current epoch (makes revocation effective)")
+}
+
+// RegisterFlags binds the client flags to c.
+func (c *ClientConfig) RegisterFlags(fs *flag.FlagSet) {
+	c.register(fs)
+	fs.StringVar(&c.Target, "target", c.Target, "upstream server sidecar HOST:PORT")
+	fs.StringVar(&c.VerifyID, "verify-id", c.VerifyID, "identity (or pattern) the upstream must prove (required with --target)")
+	fs.StringVar(&c.ServerID, "server-id", c.ServerID, "identity to ask the upstream for (default: --verify-id when it has no wildcard)")
+	fs.StringVar(&c.RemoteTarget, "remote-target", c.RemoteTarget, "named target at the upstream (default: its default target)")
+	fs.StringVar(&c.FactorFile, "factor-file", c.FactorFile, "file with the PIN or passphrase when the key directory stores a token")
+	fs.BoolVar(&c.UnsafeListen, "unsafe-listen", c.UnsafeListen, "allow a plaintext listener that is not on loopback")
+	fs.StringVar(&c.ForwardProxy, "forward-proxy", c.ForwardProxy, "serve an HTTP CONNECT forward proxy on this address (routes from --route)")
+	fs.Func("route", "forward-proxy route HOST:PORT=UPSTREAM@VERIFY-ID[#TARGET]; repeatable", func(v string) error {
+		dest, r, ok := strings.Cut(v, "=")
+		up, id, ok2 := strings.Cut(r, "@")
+		if !ok || !ok2 || dest == "" || up == "" || id == "" {
+			return errors.New("want HOST:PORT=UPSTREAM@VERIFY-ID[#TARGET]")
+		}
+		id, target, _ := strings.Cut(id, "#")
+		if c.Routes == nil {
+			c.Routes = map[string]Route{}
+		}
+		c.Routes[dest] = Route{Upstream: up, VerifyID: id, Target: target}
+		return nil
+	})
+	fs.IntVar(&c.MaxStreams, "max-streams-per-session", c.MaxStreams, "open another secure session when each carries this many streams")
+}
+
+// LoadYAML merges a YAML config file into c; unknown keys are errors.
+func LoadYAML(path string, c any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// ApplyEnv sets every flag not given on the command line from
+// MILAGRO_<FLAG> (upper case, dashes as underscores), so the precedence is
+// flags > environment > YAML file > defaults.
+func ApplyEnv(fs *flag.FlagSet, environ func(string) (string, bool)) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || err != nil || f.Name == "config" {
+			return
+		}
+		key := "MILAGRO_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := environ(key); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s: %w", key, e)
+			}
+		}
+	})
+	return err
+}
+
+// ConfigError is a mistake in the configuration (exit status 2), as opposed
+// to a failure at run time such as unreadable keys.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+func configErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &ConfigError{Err: err}
+}

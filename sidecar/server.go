@@ -1,0 +1,533 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/milagro-sc/milagro/mpinkex"
+	"github.com/milagro-sc/milagro/proxy"
+	"github.com/milagro-sc/milagro/psk"
+)
+
+// IdentityHeader is set by the HTTP mode to the authenticated client
+// identity; any copy the client sends is removed first.
+const IdentityHeader = "X-Milagro-Client-Id"
+
+// Server is `milagro server`: it accepts secure sessions, authenticates and
+// authorises clients, and forwards each stream to a plaintext backend.
+type Server struct {
+	cfg   *ServerConfig
+	log   zerolog.Logger
+	keys  *Keystore
+	allow *AllowList
+	m     *Metrics
+	t     *tracker
+
+	hs       chan struct{} // handshake slots
+	conns    chan struct{} // connection slots
+	inflight atomic.Int64
+	ready    atomic.Bool
+	draining atomic.Bool
+	addr     atomic.Value // string
+
+	httpStreams chan net.Conn // HTTP mode: streams for the reverse proxy
+}
+
+// NewServer validates cfg and loads the keys.
+func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, configErr(err)
+	}
+	allow, err := NewAllowList(cfg.AllowIDs, cfg.AllowAll)
+	if err != nil {
+		return nil, configErr(err)
+	}
+	if cfg.Target == "" && len(cfg.Routes) == 0 {
+		return nil, configErr(errors.New("--target (or at least one --route) is required"))
+	}
+	for name, t := range cfg.routesWithDefault() {
+		if _, _, err := proxy.ParseAddr(t); err != nil {
+			return nil, configErr(fmt.Errorf("target %s: %w", name, err))
+		}
+		if !cfg.UnsafeTarget && !proxy.IsLoopback(t) {
+			return nil, configErr(fmt.Errorf("target %s (%s) is not on loopback: plaintext would leave the host; pass --unsafe-target if that is intended", name, t))
+		}
+	}
+	if cfg.HTTP && cfg.ProxyProtocol {
+		return nil, configErr(errors.New("--http and --proxy-protocol exclude each other"))
+	}
+	if cfg.MaxHandshakes <= 0 {
+		return nil, configErr(errors.New("--max-handshakes must be positive"))
+	}
+	m := NewMetrics("server")
+	ks, err := OpenKeystore(KeystoreOptions{Dir: cfg.Keys, Role: RoleServer, Log: log, OnReload: reloadCounter(m)})
+	if err != nil {
+		return nil, err
+	}
+	m.observeKeys(ks.Current())
+	s := &Server{cfg: cfg, log: log, keys: ks, allow: allow, m: m, t: newTracker(),
+		hs: make(chan struct{}, cfg.MaxHandshakes), conns: make(chan struct{}, cfg.MaxConns)}
+	return s, nil
+}
+
+func (c *ServerConfig) routesWithDefault() map[string]string {
+	r := map[string]string{}
+	for k, v := range c.Routes {
+		r[k] = v
+	}
+	if c.Target != "" {
+		r["(default)"] = c.Target
+	}
+	return r
+}
+
+func reloadCounter(m *Metrics) func(string, error) {
+	return func(_ string, err error) {
+		if err != nil {
+			m.Reloads.WithLabelValues("error").Inc()
+		} else {
+			m.Reloads.WithLabelValues("ok").Inc()
+		}
+	}
+}
+
+// Keystore returns the server's keystore.
+func (s *Server) Keystore() *Keystore { return s.keys }
+
+// Addr returns the bound listen address once Run has bound it.
+func (s *Server) Addr() string { v, _ := s.addr.Load().(string); return v }
+
+// Run serves until ctx ends, then drains: it stops accepting, tells every
+// session to open no more streams, waits up to the shutdown timeout for open
+// streams, and closes everything. It returns nil after a clean drain and
+// ErrDrainTimeout if connections had to be cut. hup delivers SIGHUP.
+func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
+	ln, err := proxy.Listen(s.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	s.addr.Store(ln.Addr().String())
+	var wg sync.WaitGroup
+	bg, stopBG := context.WithCancel(context.Background())
+	defer func() { stopBG(); wg.Wait() }()
+	if s.cfg.Status != "" {
+		sl, err := net.Listen("tcp", s.cfg.Status)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("status listener: %w", err)
+		}
+		wg.Go(func() {
+			if err := serveStatus(bg, sl, s.m, s.status); err != nil {
+				s.log.Error().Err(err).Msg("status endpoint failed")
+			}
+		})
+	}
+	wg.Go(func() {
+		if err := s.keys.Watch(bg, hup, s.cfg.TimedReload); err != nil {
+			s.log.Error().Err(err).Msg("key watcher stopped")
+		}
+	})
+	wg.Go(func() {
+		for {
+			select {
+			case <-bg.Done():
+				return
+			case <-time.After(time.Second):
+				s.m.observeKeys(s.keys.Current())
+			}
+		}
+	})
+	if s.cfg.HTTP {
+		if err := s.startHTTP(bg, &wg); err != nil {
+			ln.Close()
+			return err
+		}
+	}
+	s.ready.Store(true)
+	k := s.keys.Current()
+	s.log.Info().Str("listen", ln.Addr().String()).Str("identity", k.Identity).Str("domain", k.Domain).
+		Str("target", s.cfg.Target).Bool("http", s.cfg.HTTP).Bool("proxy_protocol", s.cfg.ProxyProtocol).Msg("server ready")
+
+	acceptDone := make(chan struct{})
+	go func() {
+		defer close(acceptDone)
+		s.acceptLoop(bg, ln)
+	}()
+	<-ctx.Done()
+	s.draining.Store(true)
+	s.ready.Store(false)
+	ln.Close()
+	<-acceptDone
+	s.log.Info().Int64("streams", s.t.streams.Load()).Int("sessions", s.t.numSessions()).Dur("timeout", s.cfg.ShutdownTimeout).Msg("draining")
+	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	clean := s.t.drain(dctx)
+	if !clean {
+		s.log.Warn().Msg("drain timed out; connections closed")
+		return ErrDrainTimeout
+	}
+	s.log.Info().Msg("drained")
+	return nil
+}
+
+func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) {
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off, as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn().Err(err).Dur("retry_in", delay).Msg("accept failed")
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		s.m.Accepts.Inc()
+		select {
+		case s.conns <- struct{}{}:
+		default:
+			s.log.Warn().Str("remote", c.RemoteAddr().String()).Int("max_conns", s.cfg.MaxConns).Msg("connection limit reached; closing")
+			c.Close()
+			continue
+		}
+		go func() {
+			defer func() { <-s.conns }()
+			s.handleConn(ctx, c)
+		}()
+	}
+}
+
+func (s *Server) handleConn(ctx context.Context, c net.Conn) {
+	remote := c.RemoteAddr().String()
+	select {
+	case s.hs <- struct{}{}:
+	default:
+		s.m.Handshakes.WithLabelValues("overloaded").Inc()
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = mpinkex.WriteAlert(c, mpinkex.AlertOverloaded)
+		c.Close()
+		if !s.cfg.quiet("handshake-errs") {
+			s.log.Warn().Str("remote", remote).Msg("handshake refused: overloaded")
+		}
+		return
+	}
+	s.inflight.Add(1)
+	s.t.addConn(c)
+	start := time.Now()
+	sess, res, err := s.handshake(ctx, c)
+	s.inflight.Add(-1)
+	<-s.hs
+	s.t.removeConn(c)
+	if err != nil {
+		c.Close()
+		s.m.Handshakes.WithLabelValues(handshakeResult(err)).Inc()
+		if !s.cfg.quiet("handshake-errs") {
+			s.log.Warn().Str("remote", remote).Err(err).Msg("handshake failed")
+		}
+		return
+	}
+	d := time.Since(start)
+	s.m.Handshakes.WithLabelValues("ok").Inc()
+	s.m.HandshakeDuration.Observe(d.Seconds())
+	s.m.Sessions.Inc()
+	s.t.addSession(sess)
+	log := s.log.With().Str("client", res.ClientID).Str("remote", remote).Logger()
+	log.Info().Dur("handshake", d).Bool("permit", res.PermitUsed).Msg("session open")
+	if s.draining.Load() {
+		_ = sess.GoAway()
+	}
+	var streams atomic.Int64
+	var up, down atomic.Int64
+	var wg sync.WaitGroup
+	for {
+		in, err := sess.Accept(ctx)
+		if err != nil {
+			var se *psk.StreamError
+			if errors.As(err, &se) {
+				log.Warn().Err(err).Msg("stream dropped")
+				s.m.StreamsTotal.WithLabelValues("bad_header").Inc()
+				continue
+			}
+			break
+		}
+		streams.Add(1)
+		s.t.streams.Add(1)
+		s.m.Streams.Inc()
+		wg.Go(func() {
+			defer func() { s.t.streamDone(); s.m.Streams.Dec() }()
+			u, dn := s.handleStream(ctx, in, log)
+			up.Add(u)
+			down.Add(dn)
+		})
+	}
+	wg.Wait()
+	sess.Close()
+	s.t.removeSession(sess)
+	s.m.Sessions.Dec()
+	log.Info().Int64("streams", streams.Load()).Int64("bytes_up", up.Load()).Int64("bytes_down", down.Load()).
+		Dur("duration", time.Since(start)).AnErr("reason", sess.Err()).Msg("session closed")
+}
+
+// handshake runs mpinkex then DTLS with the keys in force now.
+func (s *Server) handshake(ctx context.Context, c net.Conn) (*psk.Session, *mpinkex.Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTO)
+	defer cancel()
+	k := s.keys.Current()
+	res, err := mpinkex.Server(ctx, c, &mpinkex.ServerConfig{
+		Keys: []*mpinkex.ServerKey{k.Server}, Authorize: s.allow.Authorize, RequirePermit: s.cfg.RequirePermit,
+		EpochLen: k.EpochLen, Grace: s.cfg.Grace, StepTimeout: s.cfg.HandshakeTO,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	sess, err := psk.Server(ctx, c, res, s.cfg.pskConfig())
+	res.Zeroize()
+	if err != nil {
+		return nil, nil, err
+	}
+	return sess, &mpinkex.Result{ClientID: res.ClientID, ServerID: res.ServerID, PermitUsed: res.PermitUsed, Epoch: res.Epoch}, nil
+}
+
+// handshakeResult names a failure for the metrics.
+func handshakeResult(err error) string {
+	var ae *mpinkex.AlertError
+	switch {
+	case errors.Is(err, mpinkex.ErrPolicy):
+		return "unauthorized"
+	case errors.Is(err, mpinkex.ErrAuth), errors.Is(err, mpinkex.ErrEpoch), errors.Is(err, mpinkex.ErrServerID):
+		return "auth_failed"
+	case errors.Is(err, mpinkex.ErrDecode), errors.Is(err, mpinkex.ErrVersion):
+		return "bad_message"
+	case errors.As(err, &ae):
+		if ae.Code == mpinkex.AlertOverloaded {
+			return "overloaded"
+		}
+		return "refused"
+	case errors.Is(err, psk.ErrRecordRejected), errors.Is(err, psk.ErrUnknownIdentity):
+		return "key_mismatch"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return "timeout"
+	}
+	return "error"
+}
+
+func (s *Server) target(in *psk.IncomingStream) (string, bool) {
+	if in.Kind() == psk.KindDefault {
+		return s.cfg.Target, s.cfg.Target != ""
+	}
+	t, ok := s.cfg.Routes[in.Target()]
+	return t, ok
+}
+
+func (s *Server) handleStream(ctx context.Context, in *psk.IncomingStream, log zerolog.Logger) (up, down int64) {
+	target, ok := s.target(in)
+	if !ok {
+		_ = in.Reject(psk.StatusRefused)
+		s.m.StreamsTotal.WithLabelValues("refused").Inc()
+		log.Warn().Str("target", in.Target()).Msg("stream refused: no such target")
+		return 0, 0
+	}
+	if s.cfg.HTTP && in.Kind() == psk.KindDefault {
+		st, err := in.Accept()
+		if err != nil {
+			return 0, 0
+		}
+		c := &countingConn{Conn: st}
+		done := make(chan struct{})
+		select {
+		case s.httpStreams <- &notifyConn{countingConn: c, done: done}:
+		case <-ctx.Done():
+			st.Close()
+			return 0, 0
+		}
+		<-done
+		s.m.StreamsTotal.WithLabelValues("ok").Inc()
+		return c.read.Load(), c.written.Load()
+	}
+	network, addr, _ := proxy.ParseAddr(target)
+	d := net.Dialer{Timeout: s.cfg.ConnectTimeout}
+	backend, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		_ = in.Reject(psk.StatusUnreachable)
+		s.m.StreamsTotal.WithLabelValues("unreachable").Inc()
+		log.Warn().Err(err).Str("target", target).Msg("backend unreachable")
+		return 0, 0
+	}
+	st, err := in.Accept()
+	if err != nil {
+		backend.Close()
+		return 0, 0
+	}
+	if s.cfg.ProxyProtocol {
+		h, err := proxy.EncodeProxyV2(st.RemoteAddr(), st.LocalAddr(), st.Session().PeerID())
+		if err == nil {
+			_, err = backend.Write(h)
+		}
+		if err != nil {
+			st.Close()
+			backend.Close()
+			log.Warn().Err(err).Msg("PROXY header not sent")
+			return 0, 0
+		}
+	}
+	start := time.Now()
+	stats, err := proxy.Pipe(ctx, st, backend, s.cfg.IdleTimeout)
+	s.m.Bytes.WithLabelValues("up").Add(float64(stats.AToB))
+	s.m.Bytes.WithLabelValues("down").Add(float64(stats.BToA))
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	s.m.StreamsTotal.WithLabelValues(result).Inc()
+	ev := log.Debug()
+	if err != nil {
+		ev = log.Info().Err(err)
+	}
+	ev.Uint32("stream", st.StreamID()).Str("target", target).Int64("bytes_up", stats.AToB).Int64("bytes_down", stats.BToA).
+		Dur("duration", time.Since(start)).Msg("stream closed")
+	return stats.AToB, stats.BToA
+}
+
+// countingConn counts bytes for the HTTP mode's stream log.
+type countingConn struct {
+	net.Conn
+	read, written atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.written.Add(int64(n))
+	return n, err
+}
+
+// notifyConn tells handleStream when net/http is done with the stream.
+type notifyConn struct {
+	*countingConn
+	once sync.Once
+	done chan struct{}
+}
+
+func (c *notifyConn) Close() error {
+	err := c.countingConn.Close()
+	c.once.Do(func() { close(c.done) })
+	return err
+}
+
+// chanListener hands streams to an http.Server.
+type chanListener struct {
+	ch   chan net.Conn
+	done <-chan struct{}
+	addr net.Addr
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+func (l *chanListener) Close() error   { return nil }
+func (l *chanListener) Addr() net.Addr { return l.addr }
+
+type ctxKey struct{}
+
+// startHTTP runs the reverse proxy that serves HTTP-mode streams.
+func (s *Server) startHTTP(ctx context.Context, wg *sync.WaitGroup) error {
+	network, addr, _ := proxy.ParseAddr(s.cfg.Target)
+	u := &url.URL{Scheme: "http", Host: addr}
+	if network == "unix" {
+		u.Host = "backend"
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			d := net.Dialer{Timeout: s.cfg.ConnectTimeout}
+			return d.DialContext(ctx, network, addr)
+		},
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(u)
+			r.Out.Host = r.In.Host
+			r.Out.Header.Del(IdentityHeader)
+			if id, ok := r.In.Context().Value(ctxKey{}).(string); ok {
+				r.Out.Header.Set(IdentityHeader, id)
+			}
+		},
+		Transport: tr,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			s.log.Warn().Err(err).Str("target", s.cfg.Target).Msg("backend unreachable")
+			http.Error(w, "backend unreachable", http.StatusBadGateway)
+		},
+	}
+	s.httpStreams = make(chan net.Conn)
+	srv := &http.Server{
+		Handler:           rp,
+		ReadHeaderTimeout: s.cfg.HandshakeTO,
+		IdleTimeout:       s.cfg.SessionIdle,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if nc, ok := c.(*notifyConn); ok {
+				if st, ok := nc.countingConn.Conn.(*psk.Stream); ok {
+					return context.WithValue(ctx, ctxKey{}, st.Session().PeerID())
+				}
+			}
+			return ctx
+		},
+	}
+	ln := &chanListener{ch: s.httpStreams, done: ctx.Done(), addr: &net.TCPAddr{}}
+	wg.Go(func() { _ = srv.Serve(ln) })
+	wg.Go(func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		tr.CloseIdleConnections()
+	})
+	return nil
+}
+
+// status builds /_status; probe dials the backends.
+func (s *Server) status(probe bool) StatusInfo {
+	k := s.keys.Current()
+	st := StatusInfo{Role: "server", Identity: k.Identity, Domain: k.Domain, Listen: s.Addr(),
+		Draining: s.draining.Load(), Keys: keysStatus(s.keys), Sessions: s.t.numSessions(),
+		Streams: int(s.t.streams.Load()), Handshakes: s.inflight.Load(), Time: time.Now().UTC()}
+	st.Ready = s.ready.Load() && time.Now().Before(k.ExpiresAt)
+	if probe {
+		for name, t := range s.cfg.routesWithDefault() {
+			r := Reachable{Name: name, Address: t, OK: true}
+			network, addr, _ := proxy.ParseAddr(t)
+			c, err := net.DialTimeout(network, addr, time.Second)
+			if err != nil {
+				r.OK, r.Error = false, err.Error()
+			} else {
+				c.Close()
+			}
+			st.Backends = append(st.Backends, r)
+		}
+	}
+	return st
+}

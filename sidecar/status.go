@@ -1,0 +1,110 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/milagro-sc/milagro/proxy"
+)
+
+// StatusInfo is the /_status document.
+type StatusInfo struct {
+	Role       string       `json:"role"`
+	Identity   string       `json:"identity"`
+	Domain     string       `json:"domain"`
+	Listen     string       `json:"listen"`
+	Ready      bool         `json:"ready"`
+	Draining   bool         `json:"draining"`
+	Keys       KeysStatus   `json:"keys"`
+	Sessions   int          `json:"sessions"`
+	Streams    int          `json:"streams"`
+	Handshakes int64        `json:"handshakes_in_flight"`
+	Backends   []Reachable  `json:"backends,omitempty"`
+	Upstreams  []PoolStatus `json:"upstreams,omitempty"`
+	Time       time.Time    `json:"time"`
+}
+
+// KeysStatus describes the keys in force and the last reload.
+type KeysStatus struct {
+	Generation   string    `json:"generation"`
+	LoadedAt     time.Time `json:"loaded_at"`
+	IssuedAt     time.Time `json:"issued_at"`
+	ExpiresAt    time.Time `json:"expires_at"`
+	PermitEpochs []uint64  `json:"permit_epochs,omitempty"`
+	PermitExpiry time.Time `json:"permit_expires_at,omitzero"`
+	LastReload   time.Time `json:"last_reload"`
+	LastSource   string    `json:"last_reload_source"`
+	LastError    string    `json:"last_reload_error,omitempty"`
+}
+
+// Reachable is the result of a backend probe.
+type Reachable struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	OK      bool   `json:"ok"`
+	Error   string `json:"error,omitempty"`
+}
+
+// PoolStatus describes the sessions to one upstream.
+type PoolStatus struct {
+	Upstream string          `json:"upstream"`
+	VerifyID string          `json:"verify_id"`
+	Stats    proxy.PoolStats `json:"stats"`
+}
+
+func keysStatus(ks *Keystore) KeysStatus {
+	k := ks.Current()
+	lr := ks.LastReload()
+	s := KeysStatus{Generation: k.Generation, LoadedAt: k.LoadedAt, IssuedAt: k.IssuedAt, ExpiresAt: k.ExpiresAt,
+		PermitExpiry: k.PermitExpiry(), LastReload: lr.At, LastSource: lr.Source}
+	for _, p := range k.Permits {
+		s.PermitEpochs = append(s.PermitEpochs, p.Epoch)
+	}
+	if lr.Err != nil {
+		s.LastError = lr.Err.Error()
+	}
+	return s
+}
+
+// serveStatus runs the status endpoint until ctx ends.
+func serveStatus(ctx context.Context, ln net.Listener, m *Metrics, status func(probe bool) StatusInfo) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /_status", func(w http.ResponseWriter, r *http.Request) {
+		st := status(true)
+		w.Header().Set("Content-Type", "application/json")
+		if !st.Ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(st)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if st := status(false); !st.Ready {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	mux.Handle("GET /_metrics/prometheus", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
