@@ -130,7 +130,7 @@ func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
 	}
 	k := c.keys.Current()
 	res, err := mpinkex.Client(ctx, conn, &mpinkex.ClientConfig{
-		Key: k.Client, Permits: k.Permits, ServerID: u.serverID, EpochLen: k.EpochLen, Grace: c.cfg.Grace,
+		Key: k.Client, Permits: k.Permits, ServerID: u.serverID, EpochLen: k.EpochLen, Grace: mpinkexGrace(c.cfg.Grace),
 		StepTimeout: c.cfg.HandshakeTO,
 		VerifyServerID: func(id string) error {
 			if !pattern.Match(u.verifyID, id) {

@@ -150,3 +150,12 @@ func (t *tracker) drain(ctx context.Context) bool {
 	wg.Wait()
 	return clean && t.streams.Load() == 0
 }
+
+// mpinkexGrace maps --epoch-grace to mpinkex's convention, where 0 means the
+// default: an operator's explicit 0 means no grace at all.
+func mpinkexGrace(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}

@@ -289,7 +289,7 @@ func (s *Server) handshake(ctx context.Context, c net.Conn) (*psk.Session, *mpin
 	k := s.keys.Current()
 	res, err := mpinkex.Server(ctx, c, &mpinkex.ServerConfig{
 		Keys: []*mpinkex.ServerKey{k.Server}, Authorize: s.allow.Authorize, RequirePermit: s.cfg.RequirePermit,
-		EpochLen: k.EpochLen, Grace: s.cfg.Grace, StepTimeout: s.cfg.HandshakeTO,
+		EpochLen: k.EpochLen, Grace: mpinkexGrace(s.cfg.Grace), StepTimeout: s.cfg.HandshakeTO,
 	})
 	if err != nil {
 		return nil, nil, err

@@ -39,6 +39,7 @@ var commands = map[string]command{
 	"keys show":    {"describe a key directory (no secrets)", runKeysShow},
 	"server":       {"accept secure sessions and forward streams to a plaintext backend", runServer},
 	"client":       {"carry plaintext connections to a server sidecar over secure sessions", runClient},
+	"demo":         {"show the whole system working, in one process on loopback", runDemo},
 }
 
 func main() {
