@@ -50,8 +50,11 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, configErr(err)
 	}
-	if cfg.Target == "" && cfg.ForwardProxy == "" {
-		return nil, configErr(errors.New("--target (with --listen) or --forward-proxy is required"))
+	if cfg.Target == "" && cfg.ForwardProxy == "" && !cfg.Transparent {
+		return nil, configErr(errors.New("--target (with --listen), --transparent or --forward-proxy is required"))
+	}
+	if cfg.Transparent && len(cfg.Routes) == 0 {
+		return nil, configErr(errors.New("--transparent needs at least one --route IP:PORT=UPSTREAM@VERIFY-ID"))
 	}
 	for _, l := range []string{cfg.Listen, cfg.ForwardProxy} {
 		if l != "" && !cfg.UnsafeListen && !proxy.IsLoopback(l) {
@@ -95,7 +98,7 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 		}
 		c.routes[strings.ToLower(dest)] = u
 	}
-	if cfg.ForwardProxy != "" && len(c.routes) == 0 {
+	if cfg.ForwardProxy != "" && len(c.routes) == 0 && !cfg.Transparent {
 		return nil, errors.New("--forward-proxy needs at least one --route")
 	}
 	return c, nil
@@ -182,7 +185,7 @@ func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
 			l.Close()
 		}
 	}
-	if c.def != nil {
+	if c.def != nil || c.cfg.Transparent {
 		ln, err := proxy.Listen(c.cfg.Listen)
 		if err != nil {
 			return err
@@ -222,7 +225,10 @@ func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
 		}
 	})
 	var accepting sync.WaitGroup
-	if c.def != nil {
+	switch {
+	case c.cfg.Transparent:
+		accepting.Go(func() { c.acceptLoop(bg, lns[0], func(conn net.Conn) { c.serveTransparent(bg, conn) }) })
+	case c.def != nil:
 		accepting.Go(func() { c.acceptLoop(bg, lns[0], func(conn net.Conn) { c.serveApp(bg, conn, c.def) }) })
 	}
 	if fwd != nil {
@@ -340,6 +346,28 @@ func streamFailure(err error) string {
 		return "upstream_down"
 	}
 	return "error"
+}
+
+// serveTransparent carries a connection that iptables redirected to the
+// listener to the route of its original destination; without a route it
+// falls back to --target, if any.
+func (c *Client) serveTransparent(ctx context.Context, conn net.Conn) {
+	dst, err := proxy.OriginalDst(conn)
+	if err != nil {
+		c.log.Warn().Err(err).Str("app", conn.RemoteAddr().String()).Msg("transparent: no original destination; closing")
+		conn.Close()
+		return
+	}
+	u, ok := c.routes[strings.ToLower(dst.String())]
+	if !ok {
+		u = c.def
+	}
+	if u == nil || dst.String() == conn.LocalAddr().String() {
+		c.log.Warn().Str("destination", dst.String()).Str("app", conn.RemoteAddr().String()).Msg("transparent: no route for the original destination; closing")
+		conn.Close()
+		return
+	}
+	c.serveApp(ctx, conn, u)
 }
 
 // serveConnect is the HTTP CONNECT forward proxy: CONNECT host:port is

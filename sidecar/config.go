@@ -69,6 +69,7 @@ type ClientConfig struct {
 	FactorFile   string           `yaml:"factor-file"`
 	UnsafeListen bool             `yaml:"unsafe-listen"`
 	ForwardProxy string           `yaml:"forward-proxy"` // HTTP CONNECT listener
+	Transparent  bool             `yaml:"transparent"`   // --listen gets iptables-redirected connections
 	Routes       map[string]Route `yaml:"routes"`        // forward proxy: host:port → route
 	MaxStreams   int              `yaml:"max-streams-per-session"`
 }
@@ -152,7 +153,8 @@ func (c *ClientConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.FactorFile, "factor-file", c.FactorFile, "file with the PIN or passphrase when the key directory stores a token")
 	fs.BoolVar(&c.UnsafeListen, "unsafe-listen", c.UnsafeListen, "allow a plaintext listener that is not on loopback")
 	fs.StringVar(&c.ForwardProxy, "forward-proxy", c.ForwardProxy, "serve an HTTP CONNECT forward proxy on this address (routes from --route)")
-	fs.Func("route", "forward-proxy route HOST:PORT=UPSTREAM@VERIFY-ID[#TARGET]; repeatable", func(v string) error {
+	fs.BoolVar(&c.Transparent, "transparent", c.Transparent, "--listen receives connections redirected by iptables (REDIRECT/DNAT, Linux): each goes to the --route of its original destination IP:PORT")
+	fs.Func("route", "route for --forward-proxy and --transparent: HOST:PORT=UPSTREAM@VERIFY-ID[#TARGET]; repeatable", func(v string) error {
 		dest, r, ok := strings.Cut(v, "=")
 		up, id, ok2 := strings.Cut(r, "@")
 		if !ok || !ok2 || dest == "" || up == "" || id == "" {
