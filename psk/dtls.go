@@ -79,7 +79,11 @@ func dtlsConfig(client bool, rc *recordConn, identity string, key []byte) *dtls.
 	want := []byte(identity)
 	cfg.PSK = func(got []byte) ([]byte, error) {
 		if subtle.ConstantTimeCompare(got, want) != 1 {
-			return nil, fmt.Errorf("%w: client sent %q", ErrUnknownIdentity, got)
+			err := fmt.Errorf("%w: client sent %q", ErrUnknownIdentity, got)
+			// Record the verdict: pion reports whichever of its errors
+			// comes first, often the EOF of the client leaving.
+			rc.fail(err)
+			return nil, err
 		}
 		return key, nil
 	}
@@ -114,7 +118,7 @@ func handshakeDTLS(ctx context.Context, client bool, raw net.Conn, res *mpinkex.
 	}
 	if err != nil {
 		cause := handshakeCause(ctx, hctx, rc, err)
-		if errors.Is(cause, ErrRecordRejected) {
+		if errors.Is(rc.failure(), ErrRecordRejected) {
 			// The peer's records do not authenticate under our keys: tell
 			// it, or it sees only a closed connection.
 			_ = rc.sendPlainAlert(alert.BadRecordMac)

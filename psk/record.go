@@ -66,7 +66,8 @@ func isTimeout(err error) bool {
 //     forged plaintext alert (say close_notify) cannot be injected later;
 //   - epoch 1 (encrypted): only after the ChangeCipherSpec; the first record
 //     is the Finished message, later ones only alerts and application data
-//     (no renegotiation, no retransmitted flights);
+//     (no renegotiation, no retransmitted flights), the latter with at most
+//     MaxRecordPlaintext bytes of plaintext;
 //   - no other epoch.
 //
 // Timeouts are not sticky (a partial record stays buffered); every other
@@ -159,6 +160,8 @@ func (r *recordReader) check(h recordHeader) error {
 			return badRecord("handshake record after Finished (renegotiation and retransmission are not used over TCP)")
 		case h.n < gcmOverhead:
 			return badRecord("encrypted record of %d bytes is shorter than the AES-GCM nonce and tag", h.n)
+		case h.typ == ctApplicationData && h.n > MaxRecordPlaintext+gcmOverhead:
+			return badRecord("application data record with %d bytes of plaintext, more than %d", h.n-gcmOverhead, MaxRecordPlaintext)
 		}
 	default:
 		return badRecord("epoch %d (only 0 and 1 exist without renegotiation)", h.epoch)

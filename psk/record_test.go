@@ -21,17 +21,18 @@ func mkRecord(typ byte, epoch uint16, seq uint64, body []byte) []byte {
 func filled(n int, b byte) []byte { return bytes.Repeat([]byte{b}, n) }
 
 // handshakeRecords is the record sequence one side sends: plaintext
-// handshake, ChangeCipherSpec, Finished, then application data, ending
-// with the largest record pion can take.
+// handshake (one record as large as pion's buffer takes),
+// ChangeCipherSpec, Finished, then alerts and application data of the
+// largest and the smallest size.
 func handshakeRecords() [][]byte {
 	return [][]byte{
 		mkRecord(ctHandshake, 0, 0, filled(60, 1)),
-		mkRecord(ctHandshake, 0, 1, filled(12, 2)),
+		mkRecord(ctHandshake, 0, 1, filled(maxRecordBody, 2)),
 		mkRecord(ctChangeCipherSpec, 0, 2, []byte{1}),
 		mkRecord(ctHandshake, 1, 0, filled(40, 3)),
 		mkRecord(ctApplicationData, 1, 1, filled(100, 4)),
 		mkRecord(ctAlert, 1, 2, filled(26, 5)),
-		mkRecord(ctApplicationData, 1, 3, filled(maxRecordBody, 6)),
+		mkRecord(ctApplicationData, 1, 3, filled(MaxRecordPlaintext+gcmOverhead, 6)),
 		mkRecord(ctApplicationData, 1, 4, filled(gcmOverhead, 7)),
 	}
 }
@@ -123,6 +124,7 @@ func TestRecordReaderErrors(t *testing.T) {
 		{"application data before Finished", append(bytes.Clone(preCCS), mkRecord(ctApplicationData, 1, 0, filled(40, 0))...), ErrBadRecord},
 		{"plaintext after ChangeCipherSpec", append(bytes.Clone(pre), mkRecord(ctAlert, 0, 3, []byte{1, 0})...), ErrBadRecord},
 		{"handshake after Finished", append(bytes.Clone(pre), mkRecord(ctHandshake, 1, 1, filled(40, 0))...), ErrBadRecord},
+		{"application data over 8000 bytes", append(bytes.Clone(pre), mkRecord(ctApplicationData, 1, 1, filled(MaxRecordPlaintext+gcmOverhead+1, 0))...), ErrBadRecord},
 		{"encrypted record too short", append(bytes.Clone(pre), mkRecord(ctApplicationData, 1, 1, filled(gcmOverhead-1, 0))...), ErrBadRecord},
 		{"ChangeCipherSpec in epoch 1", append(bytes.Clone(pre), mkRecord(ctChangeCipherSpec, 1, 1, []byte{1})...), ErrBadRecord},
 	} {

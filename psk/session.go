@@ -241,8 +241,10 @@ func (s *Session) IsClient() bool { return s.client }
 // streams not yet accepted and streams half-closed by one side.
 func (s *Session) NumStreams() int { return s.tab.len() }
 
-// LocalAddr and RemoteAddr are the addresses of the TCP connection.
-func (s *Session) LocalAddr() net.Addr  { return s.raw.LocalAddr() }
+// LocalAddr is the local address of the TCP connection.
+func (s *Session) LocalAddr() net.Addr { return s.raw.LocalAddr() }
+
+// RemoteAddr is the peer's address on the TCP connection.
 func (s *Session) RemoteAddr() net.Addr { return s.raw.RemoteAddr() }
 
 // Done is closed when the session has ended, for whatever reason.

@@ -47,6 +47,11 @@ type Stream struct {
 	noReader chan struct{} // closed when readers drops to 0 after Close
 }
 
+var _ interface {
+	net.Conn
+	CloseWrite() error
+} = (*Stream)(nil)
+
 func (s *Session) wrap(ys *yamux.Stream) *Stream {
 	return &Stream{ys: ys, s: s, tr: s.tab.lookup(ys.StreamID())}
 }
@@ -57,6 +62,7 @@ func (st *Stream) StreamID() uint32 { return st.ys.StreamID() }
 // Session returns the session carrying the stream.
 func (st *Stream) Session() *Session { return st.s }
 
+// Read reads stream data: io.EOF only after the peer's FIN (see Stream).
 func (st *Stream) Read(p []byte) (int, error) {
 	st.mu.Lock()
 	if st.closed {
@@ -105,6 +111,7 @@ func (st *Stream) readErr(err error) error {
 	return fmt.Errorf("psk: stream read: %w", err)
 }
 
+// Write writes stream data, blocking while the peer's window is full.
 func (st *Stream) Write(p []byte) (int, error) {
 	n, err := st.ys.Write(p)
 	if err != nil {
@@ -200,10 +207,13 @@ func (st *Stream) drain(wait chan struct{}) {
 	}
 }
 
-// LocalAddr and RemoteAddr are the TCP addresses of the session.
-func (st *Stream) LocalAddr() net.Addr  { return st.ys.LocalAddr() }
+// LocalAddr is the local TCP address of the session.
+func (st *Stream) LocalAddr() net.Addr { return st.ys.LocalAddr() }
+
+// RemoteAddr is the peer's TCP address.
 func (st *Stream) RemoteAddr() net.Addr { return st.ys.RemoteAddr() }
 
+// SetDeadline sets the read and write deadlines.
 func (st *Stream) SetDeadline(t time.Time) error {
 	if err := st.SetReadDeadline(t); err != nil {
 		return err
@@ -211,6 +221,7 @@ func (st *Stream) SetDeadline(t time.Time) error {
 	return st.SetWriteDeadline(t)
 }
 
+// SetReadDeadline sets the deadline for pending and future Reads.
 func (st *Stream) SetReadDeadline(t time.Time) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -220,6 +231,7 @@ func (st *Stream) SetReadDeadline(t time.Time) error {
 	return st.ys.SetReadDeadline(t)
 }
 
+// SetWriteDeadline sets the deadline for pending and future Writes.
 func (st *Stream) SetWriteDeadline(t time.Time) error {
 	return st.ys.SetWriteDeadline(t)
 }

@@ -207,10 +207,11 @@ func (t *streamTable) finReceived(st *streamTrack) bool {
 	return st.finIn && !st.rst
 }
 
-// whenGone runs f (once) when st leaves the table, now if it has.
+// whenGone runs f (once) when st leaves the table, now if it has or the
+// table is stopped.
 func (t *streamTable) whenGone(st *streamTrack, f func()) {
 	t.mu.Lock()
-	if st != nil && !st.gone {
+	if st != nil && !st.gone && !t.stopped {
 		st.onGone = append(st.onGone, f)
 		t.mu.Unlock()
 		return
