@@ -110,19 +110,7 @@ func (cfg *ClientConfig) permit() (*Permit, error) {
 	if len(cfg.Permits) == 0 {
 		return nil, nil
 	}
-	now := time.Now
-	if cfg.Now != nil {
-		now = cfg.Now
-	}
-	epochLen, grace := cfg.EpochLen, cfg.Grace
-	if epochLen == 0 {
-		epochLen = DefaultEpochLen
-	}
-	if grace == 0 {
-		grace = DefaultGrace
-	} else if grace < 0 {
-		grace = 0
-	}
+	now, epochLen, grace := timeSettings(cfg.Now, cfg.EpochLen, cfg.Grace)
 	t := now()
 	cur, err := Epoch(t, epochLen)
 	if err != nil {

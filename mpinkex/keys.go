@@ -259,3 +259,21 @@ func AcceptEpoch(epoch uint64, now time.Time, epochLen, grace time.Duration) (bo
 	}
 	return false, nil
 }
+
+// timeSettings applies the defaults of the time settings shared by ClientConfig and
+// ServerConfig: time.Now, DefaultEpochLen, and DefaultGrace for 0 (a
+// negative grace means none).
+func timeSettings(now func() time.Time, epochLen, grace time.Duration) (func() time.Time, time.Duration, time.Duration) {
+	if now == nil {
+		now = time.Now
+	}
+	if epochLen == 0 {
+		epochLen = DefaultEpochLen
+	}
+	if grace == 0 {
+		grace = DefaultGrace
+	} else if grace < 0 {
+		grace = 0
+	}
+	return now, epochLen, grace
+}

@@ -88,19 +88,7 @@ func Server(ctx context.Context, rw io.ReadWriter, cfg *ServerConfig) (*Result, 
 	if len(cfg.Keys) == 0 || cfg.Authorize == nil {
 		return fail("config", fmt.Errorf("%w: server needs keys and an authorisation policy", ErrConfig), false)
 	}
-	now := time.Now
-	if cfg.Now != nil {
-		now = cfg.Now
-	}
-	epochLen, grace := cfg.EpochLen, cfg.Grace
-	if epochLen == 0 {
-		epochLen = DefaultEpochLen
-	}
-	if grace == 0 {
-		grace = DefaultGrace
-	} else if grace < 0 {
-		grace = 0
-	}
+	now, epochLen, grace := timeSettings(cfg.Now, cfg.EpochLen, cfg.Grace)
 	rnd := cfg.Rand
 	if rnd == nil {
 		rnd = rand.Reader
