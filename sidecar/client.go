@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -96,7 +97,7 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("route %s: %w", dest, err)
 		}
-		c.routes[strings.ToLower(dest)] = u
+		c.routes[routeKey(dest)] = u
 	}
 	if cfg.ForwardProxy != "" && len(c.routes) == 0 && !cfg.Transparent {
 		return nil, errors.New("--forward-proxy needs at least one --route")
@@ -348,6 +349,16 @@ func streamFailure(err error) string {
 	return "error"
 }
 
+// routeKey is how routes are keyed and looked up: an IP:PORT in netip's
+// canonical form (what SO_ORIGINAL_DST yields, so "[FD00:0::9]:80" matches
+// a redirect to fd00::9 port 80), any other HOST:PORT in lower case.
+func routeKey(dest string) string {
+	if ap, err := netip.ParseAddrPort(dest); err == nil {
+		return ap.String()
+	}
+	return strings.ToLower(dest)
+}
+
 // serveTransparent carries a connection that iptables redirected to the
 // listener to the route of its original destination; without a route it
 // falls back to --target, if any.
@@ -358,7 +369,7 @@ func (c *Client) serveTransparent(ctx context.Context, conn net.Conn) {
 		conn.Close()
 		return
 	}
-	u, ok := c.routes[strings.ToLower(dst.String())]
+	u, ok := c.routes[routeKey(dst.String())]
 	if !ok {
 		u = c.def
 	}
@@ -391,7 +402,7 @@ func (c *Client) serveConnect(ctx context.Context, conn net.Conn) {
 		reply(http.StatusMethodNotAllowed, "this forward proxy only tunnels with CONNECT\n")
 		return
 	}
-	dest := strings.ToLower(req.Host)
+	dest := routeKey(req.Host)
 	u, ok := c.routes[dest]
 	if !ok {
 		c.log.Warn().Str("destination", dest).Msg("CONNECT refused: no route")
