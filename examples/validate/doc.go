@@ -1,0 +1,2 @@
+// Package validate holds tests that check the deployment examples.
+package validate
