@@ -24,8 +24,14 @@ import (
 type FetchOptions struct {
 	Domain   *keydir.Domain
 	Identity string
-	Token    string        // bearer token for every D-TA
-	Kinds    []keydir.Kind // what to ask for
+	// Tokens are the bearer tokens by D-TA id. Use a different token for
+	// each D-TA: a D-TA sees the token it is sent, and with a shared token
+	// any one D-TA operator could replay it to the others and collect every
+	// share of the workload's key, defeating the split of trust.
+	Tokens map[string]string
+	// Token is used for D-TAs without an entry in Tokens (development).
+	Token string
+	Kinds []keydir.Kind // what to ask for
 	// Epochs to ask permits for; empty means the current and the next.
 	Epochs []uint64
 	// Factor, when set, makes the fetcher store client.token = CS − f·A
@@ -170,8 +176,10 @@ func (opt *FetchOptions) check() error {
 	if err := mpinkex.ValidateID(opt.Identity); err != nil {
 		return fmt.Errorf("fetch keys: identity: %w", err)
 	}
-	if opt.Token == "" {
-		return errors.New("fetch keys: no bearer token")
+	for _, t := range opt.Domain.DTAs {
+		if opt.token(t.ID) == "" {
+			return fmt.Errorf("fetch keys: no bearer token for D-TA %s", t.ID)
+		}
 	}
 	if len(opt.Kinds) == 0 {
 		return errors.New("fetch keys: no share kinds")
@@ -180,6 +188,27 @@ func (opt *FetchOptions) check() error {
 		return errors.New("fetch keys: no output directory")
 	}
 	return nil
+}
+
+func (opt *FetchOptions) token(dtaID string) string {
+	if t, ok := opt.Tokens[dtaID]; ok {
+		return t
+	}
+	return opt.Token
+}
+
+// SharedToken reports whether two or more D-TAs would be sent the same
+// bearer token (see Tokens).
+func (opt *FetchOptions) SharedToken() bool {
+	seen := map[string]bool{}
+	for _, t := range opt.Domain.DTAs {
+		tok := opt.token(t.ID)
+		if seen[tok] {
+			return true
+		}
+		seen[tok] = true
+	}
+	return false
 }
 
 func (opt *FetchOptions) fetchOne(ctx context.Context, t keydir.DTA, body []byte) ([]byte, error) {
@@ -194,7 +223,7 @@ func (opt *FetchOptions) fetchOne(ctx context.Context, t keydir.DTA, body []byte
 		return nil, &DTAError{DTA: t.ID, Err: err}
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+opt.Token)
+	req.Header.Set("Authorization", "Bearer "+opt.token(t.ID))
 	c := opt.Client
 	if c == nil {
 		c = http.DefaultClient

@@ -62,17 +62,17 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 }
 
 type demo struct {
-	root    string
-	out     io.Writer
-	step    int
-	dtas    []*demoDTA
-	domain  *keydir.Domain
-	stops   []func()
-	logFile *os.File
-	client  *sidecar.Client
-	server  *sidecar.Server
-	errs    chan error
-	adminTk string
+	root                        string
+	out                         io.Writer
+	step                        int
+	dtas                        []*demoDTA
+	domain                      *keydir.Domain
+	stops                       []func()
+	logFile                     *os.File
+	client                      *sidecar.Client
+	server                      *sidecar.Server
+	errs                        chan error
+	clientTk, serverTk, adminTk map[string]string // by D-TA
 }
 
 type demoDTA struct {
@@ -110,11 +110,14 @@ func (d *demo) run() error {
 		return err
 	}
 	log := zerolog.New(d.logFile).With().Timestamp().Logger()
-	clientTk, serverTk := randomToken(), randomToken()
-	d.adminTk = randomToken()
-
-	// 1. Three D-TAs.
-	policy := fmt.Sprintf(`requesters:
+	// Each D-TA knows its own tokens only: a token one D-TA sees is useless
+	// at the others, so no D-TA can collect a workload's whole key.
+	d.clientTk, d.serverTk, d.adminTk = map[string]string{}, map[string]string{}, map[string]string{}
+	d.domain = &keydir.Domain{Name: demoDomain, EpochLen: demoEpochLen}
+	for i := 1; i <= 3; i++ {
+		id := fmt.Sprintf("dta-%d", i)
+		d.clientTk[id], d.serverTk[id], d.adminTk[id] = randomToken(), randomToken(), randomToken()
+		policy := fmt.Sprintf(`requesters:
   - name: web
     token_sha256: %q
     identities: ["spiffe://demo.example/ns/web/**"]
@@ -127,14 +130,12 @@ func (d *demo) run() error {
   - name: ops
     token_sha256: %q
     admin: true
-`, dta.HashToken(clientTk), dta.HashToken(serverTk), dta.HashToken(d.adminTk))
-	pol, err := dta.ParsePolicy([]byte(policy))
-	if err != nil {
-		return fmt.Errorf("policy: %w", err)
-	}
-	d.domain = &keydir.Domain{Name: demoDomain, EpochLen: demoEpochLen}
-	for i := 1; i <= 3; i++ {
-		t, err := d.startDTA(fmt.Sprintf("dta-%d", i), pol, log)
+`, dta.HashToken(d.clientTk[id]), dta.HashToken(d.serverTk[id]), dta.HashToken(d.adminTk[id]))
+		pol, err := dta.ParsePolicy([]byte(policy))
+		if err != nil {
+			return fmt.Errorf("policy: %w", err)
+		}
+		t, err := d.startDTA(id, pol, log)
 		if err != nil {
 			return err
 		}
@@ -144,17 +145,17 @@ func (d *demo) run() error {
 	for _, t := range d.dtas {
 		names = append(names, t.id+" "+t.url)
 	}
-	d.say("Started three D-TAs, each holding its own master share s_i (no s = Σs_i exists anywhere):")
+	d.say("Started three D-TAs, each holding its own master share s_i (no s = Σs_i exists anywhere)\n    and its own requester tokens:")
 	d.detail("%s", strings.Join(names, ", "))
 
 	// 2. Fetch key sets.
 	clientDir, serverDir := filepath.Join(d.root, "client-keys"), filepath.Join(d.root, "server-keys")
 	start := time.Now()
-	cres, err := d.fetch(demoClientID, clientTk, clientDir, keydir.KindClient, keydir.KindPermit)
+	cres, err := d.fetch(demoClientID, d.clientTk, clientDir, keydir.KindClient, keydir.KindPermit)
 	if err != nil {
 		return err
 	}
-	sres, err := d.fetch(demoServerID, serverTk, serverDir, keydir.KindServer, keydir.KindDomain)
+	sres, err := d.fetch(demoServerID, d.serverTk, serverDir, keydir.KindServer, keydir.KindDomain)
 	if err != nil {
 		return err
 	}
@@ -215,12 +216,12 @@ func (d *demo) run() error {
 			}
 		})
 	}
-	if _, err := d.fetch(demoServerID, serverTk, serverDir, keydir.KindServer, keydir.KindDomain); err != nil {
+	if _, err := d.fetch(demoServerID, d.serverTk, serverDir, keydir.KindServer, keydir.KindDomain); err != nil {
 		stopLoad()
 		wg.Wait()
 		return err
 	}
-	if _, err := d.fetch(demoClientID, clientTk, clientDir, keydir.KindClient, keydir.KindPermit); err != nil {
+	if _, err := d.fetch(demoClientID, d.clientTk, clientDir, keydir.KindClient, keydir.KindPermit); err != nil {
 		stopLoad()
 		wg.Wait()
 		return err
@@ -242,12 +243,12 @@ func (d *demo) run() error {
 
 	// 6. Revocation.
 	for _, t := range d.dtas {
-		if err := revoke(t.url, d.adminTk, demoClientID); err != nil {
+		if err := revoke(t.url, d.adminTk[t.id], demoClientID); err != nil {
 			return fmt.Errorf("revoke at %s: %w", t.id, err)
 		}
 	}
 	d.say("Revoked %s at all three D-TAs", demoClientID)
-	_, err = d.fetch(demoClientID, clientTk, filepath.Join(d.root, "refused"), keydir.KindClient, keydir.KindPermit)
+	_, err = d.fetch(demoClientID, d.clientTk, filepath.Join(d.root, "refused"), keydir.KindClient, keydir.KindPermit)
 	if err == nil {
 		return errors.New("revocation: the D-TAs still issue permits")
 	}
@@ -324,8 +325,8 @@ func (d *demo) startDTA(id string, pol *dta.Policy, log zerolog.Logger) (*demoDT
 	return t, nil
 }
 
-func (d *demo) fetch(identity, token, out string, kinds ...keydir.Kind) (*dta.FetchResult, error) {
-	return dta.Fetch(context.Background(), dta.FetchOptions{Domain: d.domain, Identity: identity, Token: token, Kinds: kinds, Out: out})
+func (d *demo) fetch(identity string, tokens map[string]string, out string, kinds ...keydir.Kind) (*dta.FetchResult, error) {
+	return dta.Fetch(context.Background(), dta.FetchOptions{Domain: d.domain, Identity: identity, Tokens: tokens, Kinds: kinds, Out: out})
 }
 
 func (d *demo) startBackend() (string, error) {

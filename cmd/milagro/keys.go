@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,7 +24,7 @@ func runKeysFetch(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("keys fetch", stderr)
 	domainPath := fs.String("domain", envDefault("DOMAIN", ""), "domain.json with the D-TAs and their pinned signing keys (required)")
 	identity := fs.String("identity", envDefault("IDENTITY", ""), "identity to fetch keys for (required)")
-	tokenFile := fs.String("token-file", envDefault("TOKEN_FILE", ""), "file holding the bearer token for the D-TAs (required)")
+	tokenFile := fs.String("token-file", envDefault("TOKEN_FILE", ""), "bearer tokens (required): a folder holding one file per D-TA named by its id (dta-1, dta-2, …; recommended), or one file whose token every D-TA gets (development: any D-TA could replay it to the others)")
 	kinds := fs.String("kinds", envDefault("KINDS", "client,permit"), "share kinds: client, permit, server, domain (comma-separated)")
 	epochs := fs.String("epochs", "", "permit epochs (comma-separated; default: the current and the next)")
 	out := fs.String("out", envDefault("KEYS", ""), "key directory to write (required)")
@@ -51,11 +52,26 @@ func runKeysFetch(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	token, err := readSecretFile(*tokenFile, "token")
-	if err != nil {
-		return err
+	opt := dta.FetchOptions{Domain: dom, Identity: *identity, Out: *out, Timeout: *timeout}
+	if fi, err := os.Stat(*tokenFile); err == nil && fi.IsDir() {
+		opt.Tokens = map[string]string{}
+		for _, t := range dom.DTAs {
+			tok, err := readSecretFile(filepath.Join(*tokenFile, t.ID), "token")
+			if err != nil {
+				return fmt.Errorf("token for D-TA %s: %w", t.ID, err)
+			}
+			opt.Tokens[t.ID] = tok
+		}
+	} else {
+		tok, err := readSecretFile(*tokenFile, "token")
+		if err != nil {
+			return err
+		}
+		opt.Token = tok
 	}
-	opt := dta.FetchOptions{Domain: dom, Identity: *identity, Token: token, Out: *out, Timeout: *timeout}
+	if opt.SharedToken() {
+		log.Warn().Msg("the same bearer token goes to several D-TAs: any one of them could replay it to the others and collect every share of this workload's key; give --token-file a folder with one token per D-TA")
+	}
 	for _, k := range strings.Split(*kinds, ",") {
 		kind, err := keydir.ParseKind(strings.TrimSpace(k))
 		if err != nil {
