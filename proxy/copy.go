@@ -25,7 +25,10 @@ type Stats struct {
 // Pipe copies a→b and b→a until both directions have ended, then closes both.
 // When one side's reads end (EOF), the other side gets a half-close
 // (CloseWrite) so its peer sees EOF while the reverse direction keeps
-// flowing. If idle > 0 and no byte moves in either direction for idle, both
+// flowing. When one side's reads end with an error instead (a reset, a
+// secure session that died), the other side is reset (TCP) rather than
+// closed, so that its peer cannot take a truncated transfer for a complete
+// one. If idle > 0 and no byte moves in either direction for idle, both
 // are closed. A cancelled ctx closes both at once. The error is the first
 // that is not a normal end (EOF, closed connection).
 func Pipe(ctx context.Context, a, b net.Conn, idle time.Duration) (Stats, error) {
@@ -93,6 +96,13 @@ func Pipe(ctx context.Context, a, b net.Conn, idle time.Duration) (Stats, error)
 				closeBoth()
 			}
 		} else {
+			// An abnormal end (reset, truncated secure session) must not
+			// reach the other peer as a clean EOF: reset it where the
+			// connection allows (TCP), instead of a FIN. (net.ErrClosed is
+			// our own closeBoth: idle timeout, cancel, the other direction.)
+			if l, ok := dst.(interface{ SetLinger(int) error }); ok && !errors.Is(err, net.ErrClosed) {
+				_ = l.SetLinger(0)
+			}
 			closeBoth()
 		}
 		errc <- err

@@ -118,6 +118,10 @@ func (p *Pool) count(f func(*PoolStats)) {
 	p.mu.Unlock()
 }
 
+// drop removes s from the pool. A session that still carries streams (the
+// server sent GoAway because it drains) is left to finish them: the server
+// closes it when they are done (or its idle timeout does); closing it here
+// would cut the connections the drain is waiting for.
 func (p *Pool) drop(s *psk.Session) {
 	p.mu.Lock()
 	for i, x := range p.sessions {
@@ -127,7 +131,9 @@ func (p *Pool) drop(s *psk.Session) {
 		}
 	}
 	p.mu.Unlock()
-	s.Close()
+	if s.IsClosed() || s.NumStreams() == 0 {
+		s.Close()
+	}
 }
 
 // session returns the least loaded live session with room, or dials one.

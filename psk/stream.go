@@ -102,7 +102,7 @@ func (st *Stream) readErr(err error) error {
 		}
 		return st.s.closedErr()
 	case errors.Is(err, yamux.ErrTimeout):
-		return fmt.Errorf("psk: stream read: %w", os.ErrDeadlineExceeded)
+		return &timeoutError{op: "read"}
 	case errors.Is(err, yamux.ErrConnectionReset):
 		return fmt.Errorf("%w (read)", ErrStreamReset)
 	case errors.Is(err, yamux.ErrSessionShutdown):
@@ -123,7 +123,7 @@ func (st *Stream) Write(p []byte) (int, error) {
 func (st *Stream) writeErr(err error) error {
 	switch {
 	case errors.Is(err, yamux.ErrTimeout):
-		return fmt.Errorf("psk: stream write: %w", os.ErrDeadlineExceeded)
+		return &timeoutError{op: "write"}
 	case errors.Is(err, yamux.ErrConnectionReset):
 		return fmt.Errorf("%w (write)", ErrStreamReset)
 	case errors.Is(err, yamux.ErrSessionShutdown):
@@ -235,3 +235,14 @@ func (st *Stream) SetReadDeadline(t time.Time) error {
 func (st *Stream) SetWriteDeadline(t time.Time) error {
 	return st.ys.SetWriteDeadline(t)
 }
+
+// timeoutError is a deadline expiry: a net.Error whose Timeout is true (as
+// the net.Conn contract requires; net/http relies on it to tell its own
+// deadline interrupts from real read errors) that wraps
+// os.ErrDeadlineExceeded.
+type timeoutError struct{ op string }
+
+func (e *timeoutError) Error() string   { return "psk: stream " + e.op + ": i/o timeout" }
+func (e *timeoutError) Timeout() bool   { return true }
+func (e *timeoutError) Temporary() bool { return true }
+func (e *timeoutError) Unwrap() error   { return os.ErrDeadlineExceeded }

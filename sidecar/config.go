@@ -12,11 +12,29 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// stringList is a repeatable flag.
-type stringList []string
+// stringList is a repeatable flag. The first value set (command line or
+// environment) replaces a list that came from the YAML file; later values
+// add to it, so flags and environment override the file, as for every other
+// setting.
+type stringList struct {
+	p   *[]string
+	set bool
+}
 
-func (s *stringList) String() string     { return strings.Join(*s, ",") }
-func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+func (s *stringList) String() string {
+	if s.p == nil {
+		return ""
+	}
+	return strings.Join(*s.p, ",")
+}
+
+func (s *stringList) Set(v string) error {
+	if !s.set {
+		*s.p, s.set = nil, true
+	}
+	*s.p = append(*s.p, v)
+	return nil
+}
 
 // Common settings of both sidecars.
 type Common struct {
@@ -107,7 +125,7 @@ func (c *Common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Status, "status", c.Status, "serve /_status, /healthz, /readyz and /_metrics/prometheus on this address")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or console")
-	fs.Var((*stringList)(&c.Quiet), "quiet", "silence a class of log lines (handshake-errs); repeatable")
+	fs.Var(&stringList{p: &c.Quiet}, "quiet", "silence a class of log lines (handshake-errs); repeatable")
 	fs.DurationVar(&c.TimedReload, "timed-reload", c.TimedReload, "also reload keys at this interval (0: only on change and SIGHUP)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "on SIGTERM, how long to wait for connections to drain")
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "maximum concurrent connections")
@@ -123,18 +141,19 @@ func (c *Common) register(fs *flag.FlagSet) {
 func (c *ServerConfig) RegisterFlags(fs *flag.FlagSet) {
 	c.register(fs)
 	fs.StringVar(&c.Target, "target", c.Target, "backend for streams that name no target (HOST:PORT or unix:PATH)")
+	routesSet := false // the first --route replaces the YAML file's routes
 	fs.Func("route", "named target NAME=ADDR that clients may ask for; repeatable", func(v string) error {
 		name, addr, ok := strings.Cut(v, "=")
 		if !ok || name == "" || addr == "" {
 			return errors.New("want NAME=ADDR")
 		}
-		if c.Routes == nil {
-			c.Routes = map[string]string{}
+		if c.Routes == nil || !routesSet {
+			c.Routes, routesSet = map[string]string{}, true
 		}
 		c.Routes[name] = addr
 		return nil
 	})
-	fs.Var((*stringList)(&c.AllowIDs), "allow-id", "allow clients whose identity matches this pattern (* one segment, ** any); repeatable")
+	fs.Var(&stringList{p: &c.AllowIDs}, "allow-id", "allow clients whose identity matches this pattern (* one segment, ** any); repeatable")
 	fs.BoolVar(&c.AllowAll, "allow-all", c.AllowAll, "allow every authenticated client of the domain")
 	fs.BoolVar(&c.HTTP, "http", c.HTTP, "HTTP reverse proxy: set X-Milagro-Client-Id to the authenticated identity")
 	fs.BoolVar(&c.ProxyProtocol, "proxy-protocol", c.ProxyProtocol, "send a PROXY protocol v2 header with the client identity (TLV 0xE0) to TCP backends")
@@ -153,6 +172,7 @@ func (c *ClientConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.FactorFile, "factor-file", c.FactorFile, "file with the PIN or passphrase when the key directory stores a token")
 	fs.BoolVar(&c.UnsafeListen, "unsafe-listen", c.UnsafeListen, "allow a plaintext listener that is not on loopback")
 	fs.StringVar(&c.ForwardProxy, "forward-proxy", c.ForwardProxy, "serve an HTTP CONNECT forward proxy on this address (routes from --route)")
+	routesSet := false // the first --route replaces the YAML file's routes
 	fs.BoolVar(&c.Transparent, "transparent", c.Transparent, "--listen receives connections redirected by iptables (REDIRECT/DNAT, Linux): each goes to the --route of its original destination IP:PORT")
 	fs.Func("route", "route for --forward-proxy and --transparent: HOST:PORT=UPSTREAM@VERIFY-ID[#TARGET]; repeatable", func(v string) error {
 		dest, r, ok := strings.Cut(v, "=")
@@ -161,8 +181,8 @@ func (c *ClientConfig) RegisterFlags(fs *flag.FlagSet) {
 			return errors.New("want HOST:PORT=UPSTREAM@VERIFY-ID[#TARGET]")
 		}
 		id, target, _ := strings.Cut(id, "#")
-		if c.Routes == nil {
-			c.Routes = map[string]Route{}
+		if c.Routes == nil || !routesSet {
+			c.Routes, routesSet = map[string]Route{}, true
 		}
 		c.Routes[dest] = Route{Upstream: up, VerifyID: id, Target: target}
 		return nil

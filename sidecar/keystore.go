@@ -148,19 +148,16 @@ func (k *Keystore) Reload(source string) (bool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	keys, err := k.load()
+	old := k.cur.Load()
+	if err == nil && keys.Identity != old.Identity {
+		err = fmt.Errorf("key directory now holds keys for %q, this sidecar runs as %q: restart it to change identity", keys.Identity, old.Identity)
+	}
 	k.last.Store(&ReloadStatus{At: time.Now(), Err: err, Source: source})
 	if k.onReload != nil {
 		k.onReload(source, err)
 	}
 	if err != nil {
-		k.log.Error().Err(err).Str("source", source).Str("generation", k.Current().Generation).Msg("key reload failed; keeping the current keys")
-		return false, err
-	}
-	old := k.cur.Load()
-	if keys.Identity != old.Identity {
-		err := fmt.Errorf("key directory now holds keys for %q, this sidecar runs as %q: restart it to change identity", keys.Identity, old.Identity)
-		k.last.Store(&ReloadStatus{At: time.Now(), Err: err, Source: source})
-		k.log.Error().Err(err).Msg("key reload refused")
+		k.log.Error().Err(err).Str("source", source).Str("generation", old.Generation).Msg("key reload failed; keeping the current keys")
 		return false, err
 	}
 	changed := keys.Generation != old.Generation

@@ -1,0 +1,333 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t testing.TB) (dialed, accepted *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			ch <- nil
+			return
+		}
+		ch <- c
+	}()
+	d, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := <-ch
+	if a == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { d.Close(); a.Close() })
+	return d.(*net.TCPConn), a.(*net.TCPConn)
+}
+
+// pipeRig is app ⇄ a =Pipe= b ⇄ backend, all real TCP on loopback.
+type pipeRig struct {
+	app, backend *net.TCPConn
+	done         chan struct{}
+	st           Stats
+	err          error
+}
+
+func startPipe(t testing.TB, ctx context.Context, idle time.Duration) *pipeRig {
+	t.Helper()
+	app, a := tcpPair(t)
+	b, backend := tcpPair(t)
+	r := &pipeRig{app: app, backend: backend, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		r.st, r.err = Pipe(ctx, a, b, idle)
+	}()
+	return r
+}
+
+func (r *pipeRig) wait(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	select {
+	case <-r.done:
+	case <-time.After(timeout):
+		t.Fatalf("Pipe did not return within %v", timeout)
+	}
+}
+
+func randBytes(t testing.TB, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// readAll reads c to EOF with a deadline.
+func readAll(t testing.TB, c net.Conn, timeout time.Duration) ([]byte, error) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(timeout))
+	defer c.SetReadDeadline(time.Time{})
+	return io.ReadAll(c)
+}
+
+func TestPipeBothWays(t *testing.T) {
+	for _, size := range []int{0, 1, 32 << 10, 1<<20 + 7} {
+		r := startPipe(t, context.Background(), 0)
+		up, down := randBytes(t, size), randBytes(t, size/2+3)
+		var wg sync.WaitGroup
+		var gotUp, gotDown []byte
+		var errUp, errDown error
+		wg.Go(func() {
+			if _, err := r.app.Write(up); err != nil {
+				t.Error(err)
+			}
+			r.app.CloseWrite()
+		})
+		wg.Go(func() {
+			if _, err := r.backend.Write(down); err != nil {
+				t.Error(err)
+			}
+			r.backend.CloseWrite()
+		})
+		wg.Go(func() { gotUp, errUp = readAll(t, r.backend, 10*time.Second) })
+		wg.Go(func() { gotDown, errDown = readAll(t, r.app, 10*time.Second) })
+		wg.Wait()
+		r.wait(t, 5*time.Second)
+		if errUp != nil || errDown != nil || !bytes.Equal(gotUp, up) || !bytes.Equal(gotDown, down) {
+			t.Fatalf("size %d: up %d/%d bytes (%v), down %d/%d bytes (%v)", size, len(gotUp), len(up), errUp, len(gotDown), len(down), errDown)
+		}
+		if r.err != nil {
+			t.Errorf("size %d: Pipe error %v", size, r.err)
+		}
+		if r.st.AToB != int64(len(up)) || r.st.BToA != int64(len(down)) {
+			t.Errorf("size %d: Stats %+v, want AToB %d BToA %d", size, r.st, len(up), len(down))
+		}
+	}
+}
+
+// The app ends its write side: the backend reads EOF, and its answer still
+// flows back, then its own EOF ends the pipe.
+func TestPipeHalfClose(t *testing.T) {
+	r := startPipe(t, context.Background(), 0)
+	req := randBytes(t, 100<<10)
+	if _, err := r.app.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.app.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readAll(t, r.backend, 5*time.Second)
+	if err != nil || !bytes.Equal(got, req) {
+		t.Fatalf("backend read %d bytes, %v; want %d then EOF", len(got), err, len(req))
+	}
+	// After the backend saw EOF, it answers in several pieces, with pauses;
+	// the pipe must stay up.
+	var answer []byte
+	for i := range 5 {
+		p := randBytes(t, 10<<10+i)
+		answer = append(answer, p...)
+		if _, err := r.backend.Write(p); err != nil {
+			t.Fatalf("backend write after half-close: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case <-r.done:
+		t.Fatal("Pipe ended while the backend was still answering")
+	default:
+	}
+	r.backend.CloseWrite()
+	got, err = readAll(t, r.app, 5*time.Second)
+	if err != nil || !bytes.Equal(got, answer) {
+		t.Fatalf("app read %d bytes, %v; want %d then EOF", len(got), err, len(answer))
+	}
+	r.wait(t, 5*time.Second)
+	if r.err != nil {
+		t.Errorf("Pipe error %v", r.err)
+	}
+	if r.st.AToB != int64(len(req)) || r.st.BToA != int64(len(answer)) {
+		t.Errorf("Stats %+v, want %d/%d", r.st, len(req), len(answer))
+	}
+}
+
+// Both ends are closed once neither moves a byte for idle; traffic in
+// either direction keeps the pipe up.
+func TestPipeIdleTimeout(t *testing.T) {
+	const idle = 150 * time.Millisecond
+	r := startPipe(t, context.Background(), idle)
+
+	// Traffic only in one direction, for 4 idle periods, keeps it up.
+	stop := time.Now().Add(4 * idle)
+	buf := make([]byte, 16)
+	for time.Now().Before(stop) {
+		if _, err := r.backend.Write([]byte("tick")); err != nil {
+			t.Fatal(err)
+		}
+		r.app.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := io.ReadFull(r.app, buf[:4]); err != nil {
+			t.Fatalf("pipe closed while traffic flowed: %v", err)
+		}
+		time.Sleep(idle / 5)
+	}
+	// Then silence: closed after about idle.
+	start := time.Now()
+	r.wait(t, 5*idle+time.Second)
+	took := time.Since(start)
+	if took < idle*3/4 || took > idle*4 {
+		t.Errorf("idle close after %v, want about %v", took, idle)
+	}
+	for name, c := range map[string]net.Conn{"app": r.app, "backend": r.backend} {
+		if _, err := readAll(t, c, 2*time.Second); err != nil {
+			t.Errorf("%s: after idle close, read: %v, want EOF", name, err)
+		}
+	}
+	if r.err != nil {
+		t.Errorf("idle timeout is a normal end, Pipe returned %v", r.err)
+	}
+}
+
+func TestPipeContextCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := startPipe(t, ctx, time.Hour)
+	if _, err := r.app.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	r.backend.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.ReadFull(r.backend, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	cancel()
+	r.wait(t, 2*time.Second)
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("cancel took %v", d)
+	}
+	for name, c := range map[string]net.Conn{"app": r.app, "backend": r.backend} {
+		if _, err := readAll(t, c, 2*time.Second); err != nil {
+			t.Errorf("%s: after cancel, read: %v, want EOF", name, err)
+		}
+	}
+}
+
+// A reset from one side is reported and closes the other.
+func TestPipeReset(t *testing.T) {
+	r := startPipe(t, context.Background(), 0)
+	r.app.Write([]byte("hello"))
+	r.backend.SetReadDeadline(time.Now().Add(2 * time.Second))
+	io.ReadFull(r.backend, make([]byte, 5))
+	r.backend.SetLinger(0) // close sends RST
+	r.backend.Close()
+	r.wait(t, 5*time.Second)
+	if r.err == nil {
+		t.Error("Pipe returned nil after a connection reset")
+	}
+	// The reset reaches the app as a reset, not as a clean EOF that would
+	// pass a truncated transfer for a complete one.
+	if _, err := readAll(t, r.app, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("app after the backend's reset: read %v, want ECONNRESET", err)
+	}
+}
+
+// Our own closes (idle timeout, cancel) end with FIN, not a reset.
+func TestPipeIdleCloseIsClean(t *testing.T) {
+	for range 20 {
+		r := startPipe(t, context.Background(), 20*time.Millisecond)
+		r.wait(t, 2*time.Second)
+		for name, c := range map[string]net.Conn{"app": r.app, "backend": r.backend} {
+			if _, err := readAll(t, c, 2*time.Second); err != nil {
+				t.Fatalf("%s after idle close: %v, want EOF", name, err)
+			}
+		}
+	}
+}
+
+// Conns without CloseWrite (net.Pipe): EOF on one side can only be passed on
+// by closing both.
+func TestPipeNoHalfClose(t *testing.T) {
+	app, a := net.Pipe()
+	b, backend := net.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		_, err := Pipe(context.Background(), a, b, 0)
+		done <- err
+	}()
+	go func() {
+		app.Write([]byte("bye"))
+		app.Close()
+	}()
+	got, err := io.ReadAll(backend)
+	if string(got) != "bye" || err != nil {
+		t.Fatalf("backend read %q, %v", got, err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Pipe: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Pipe did not end")
+	}
+}
+
+// settleGoroutines waits until the goroutine count is at most want.
+func settleGoroutines(t testing.TB, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	n := runtime.NumGoroutine()
+	for n > want && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		n = runtime.NumGoroutine()
+	}
+	if n > want {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		t.Fatalf("%d goroutines, want at most %d:\n%s", n, want, buf)
+	}
+}
+
+func TestPipeNoGoroutineLeak(t *testing.T) {
+	settleGoroutines(t, runtime.NumGoroutine()) // let earlier tests' goroutines go
+	base := runtime.NumGoroutine()
+	ctx, cancel := context.WithCancel(context.Background())
+	var rigs []*pipeRig
+	for i := range 30 {
+		switch i % 3 {
+		case 0: // normal end
+			r := startPipe(t, context.Background(), time.Minute)
+			r.app.Write([]byte("ping"))
+			r.app.CloseWrite()
+			r.backend.CloseWrite()
+			rigs = append(rigs, r)
+		case 1: // idle timeout
+			rigs = append(rigs, startPipe(t, context.Background(), 30*time.Millisecond))
+		case 2: // cancelled
+			rigs = append(rigs, startPipe(t, ctx, 0))
+		}
+	}
+	cancel()
+	for _, r := range rigs {
+		r.wait(t, 5*time.Second)
+		r.app.Close()
+		r.backend.Close()
+	}
+	settleGoroutines(t, base)
+}

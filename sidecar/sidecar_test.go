@@ -1,0 +1,457 @@
+package sidecar
+
+// In-process runs of Server and Client with real keys on loopback, so that
+// the race detector sees the sidecars' own goroutines (the integration
+// tests run the binary, built without -race).
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/milagro-sc/milagro/proxy"
+)
+
+// logBuf collects a sidecar's log lines; shown if the test fails.
+type logBuf struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuf) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuf) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func bufLog(t *testing.T, name string) zerolog.Logger {
+	b := &logBuf{}
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("SIDECAR_TEST_LOGS") != "" {
+			t.Logf("--- %s log:\n%s", name, b.String())
+		}
+	})
+	return zerolog.New(b).Level(zerolog.DebugLevel).With().Timestamp().Logger()
+}
+
+// echoBackend echoes every connection until EOF, then half-closes.
+func echoBackend(t *testing.T, delay time.Duration) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				time.Sleep(delay)
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			})
+		}
+	})
+	return ln.Addr().String()
+}
+
+type runner struct {
+	cancel context.CancelFunc
+	done   chan struct{} // closed when Run returned
+	err    error
+}
+
+func (r *runner) stop(t *testing.T) error {
+	t.Helper()
+	r.cancel()
+	select {
+	case <-r.done:
+		return r.err
+	case <-time.After(40 * time.Second):
+		t.Fatal("Run did not return")
+		return nil
+	}
+}
+
+func run(t *testing.T, f func(context.Context, <-chan os.Signal) error, hup <-chan os.Signal) *runner {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &runner{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		r.err = f(ctx, hup)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(40 * time.Second):
+			t.Error("Run did not return at cleanup")
+		}
+	})
+	return r
+}
+
+func waitAddr(t *testing.T, addr func() string) string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for addr() == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("sidecar did not bind")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return addr()
+}
+
+type pair struct {
+	srv          *Server
+	cli          *Client
+	srvRun       *runner
+	cliRun       *runner
+	cdir, sdir   string
+	clientListen string
+}
+
+func startPair(t *testing.T, target string, mod func(*ServerConfig, *ClientConfig)) *pair {
+	t.Helper()
+	f := sharedKeys(t)
+	p := &pair{cdir: f.clientDir(t, fxClientID), sdir: f.serverDir(t, fxServerID)}
+	scfg := DefaultServerConfig()
+	scfg.Listen, scfg.Target, scfg.Keys = "127.0.0.1:0", target, p.sdir
+	scfg.AllowIDs = []string{"spiffe://test.example/ns/web/**"}
+	ccfg := DefaultClientConfig()
+	ccfg.Listen, ccfg.Keys, ccfg.VerifyID = "127.0.0.1:0", p.cdir, fxServerID
+	if mod != nil {
+		mod(scfg, ccfg)
+	}
+	var err error
+	if p.srv, err = NewServer(scfg, bufLog(t, "server")); err != nil {
+		t.Fatal(err)
+	}
+	p.srvRun = run(t, p.srv.Run, nil)
+	ccfg.Target = waitAddr(t, p.srv.Addr)
+	if p.cli, err = NewClient(ccfg, bufLog(t, "client")); err != nil {
+		t.Fatal(err)
+	}
+	p.cliRun = run(t, p.cli.Run, nil)
+	p.clientListen = waitAddr(t, p.cli.Addr)
+	return p
+}
+
+func echoOnce(addr string, msg []byte) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(msg)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(c)
+	if werr := <-errc; werr != nil {
+		return werr
+	}
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(got, msg) {
+		return errors.New("echo differs")
+	}
+	return nil
+}
+
+func TestSidecarsInProcess(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), nil)
+	msg := make([]byte, 100<<10)
+	rand.Read(msg)
+	if err := echoOnce(p.clientListen, msg); err != nil {
+		t.Fatal(err)
+	}
+
+	// Concurrent connections while both key directories get new
+	// generations (and the keystores reload them).
+	f := sharedKeys(t)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	var failures int
+	var mu sync.Mutex
+	for range 8 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := echoOnce(p.clientListen, msg[:10<<10]); err != nil {
+					mu.Lock()
+					failures++
+					mu.Unlock()
+					t.Error(err)
+				}
+			}
+		})
+	}
+	var gens [2]string
+	for range 3 {
+		gens[0] = writeKeys(t, p.cdir, f.files(t, fxClientID, clientKinds))
+		gens[1] = writeKeys(t, p.sdir, f.files(t, fxServerID, serverKinds))
+		time.Sleep(300 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	waitFor(t, 2*time.Second, "reloads", func() bool {
+		return p.cli.Keystore().Current().Generation == gens[0] && p.srv.Keystore().Current().Generation == gens[1]
+	})
+
+	st := p.srv.status(true)
+	if st.Role != "server" || st.Identity != fxServerID || !st.Ready || st.Sessions != 1 || len(st.Backends) != 1 || !st.Backends[0].OK || st.Keys.Generation != gens[1] {
+		t.Errorf("server status %+v", st)
+	}
+	cs := p.cli.status(false)
+	if cs.Role != "client" || cs.Identity != fxClientID || !cs.Ready || len(cs.Upstreams) != 1 || cs.Upstreams[0].Stats.Dials != 1 || cs.Keys.Generation != gens[0] {
+		t.Errorf("client status %+v", cs)
+	}
+
+	if err := p.cliRun.stop(t); err != nil {
+		t.Errorf("client Run: %v", err)
+	}
+	if err := p.srvRun.stop(t); err != nil {
+		t.Errorf("server Run: %v", err)
+	}
+}
+
+// SIGTERM while a slow stream is in flight: the drain waits for it (or cuts
+// it after the shutdown timeout and says so).
+func TestServerDrain(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		timeout time.Duration
+		want    error
+	}{
+		{"clean", 10 * time.Second, nil},
+		{"timeout", 100 * time.Millisecond, ErrDrainTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startPair(t, echoBackend(t, 500*time.Millisecond), func(s *ServerConfig, _ *ClientConfig) {
+				s.ShutdownTimeout = tc.timeout
+			})
+			c, err := net.Dial("tcp", p.clientListen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte("slow"))
+			c.(*net.TCPConn).CloseWrite()
+			waitFor(t, 5*time.Second, "stream open at the server", func() bool { return p.srv.t.streams.Load() == 1 })
+			errc := make(chan error, 1)
+			go func() { errc <- p.srvRun.stop(t) }()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, rerr := io.ReadAll(c)
+			err = <-errc
+			if !errors.Is(err, tc.want) && err != tc.want {
+				t.Errorf("server Run: %v, want %v", err, tc.want)
+			}
+			if tc.want == nil && (string(got) != "slow" || rerr != nil) {
+				t.Errorf("in-flight request: %q, %v; want it completed", got, rerr)
+			}
+			if tc.want != nil && string(got) == "slow" {
+				t.Errorf("request completed despite the drain timeout")
+			}
+		})
+	}
+}
+
+// HTTP mode: the backend sees the authenticated identity, never the
+// client's own header.
+func TestServerHTTPMode(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Got-Id", strings.Join(r.Header.Values(IdentityHeader), "|"))
+		io.Copy(w, r.Body)
+	})}
+	go hs.Serve(ln)
+	defer hs.Close()
+	p := startPair(t, ln.Addr().String(), func(s *ServerConfig, _ *ClientConfig) { s.HTTP = true })
+	c, err := net.Dial("tcp", p.clientListen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for i := range 3 { // keep-alive: every request is rewritten
+		req, _ := http.NewRequest("POST", "http://backend/x", strings.NewReader("body"))
+		req.Header.Set(IdentityHeader, "spiffe://test.example/ns/admin/sa/root")
+		req.Header.Add(IdentityHeader, "second")
+		if err := req.Write(c); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if got := resp.Header.Get("Got-Id"); got != fxClientID || string(b) != "body" {
+			t.Errorf("request %d: backend saw identity %q, body %q", i, got, b)
+			if i > 0 && resp.StatusCode == http.StatusBadGateway {
+				t.Errorf("a kept-alive request failed: net/http cancels a connection whose Read returns a deadline error " +
+					"that is not a net.Error with Timeout() (psk.Stream wraps os.ErrDeadlineExceeded with fmt.Errorf)")
+			}
+		}
+	}
+}
+
+// PROXY protocol mode: the backend reads the identity TLV.
+func TestServerProxyProtocol(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan *proxy.ProxyHeader, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		h, err := proxy.ReadProxyV2(c)
+		if err != nil {
+			got <- nil
+			return
+		}
+		got <- h
+		io.Copy(c, c)
+	}()
+	p := startPair(t, ln.Addr().String(), func(s *ServerConfig, _ *ClientConfig) { s.ProxyProtocol = true })
+	if err := echoOnce(p.clientListen, []byte("after the header")); err != nil {
+		t.Fatal(err)
+	}
+	h := <-got
+	if h == nil {
+		t.Fatal("no PROXY header")
+	}
+	if id, ok := h.Identity(); !ok || id != fxClientID {
+		t.Errorf("identity TLV %q %v", id, ok)
+	}
+	if h.Dst.String() != p.srv.Addr() || !h.Src.Addr().IsLoopback() {
+		t.Errorf("addresses %v → %v, want → %s", h.Src, h.Dst, p.srv.Addr())
+	}
+}
+
+func TestNewServerConfigErrors(t *testing.T) {
+	f := sharedKeys(t)
+	sdir := f.serverDir(t, fxServerID)
+	for _, tc := range []struct {
+		name string
+		mod  func(*ServerConfig)
+		want string
+	}{
+		{"no keys", func(c *ServerConfig) { c.Keys = "" }, "--keys is required"},
+		{"no allow", func(c *ServerConfig) { c.AllowIDs = nil }, "no --allow-id"},
+		{"no target", func(c *ServerConfig) { c.Target = "" }, "--target"},
+		{"remote target", func(c *ServerConfig) { c.Target = "10.0.0.1:80" }, "not on loopback"},
+		{"bad route", func(c *ServerConfig) { c.Routes = map[string]string{"x": "nohost"} }, "target x"},
+		{"http and proxy protocol", func(c *ServerConfig) { c.HTTP, c.ProxyProtocol = true, true }, "exclude each other"},
+		{"bad quiet", func(c *ServerConfig) { c.Quiet = []string{"everything"} }, "--quiet"},
+		{"max-handshakes", func(c *ServerConfig) { c.MaxHandshakes = 0 }, "--max-handshakes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultServerConfig()
+			c.Keys, c.Target, c.AllowIDs = sdir, "127.0.0.1:1", []string{"spiffe://test.example/**"}
+			tc.mod(c)
+			_, err := NewServer(c, zerolog.Nop())
+			var ce *ConfigError
+			if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("NewServer: %v, want a ConfigError with %q", err, tc.want)
+			}
+		})
+	}
+	// Runtime failures (unusable keys) are not configuration errors.
+	c := DefaultServerConfig()
+	c.Keys, c.Target, c.AllowIDs = f.clientDir(t, fxClientID), "127.0.0.1:1", []string{"spiffe://test.example/**"}
+	_, err := NewServer(c, zerolog.Nop())
+	var ce *ConfigError
+	if err == nil || errors.As(err, &ce) {
+		t.Errorf("client keys for a server: %v, want a non-config error", err)
+	}
+	// An explicitly unsafe target is allowed.
+	c = DefaultServerConfig()
+	c.Keys, c.Target, c.AllowAll, c.UnsafeTarget = sdir, "10.0.0.1:80", true, true
+	if _, err := NewServer(c, zerolog.Nop()); err != nil {
+		t.Errorf("--unsafe-target: %v", err)
+	}
+}
+
+func TestNewClientConfigErrors(t *testing.T) {
+	f := sharedKeys(t)
+	cdir := f.clientDir(t, fxClientID)
+	for _, tc := range []struct {
+		name string
+		mod  func(*ClientConfig)
+		want string
+	}{
+		{"nothing to do", func(c *ClientConfig) { c.Target = "" }, "--target"},
+		{"public listener", func(c *ClientConfig) { c.Listen = "0.0.0.0:9000" }, "not on loopback"},
+		{"no verify-id", func(c *ClientConfig) { c.VerifyID = "" }, "--verify-id is required"},
+		{"bad verify-id", func(c *ClientConfig) { c.VerifyID = "spiffe://x/***" }, "verify-id"},
+		{"bad upstream", func(c *ClientConfig) { c.Target = "nohost" }, "HOST:PORT"},
+		{"transparent without routes", func(c *ClientConfig) { c.Transparent = true }, "--transparent needs"},
+		{"forward proxy without routes", func(c *ClientConfig) { c.Target = ""; c.ForwardProxy = "127.0.0.1:0" }, "needs at least one --route"},
+		{"route without verify-id", func(c *ClientConfig) {
+			c.Routes = map[string]Route{"a:1": {Upstream: "127.0.0.1:1"}}
+		}, "verify-id is required"},
+		{"factor file missing", func(c *ClientConfig) { c.FactorFile = "/nonexistent/factor" }, "factor file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultClientConfig()
+			c.Keys, c.Target, c.VerifyID = cdir, "127.0.0.1:8443", fxServerID
+			tc.mod(c)
+			if _, err := NewClient(c, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("NewClient: %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestMpinkexGrace(t *testing.T) {
+	if g := mpinkexGrace(0); g >= 0 {
+		t.Errorf("--epoch-grace 0 maps to %v, want negative (none)", g)
+	}
+	if g := mpinkexGrace(time.Millisecond); g != time.Millisecond {
+		t.Errorf("1ms maps to %v", g)
+	}
+}
