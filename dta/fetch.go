@@ -251,11 +251,12 @@ func (opt *FetchOptions) fetchOne(ctx context.Context, t keydir.DTA, body []byte
 	return b, nil
 }
 
-// Watch keeps opt.Out fresh: it fetches at once, then renews when a third of
-// the current permit epoch is left (or a tenth of the set's lifetime without
-// permits), retrying failures with exponential backoff and jitter. A failed
-// renewal never touches the working set. It returns when ctx ends; onFetch
-// (optional) is called after every attempt.
+// Watch keeps opt.Out fresh: it fetches at once, then renews just after each
+// epoch boundary (see renewIn), retrying failures with exponential backoff
+// and jitter — capped so that a retry always comes well before the working
+// set's last permit runs out. A failed renewal never touches the working
+// set. It returns when ctx ends; onFetch (optional) is called after every
+// attempt.
 func Watch(ctx context.Context, opt FetchOptions, log zerolog.Logger, onFetch func(*FetchResult, error)) error {
 	backoff := time.Second
 	const maxBackoff = 2 * time.Minute
@@ -270,6 +271,14 @@ func Watch(ctx context.Context, opt FetchOptions, log zerolog.Logger, onFetch fu
 				return nil
 			}
 			wait = backoff/2 + rand.N(backoff/2+1)
+			if cur, err := keydir.Load(opt.Out); err == nil {
+				if e := cur.Epochs(); len(e) > 0 {
+					end := time.Unix(int64(e[len(e)-1]+1)*int64(cur.Domain.EpochLen), 0)
+					if left := end.Sub(opt.now()); left > 0 {
+						wait = min(wait, max(time.Second, left/4))
+					}
+				}
+			}
 			log.Warn().Err(err).Dur("retry_in", wait).Msg("key fetch failed; keeping the current set")
 			backoff = min(backoff*2, maxBackoff)
 		} else {

@@ -127,25 +127,42 @@ func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
 	defer cancel()
 	start := time.Now()
 	d := net.Dialer{Timeout: c.cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", u.addr)
-	if err != nil {
-		c.m.Handshakes.WithLabelValues("connect_failed").Inc()
-		return nil, fmt.Errorf("connect %s: %w", u.addr, err)
-	}
-	k := c.keys.Current()
-	res, err := mpinkex.Client(ctx, conn, &mpinkex.ClientConfig{
-		Key: k.Client, Permits: k.Permits, ServerID: u.serverID, EpochLen: k.EpochLen, Grace: mpinkexGrace(c.cfg.Grace),
-		StepTimeout: c.cfg.HandshakeTO,
-		VerifyServerID: func(id string) error {
-			if !pattern.Match(u.verifyID, id) {
-				return fmt.Errorf("does not match --verify-id %q", u.verifyID)
-			}
-			return nil
-		},
-	})
-	if err != nil {
+	var conn net.Conn
+	var res *mpinkex.Result
+	for attempt := 0; ; attempt++ {
+		var err error
+		conn, err = d.DialContext(ctx, "tcp", u.addr)
+		if err != nil {
+			c.m.Handshakes.WithLabelValues("connect_failed").Inc()
+			return nil, fmt.Errorf("connect %s: %w", u.addr, err)
+		}
+		k := c.keys.Current()
+		hsStart := time.Now()
+		res, err = mpinkex.Client(ctx, conn, &mpinkex.ClientConfig{
+			Key: k.Client, Permits: k.Permits, ServerID: u.serverID, EpochLen: k.EpochLen, Grace: mpinkexGrace(c.cfg.Grace),
+			StepTimeout: c.cfg.HandshakeTO,
+			VerifyServerID: func(id string) error {
+				if !pattern.Match(u.verifyID, id) {
+					return fmt.Errorf("does not match --verify-id %q", u.verifyID)
+				}
+				return nil
+			},
+		})
+		if err == nil {
+			break
+		}
 		conn.Close()
 		c.m.Handshakes.WithLabelValues(handshakeResult(err)).Inc()
+		// The permit is chosen for the epoch at the start of the handshake
+		// and checked by the server a moment later: if a boundary passed in
+		// between, a server with little or no --epoch-grace refuses it. Try
+		// once more, with the permit of the new epoch.
+		var alert *mpinkex.AlertError
+		if attempt == 0 && len(k.Permits) > 0 && errors.As(err, &alert) && alert.Code == mpinkex.AlertHandshakeFailure &&
+			epochChanged(hsStart, time.Now(), k.EpochLen) && ctx.Err() == nil {
+			c.log.Info().Str("upstream", u.addr).Err(err).Msg("handshake refused across an epoch boundary; retrying")
+			continue
+		}
 		return nil, fmt.Errorf("handshake with %s: %w", u.addr, err)
 	}
 	sess, err := psk.Client(ctx, conn, res, c.cfg.pskConfig())
@@ -167,6 +184,13 @@ func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
 		c.log.Info().Str("upstream", u.addr).Str("server", sess.PeerID()).AnErr("reason", sess.Err()).Msg("session closed")
 	}()
 	return sess, nil
+}
+
+// epochChanged reports whether a permit epoch boundary lies in (a, b].
+func epochChanged(a, b time.Time, epochLen time.Duration) bool {
+	ea, err1 := mpinkex.Epoch(a, epochLen)
+	eb, err2 := mpinkex.Epoch(b, epochLen)
+	return err1 == nil && err2 == nil && ea != eb
 }
 
 // Addr returns the bound --listen address once Run has bound it.

@@ -29,7 +29,7 @@ func runKeysFetch(args []string, stdout, stderr io.Writer) error {
 	epochs := fs.String("epochs", "", "permit epochs (comma-separated; default: the current and the next)")
 	out := fs.String("out", envDefault("KEYS", ""), "key directory to write (required)")
 	factorFile := fs.String("factor-file", "", "file holding a PIN or passphrase: store client.token = CS − f·A instead of raw client shares")
-	watch := fs.Bool("watch", false, "keep running: renew permits before each epoch ends; never delete a working set")
+	watch := fs.Bool("watch", false, "keep running: renew just after each epoch boundary (the set always holds the current and the next epoch's permits), retry failures with backoff; never delete a working set")
 	caFile := fs.String("ca-file", "", "PEM roots to trust for the D-TAs' HTTPS (default: the system roots)")
 	timeout := fs.Duration("timeout", 15*time.Second, "timeout of each D-TA request")
 	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
