@@ -1,0 +1,416 @@
+#!/usr/bin/env bash
+# Whole-process benchmark: milagro against other proxies, side by side, in
+# one run, on loopback. See bench/README.md for what it measures and the
+# knobs; `QUICK=1 bash bench/run.sh` is a ~1 minute smoke run.
+set -euo pipefail
+
+T0=$(date +%s)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+	ROUNDS=${ROUNDS:-1} BULK_MB=${BULK_MB:-128} DURATION=${DURATION:-1s} PINGS=${PINGS:-500}
+	IDLE_CONNS=${IDLE_CONNS:-1000} FLOOR_BENCHTIME=${FLOOR_BENCHTIME:-30x} FLOOR_COUNT=${FLOOR_COUNT:-1}
+	WAIT_LOAD=${WAIT_LOAD:-0}
+fi
+ROUNDS=${ROUNDS:-5}                  # rounds; every peer is measured once per round
+BULK_MB=${BULK_MB:-1024}             # MiB sent one way per bulk measurement
+DURATION=${DURATION:-5s}             # length of each new-connection measurement
+WORKERS=${WORKERS:-16}               # concurrent workers making new connections
+SIZE=${SIZE:-64}                     # request/response and ping size, bytes
+PINGS=${PINGS:-5000}                 # ping-pong round trips per latency measurement
+IDLE_CONNS=${IDLE_CONNS:-10000}      # idle connections held for the RSS figure
+IDLE_PEERS=${IDLE_PEERS:-"go-relay go-mtls milagro"}
+PEERS=${PEERS:-"none go-relay stunnel-psk spiped go-mtls milagro milagro-cold"}
+PERMIT=${PERMIT:-0}                  # 1: the client fetches time permits, the server requires them
+FLOOR_BENCHTIME=${FLOOR_BENCHTIME:-1s}
+FLOOR_COUNT=${FLOOR_COUNT:-3}
+WAIT_LOAD=${WAIT_LOAD:-600}          # wait up to this many seconds for the load average to fall
+LOAD_MAX=${LOAD_MAX:-1.5}
+PROFILE=${PROFILE:-0}                # 1: perf profile of both milagro sidecars under one bulk transfer
+KEEP=${KEEP:-0}                      # 1: keep the work folder (logs, keys, configs)
+
+OUT=$ROOT/bench/out
+mkdir -p "$OUT"
+STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
+umask 077
+WORK=$(mktemp -d /tmp/milagro-bench.XXXXXX)
+BIN=$WORK/bin
+mkdir -p "$BIN"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# ---- processes: every one we start is recorded and ended on exit --------
+PIDS=()
+cleanup() {
+	local p
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	if [[ $KEEP == 1 ]]; then log "work folder kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+# start NAME CMD...: run CMD in the background, logging to $WORK/NAME.log;
+# sets STARTED to its pid.
+start() {
+	local name=$1
+	shift
+	"$@" >"$WORK/$name.log" 2>&1 &
+	STARTED=$!
+	PIDS+=("$STARTED")
+}
+# stop [-SIGNAL] PID...: signal (TERM by default), wait, forget.
+stop() {
+	local sig=-TERM p q keep=()
+	if [[ ${1:-} == -* ]]; then sig=$1; shift; fi
+	for p in "$@"; do kill "$sig" "$p" 2>/dev/null || true; done
+	for p in "$@"; do wait "$p" 2>/dev/null || true; done
+	for q in "${PIDS[@]}"; do [[ " $* " == *" $q "* ]] || keep+=("$q"); done
+	PIDS=("${keep[@]}")
+}
+
+# ---- tools ------------------------------------------------------------------
+# Installs only what is missing; a peer whose tool cannot be had is skipped.
+need_pkg() { # need_pkg COMMAND PACKAGE
+	command -v "$1" >/dev/null 2>&1 && return 0
+	log "installing $2"
+	if [[ ${APT_UPDATED:-0} == 0 ]]; then
+		apt-get update >"$WORK/apt-update.log" 2>&1 || true
+		APT_UPDATED=1
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y "$2" >"$WORK/apt-$2.log" 2>&1 || true
+	command -v "$1" >/dev/null 2>&1
+}
+SKIPPED=()
+skip_peer() {
+	SKIPPED+=("$1: $2")
+	log "NOTE: skipping $1: $2"
+	local p out=()
+	for p in $PEERS; do [[ $p == "$1" ]] || out+=("$p"); done
+	PEERS="${out[*]}"
+}
+if [[ " $PEERS " == *" stunnel-psk "* ]] && ! need_pkg stunnel stunnel4; then
+	skip_peer stunnel-psk "stunnel4 is not installed and apt-get install stunnel4 failed (see $WORK/apt-stunnel4.log)"
+fi
+if [[ " $PEERS " == *" spiped "* ]] && ! need_pkg spiped spiped; then
+	skip_peer spiped "spiped is not installed and apt-get install spiped failed"
+fi
+if [[ $PROFILE == 1 ]] && ! command -v perf >/dev/null 2>&1; then
+	need_pkg perf linux-perf || { log "NOTE: perf unavailable; no profile"; PROFILE=0; }
+fi
+
+log "building milagro and the bench tools"
+go build -o "$BIN/milagro" ./cmd/milagro
+go build -o "$BIN/" ./bench/cmd/...
+LG=$BIN/loadgen
+
+# Idle connections need file descriptors in every process of the path.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+if [[ $NOFILE != unlimited ]] && ((IDLE_CONNS + 500 > NOFILE)); then
+	log "NOTE: ulimit -n is $NOFILE: holding $((NOFILE - 500)) idle connections instead of $IDLE_CONNS"
+	IDLE_CONNS=$((NOFILE - 500))
+fi
+
+# ---- wait for a quiet machine --------------------------------------------------
+LOAD_START=$(load1)
+if [[ $WAIT_LOAD != 0 ]]; then
+	waited=0
+	while awk -v l="$(load1)" -v m="$LOAD_MAX" 'BEGIN{exit !(l >= m)}'; do
+		if ((waited >= WAIT_LOAD)); then
+			log "NOTE: load average still $(load1) after ${waited}s; measuring anyway"
+			break
+		fi
+		((waited == 0)) && log "load average $(load1) ≥ $LOAD_MAX: waiting (up to ${WAIT_LOAD}s)"
+		sleep 10
+		waited=$((waited + 10))
+	done
+	LOAD_START=$(load1)
+fi
+log "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---- peers ------------------------------------------------------------------------
+read -r P_BACKEND P_RELAY_C P_RELAY_S P_ST_C P_ST_S P_SP_C P_SP_S P_TLS_C P_TLS_S \
+	P_MI_C P_MI_S P_DTA1 P_DTA2 P_DTA3 < <("$LG" ports -n 14)
+H=127.0.0.1
+BACKEND=$H:$P_BACKEND
+declare -A ADDR CPIDS SPIDS
+
+start backend "$BIN/backend" -listen "$BACKEND"
+"$LG" wait -addr "$BACKEND"
+ADDR[none]=$BACKEND CPIDS[none]="" SPIDS[none]=""
+
+start_go_relay() {
+	start relay-server "$BIN/relay" -mode plain -listen "$H:$P_RELAY_S" -target "$BACKEND"
+	SPIDS[go-relay]=$STARTED
+	start relay-client "$BIN/relay" -mode plain -listen "$H:$P_RELAY_C" -target "$H:$P_RELAY_S"
+	CPIDS[go-relay]=$STARTED ADDR[go-relay]=$H:$P_RELAY_C
+}
+
+start_go_mtls() {
+	[[ -f $WORK/certs/ca.pem ]] || "$BIN/relay" -gencerts "$WORK/certs"
+	start mtls-server "$BIN/relay" -mode tls-server -listen "$H:$P_TLS_S" -target "$BACKEND" -certs "$WORK/certs"
+	SPIDS[go-mtls]=$STARTED
+	start mtls-client "$BIN/relay" -mode tls-client -listen "$H:$P_TLS_C" -target "$H:$P_TLS_S" -certs "$WORK/certs"
+	CPIDS[go-mtls]=$STARTED ADDR[go-mtls]=$H:$P_TLS_C
+}
+
+start_stunnel() {
+	echo "bench:$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >"$WORK/psk.txt"
+	local side
+	for side in server client; do
+		{
+			echo "foreground = yes"
+			echo "pid ="
+			echo "debug = warning"
+			echo "output = $WORK/stunnel-$side.out"
+			echo "[bench]"
+			if [[ $side == client ]]; then
+				echo "client = yes"
+				echo "accept = $H:$P_ST_C"
+				echo "connect = $H:$P_ST_S"
+				echo "PSKidentity = bench"
+			else
+				echo "accept = $H:$P_ST_S"
+				echo "connect = $BACKEND"
+			fi
+			echo "PSKsecrets = $WORK/psk.txt"
+			echo "sslVersionMin = TLSv1.3"
+			echo "ciphersuites = TLS_AES_128_GCM_SHA256"
+		} >"$WORK/stunnel-$side.conf"
+	done
+	start stunnel-server stunnel "$WORK/stunnel-server.conf"
+	SPIDS[stunnel-psk]=$STARTED
+	start stunnel-client stunnel "$WORK/stunnel-client.conf"
+	CPIDS[stunnel-psk]=$STARTED ADDR[stunnel-psk]=$H:$P_ST_C
+}
+
+start_spiped() {
+	head -c 32 /dev/urandom >"$WORK/spiped.key"
+	start spiped-server spiped -d -F -n 0 -s "[$H]:$P_SP_S" -t "[$H]:$P_BACKEND" -k "$WORK/spiped.key"
+	SPIDS[spiped]=$STARTED
+	start spiped-client spiped -e -F -n 0 -s "[$H]:$P_SP_C" -t "[$H]:$P_SP_S" -k "$WORK/spiped.key"
+	CPIDS[spiped]=$STARTED ADDR[spiped]=$H:$P_SP_C
+}
+
+CLIENT_ID=spiffe://bench.example/ns/load/sa/client
+SERVER_ID=spiffe://bench.example/ns/api/sa/server
+setup_milagro_keys() {
+	local i tc ts
+	tc=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+	ts=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+	printf '%s' "$tc" >"$WORK/client.token"
+	printf '%s' "$ts" >"$WORK/server.token"
+	cat >"$WORK/policy.yaml" <<-EOF
+		requesters:
+		  - name: load
+		    token_sha256: "$(printf '%s' "$tc" | sha256sum | cut -d' ' -f1)"
+		    identities: ["spiffe://bench.example/ns/load/**"]
+		    kinds: [client, permit]
+		  - name: api
+		    token_sha256: "$(printf '%s' "$ts" | sha256sum | cut -d' ' -f1)"
+		    identities: ["spiffe://bench.example/ns/api/**"]
+		    kinds: [server, domain]
+		    server: true
+	EOF
+	local ports=("$P_DTA1" "$P_DTA2" "$P_DTA3") args=() dpids=()
+	for i in 1 2 3; do
+		"$BIN/milagro" dta init --dir "$WORK/dta-$i" --id "dta-$i" --domain bench.example --insecure-plaintext-key >"$WORK/dta-init-$i.log" 2>&1
+		args+=("$WORK/dta-$i=http://$H:${ports[i - 1]}")
+		start "dta-$i" "$BIN/milagro" dta serve --dir "$WORK/dta-$i" --listen "$H:${ports[i - 1]}" \
+			--policy "$WORK/policy.yaml" --insecure-http --log-level warn
+		dpids+=("$STARTED")
+	done
+	"$BIN/milagro" domain build --out "$WORK/domain.json" "${args[@]}"
+	local ckinds=client
+	[[ $PERMIT == 1 ]] && ckinds=client,permit
+	local try
+	for try in $(seq 50); do
+		if "$BIN/milagro" keys fetch --domain "$WORK/domain.json" --identity "$CLIENT_ID" --token-file "$WORK/client.token" \
+			--out "$WORK/client-keys" --kinds "$ckinds" --log-level warn >"$WORK/fetch-client.log" 2>&1 &&
+			"$BIN/milagro" keys fetch --domain "$WORK/domain.json" --identity "$SERVER_ID" --token-file "$WORK/server.token" \
+				--out "$WORK/server-keys" --kinds server,domain --log-level warn >"$WORK/fetch-server.log" 2>&1; then
+			break
+		fi
+		((try == 50)) && { cat "$WORK"/fetch-*.log >&2; echo "keys fetch failed" >&2; exit 1; }
+		sleep 0.2
+	done
+	stop "${dpids[@]}" # the keys are fetched; the D-TAs take no part in the measurement
+}
+
+MAX_STREAMS=256 # the client's default; the idle-RSS run raises it (8 sessions × 256 < 10,000)
+start_milagro() {
+	local req=()
+	[[ $PERMIT == 1 ]] && req=(--require-permit)
+	start milagro-server "$BIN/milagro" server --listen "$H:$P_MI_S" --target "$BACKEND" --keys "$WORK/server-keys" \
+		--allow-all "${req[@]}" --log-level warn --max-conns 30000
+	SPIDS[milagro]=$STARTED SPIDS[milagro-cold]=$STARTED
+	start milagro-client "$BIN/milagro" client --listen "$H:$P_MI_C" --target "$H:$P_MI_S" --keys "$WORK/client-keys" \
+		--verify-id "$SERVER_ID" --log-level warn --max-conns 30000 --max-streams-per-session "$MAX_STREAMS"
+	CPIDS[milagro]=$STARTED ADDR[milagro]=$H:$P_MI_C
+	CPIDS[milagro-cold]="" ADDR[milagro-cold]=$H:$P_MI_S
+}
+
+start_peer() {
+	case $1 in
+	none) ;;
+	go-relay) start_go_relay ;;
+	go-mtls) start_go_mtls ;;
+	stunnel-psk) start_stunnel ;;
+	spiped) start_spiped ;;
+	milagro | milagro-cold) [[ -n ${CPIDS[milagro]:-} ]] || start_milagro ;;
+	*) echo "unknown peer $1" >&2; exit 2 ;;
+	esac
+	local a=${ADDR[$1]}
+	[[ $1 == milagro-cold ]] && a=${ADDR[milagro]} # through both sidecars: the server is up
+	"$LG" wait -addr "$a" 2>"$WORK/wait-$1.log"
+}
+stop_peer() {
+	local p=$1
+	[[ $p == milagro-cold ]] && p=milagro
+	# shellcheck disable=SC2086
+	stop ${CPIDS[$p]} ${SPIDS[$p]}
+	CPIDS[$p]="" SPIDS[$p]=""
+}
+
+if [[ " $PEERS " == *" milagro"* || " $IDLE_PEERS " == *" milagro "* ]]; then
+	log "milagro: 3 D-TAs, keys fetch (permits: $PERMIT)"
+	setup_milagro_keys
+fi
+for p in $PEERS; do
+	log "starting $p"
+	if ! start_peer "$p"; then
+		skip_peer "$p" "did not pass traffic: $(tail -n1 "$WORK/wait-$p.log")"
+	fi
+done
+
+# ---- rounds -----------------------------------------------------------------------
+RAW=$WORK/rounds.csv
+"$LG" header >"$RAW"
+read -r -a PEER_LIST <<<"$PEERS"
+NP=${#PEER_LIST[@]}
+FAILED=()
+for ((r = 1; r <= ROUNDS; r++)); do
+	log "round $r of $ROUNDS (load $(load1))"
+	for ((k = 0; k < NP; k++)); do
+		p=${PEER_LIST[(k + r - 1) % NP]} # rotate the order each round
+		if [[ $p == milagro-cold ]]; then
+			cmd=("$BIN/coldconn" -addr "${ADDR[$p]}" -keys "$WORK/client-keys" -server-id "$SERVER_ID"
+				-server-pids "${SPIDS[$p]}" -duration "$DURATION" -workers "$WORKERS" -size "$SIZE" -peer "$p" -round "$r")
+		else
+			cmd=("$LG" bench -addr "${ADDR[$p]}" -peer "$p" -round "$r" -client-pids "${CPIDS[$p]}" -server-pids "${SPIDS[$p]}"
+				-bulk-mb "$BULK_MB" -duration "$DURATION" -workers "$WORKERS" -size "$SIZE" -pings "$PINGS")
+		fi
+		if row=$("${cmd[@]}" 2>>"$WORK/loadgen.log"); then
+			echo "$row" >>"$RAW"
+			log "  $row"
+		else
+			FAILED+=("$p round $r")
+			log "  $p round $r FAILED: $(tail -n1 "$WORK/loadgen.log")"
+		fi
+	done
+done
+cp "$RAW" "$OUT/results-$STAMP-rounds.csv"
+
+# ---- profile (optional) ------------------------------------------------------------
+if [[ $PROFILE == 1 && -n ${CPIDS[milagro]:-} ]]; then
+	log "profiling both milagro sidecars under one ${BULK_MB} MiB bulk transfer (perf)"
+	start perf-record perf record -F 499 -g -o "$WORK/perf.data" -p "${CPIDS[milagro]},${SPIDS[milagro]}"
+	PERF=$STARTED
+	sleep 1
+	"$LG" bench -addr "${ADDR[milagro]}" -peer profile -bulk-mb "$BULK_MB" -duration 0 -pings 0 \
+		-client-pids "${CPIDS[milagro]}" -server-pids "${SPIDS[milagro]}" >"$WORK/profile-row.csv" 2>>"$WORK/loadgen.log"
+	stop -INT "$PERF"
+	PROF=$OUT/profile-$STAMP.txt
+	GIB=$(cut -d, -f5 "$WORK/profile-row.csv")
+	{
+		echo "# perf record -g of milagro client (pid ${CPIDS[milagro]}) + server (pid ${SPIDS[milagro]}) during one ${BULK_MB} MiB bulk transfer"
+		echo "# loadgen row: $(cat "$WORK/profile-row.csv")"
+		echo
+		perf script -F pid,tid,period,ip,sym -i "$WORK/perf.data" 2>/dev/null |
+			"$BIN/perfsum" -pids "client=${CPIDS[milagro]},server=${SPIDS[milagro]}" -s-per-gib "${GIB:-0}" || true
+		echo
+		echo "# hottest symbols (self)"
+		perf report -i "$WORK/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 || true
+	} >"$PROF"
+	sed -n '/^category/,/^total/p' "$PROF" >&2
+	log "profile written to $PROF"
+fi
+
+# ---- the floor ----------------------------------------------------------------------
+log "floor: go test -bench 'BenchmarkFloor(Server|Client)' ./pairing (benchtime $FLOOR_BENCHTIME, count $FLOOR_COUNT)"
+go test -run '^$' -bench 'BenchmarkFloor(Server|Client)' -benchtime "$FLOOR_BENCHTIME" -count "$FLOOR_COUNT" ./pairing >"$WORK/floor.txt" 2>&1 ||
+	{ cat "$WORK/floor.txt" >&2; exit 1; }
+floor_ns() { # median ns/op of one benchmark
+	grep "^$1-" "$WORK/floor.txt" | awk '{for(i=1;i<=NF;i++) if($(i+1)=="ns/op") print $i}' | sort -g |
+		awk '{v[NR]=$1} END{if(NR==0){print 0}else if(NR%2){print v[(NR+1)/2]}else{print (v[NR/2]+v[NR/2+1])/2}}'
+}
+FLOOR_S=$(floor_ns BenchmarkFloorServer)
+FLOOR_C=$(floor_ns BenchmarkFloorClient)
+
+# ---- RSS per idle connection ----------------------------------------------------------
+IDLE=$WORK/idle.csv
+: >"$IDLE"
+if ((IDLE_CONNS > 0)); then
+	MAX_STREAMS=2048
+	for p in $IDLE_PEERS; do
+		[[ " $PEERS " == *" $p "* ]] || continue
+		log "idle: $IDLE_CONNS connections through fresh $p processes"
+		stop_peer "$p"
+		if ! start_peer "$p"; then
+			FAILED+=("$p idle: did not start")
+			continue
+		fi
+		# shellcheck disable=SC2086
+		pids=$(echo ${CPIDS[$p]} ${SPIDS[$p]} | tr ' ' ',')
+		# Descriptors one proxy process holds per idle connection: milagro's
+		# sides 1 (streams share the session's socket), the mTLS relay 2, the
+		# plain relay 6 (two sockets, and io.Copy's splice holds a pipe pair
+		# per direction while it waits).
+		fds=1
+		case $p in go-mtls) fds=2 ;; go-relay) fds=6 ;; esac
+		n=$IDLE_CONNS
+		if [[ $NOFILE != unlimited ]] && ((fds * n + 1000 > NOFILE)); then
+			n=$(((NOFILE - 1000) / fds))
+			log "  ($p holds $fds descriptors per connection: $n connections for ulimit -n $NOFILE)"
+		fi
+		if row=$("$LG" idle -addr "${ADDR[$p]}" -peer "$p" -pids "$pids" -n "$n" 2>>"$WORK/loadgen.log"); then
+			echo "$row" >>"$IDLE"
+			log "  $row (peer,n,base KiB,with KiB,KiB/conn)"
+		else
+			FAILED+=("$p idle")
+			log "  $p idle FAILED: $(tail -n1 "$WORK/loadgen.log")"
+		fi
+		stop_peer "$p"
+	done
+fi
+
+# ---- report -----------------------------------------------------------------------------
+LOAD_END=$(load1)
+CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+ELAPSED=$(($(date +%s) - T0))
+RESULTS=$OUT/results-$STAMP.csv
+echo
+echo "milagro whole-process benchmark, $STAMP"
+echo "machine: $(nproc) CPUs, ${CPU_MODEL:-unknown CPU}, Linux $(uname -r)"
+echo "load average: $LOAD_START at start, $LOAD_END at end (1 min)"
+echo "rounds $ROUNDS, bulk ${BULK_MB} MiB one way to a sink, new connections ${DURATION} × $WORKERS workers with ${SIZE} B request/response, $PINGS pings of ${SIZE} B, idle $IDLE_CONNS connections, permits $PERMIT"
+echo
+"$BIN/report" -raw "$RAW" -idle "$IDLE" -floor-server-ns "$FLOOR_S" -floor-client-ns "$FLOOR_C" -out "$RESULTS" \
+	-meta "date=$STAMP" -meta "nproc=$(nproc)" -meta "cpu=$CPU_MODEL" -meta "kernel=$(uname -r)" \
+	-meta "load_start=$LOAD_START" -meta "load_end=$LOAD_END" -meta "rounds=$ROUNDS" -meta "bulk_mb=$BULK_MB" \
+	-meta "duration=$DURATION" -meta "workers=$WORKERS" -meta "size=$SIZE" -meta "permit=$PERMIT"
+echo
+echo "milagro-cold: each connection is a full TCP + mpinkex + DTLS-PSK + yamux handshake by bench/cmd/coldconn"
+echo "  (the client sidecar's pool reuses sessions), against the milagro server process; its client-side CPU is"
+echo "  the whole coldconn process. Floor: BenchmarkFloorServer $(printf '%.0f' "$FLOOR_S") ns + BenchmarkFloorClient $(printf '%.0f' "$FLOOR_C") ns."
+for s in "${SKIPPED[@]}"; do echo "skipped: $s"; done
+for f in "${FAILED[@]}"; do echo "failed: $f"; done
+chmod a+r "$OUT"/*"$STAMP"* # the work folder's umask is for its secrets, not for the results
+echo "results: $RESULTS (per round: $OUT/results-$STAMP-rounds.csv)"
+if [[ -n ${PROF:-} ]]; then
+	echo "profile of the sidecars under bulk: $PROF"
+	sed -n '/^category/,/^total/p' "$PROF"
+fi
+echo "run time: ${ELAPSED}s"
