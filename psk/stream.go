@@ -199,6 +199,19 @@ func (st *Stream) drain(wait chan struct{}) {
 		}
 	}
 	_ = st.ys.SetReadDeadline(time.Time{})
+	// yamux v0.1.2 closes the session's shutdown channel before it closes
+	// its streams, and a Read blocked meanwhile loops on that channel
+	// without returning (busy, for up to the second the DTLS close_notify
+	// may take). A past deadline gives that loop a way out.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-st.s.mux.CloseChan():
+			_ = st.ys.SetReadDeadline(time.Unix(1, 0))
+		case <-stop:
+		}
+	}()
 	buf := make([]byte, 4096)
 	for {
 		if _, err := st.ys.Read(buf); err != nil {

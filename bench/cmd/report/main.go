@@ -180,7 +180,7 @@ func main() {
 		k, v, _ := strings.Cut(m, "=")
 		keys, values = append(keys, k), append(values, v)
 	}
-	head := append(slices.Clone(keys), "peer", "rounds")
+	head := append(slices.Clone(keys), "peer", "peer_rounds") // "rounds" is the run's, in the meta columns
 	for _, fg := range figures {
 		head = append(head, fg.col)
 	}
