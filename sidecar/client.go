@@ -64,12 +64,11 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 	}
 	factor := ""
 	if cfg.FactorFile != "" {
-		b, err := os.ReadFile(cfg.FactorFile)
+		f, err := ReadSecretFile(cfg.FactorFile, "factor")
 		if err != nil {
-			return nil, configErr(fmt.Errorf("factor file: %w", err))
+			return nil, configErr(err)
 		}
-		factor = strings.TrimRight(string(b), "\r\n")
-		clear(b)
+		factor = f
 	}
 	m := NewMetrics("client")
 	ks, err := OpenKeystore(KeystoreOptions{Dir: cfg.Keys, Role: RoleClient, Factor: factor, Log: log, OnReload: reloadCounter(m)})

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -158,4 +160,29 @@ func mpinkexGrace(d time.Duration) time.Duration {
 		return -1
 	}
 	return d
+}
+
+// ReadSecretFile reads a one-line secret (bearer token, passphrase, PIN or
+// passphrase factor), refusing files that group or others may access, and
+// trims one trailing newline (LF or CRLF). Every secret file the command
+// line names goes through it, so a factor reads the same in `keys fetch`
+// (which stores the token) and in `milagro client` (which rebuilds the key).
+func ReadSecretFile(path, what string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("%s file: %w", what, err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("%s file %s has mode %04o: it must not be group/world-accessible (chmod 600)", what, path, fi.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%s file: %w", what, err)
+	}
+	defer clear(b)
+	s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if s == "" {
+		return "", fmt.Errorf("%s file %s is empty", what, path)
+	}
+	return s, nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/milagro-sc/milagro/sidecar"
 	"io"
 	"os"
 	"runtime/debug"
@@ -137,38 +138,12 @@ func envDefault(name, def string) string {
 }
 
 func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
-	lv, err := zerolog.ParseLevel(level)
+	log, err := sidecar.NewLogger(w, level, format)
 	if err != nil {
-		return zerolog.Nop(), usagef("--log-level %q: %v", level, err)
+		return log, usagef("%v", err)
 	}
-	var out io.Writer = w
-	switch format {
-	case "json":
-	case "console":
-		out = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05"}
-	default:
-		return zerolog.Nop(), usagef("--log-format %q: want json or console", format)
-	}
-	return zerolog.New(out).Level(lv).With().Timestamp().Logger(), nil
+	return log, nil
 }
 
-// readSecretFile reads a one-line secret (token, passphrase, factor),
-// refusing files that others may read, and trims one trailing newline.
-func readSecretFile(path, what string) (string, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "", fmt.Errorf("%s file: %w", what, err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("%s file %s has mode %04o: it must not be group/world-accessible (chmod 600)", what, path, fi.Mode().Perm())
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("%s file: %w", what, err)
-	}
-	s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
-	if s == "" {
-		return "", fmt.Errorf("%s file %s is empty", what, path)
-	}
-	return s, nil
-}
+// readSecretFile reads a secret file named on the command line.
+func readSecretFile(path, what string) (string, error) { return sidecar.ReadSecretFile(path, what) }

@@ -62,11 +62,7 @@ func runSidecar(run func(ctx context.Context, hup <-chan os.Signal) error) error
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	err := run(ctx, hup)
-	if errors.Is(err, sidecar.ErrDrainTimeout) {
-		return err
-	}
-	return err
+	return run(ctx, hup)
 }
 
 func runServer(args []string, _, stderr io.Writer) error {
