@@ -32,6 +32,7 @@ type Client struct {
 	m    *Metrics
 	t    *tracker
 
+	conns  chan struct{}        // --max-conns slots, shared by all listeners
 	def    *upstream            // --target
 	routes map[string]*upstream // forward proxy: host:port → upstream
 
@@ -76,7 +77,8 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 		return nil, err
 	}
 	m.observeKeys(ks.Current())
-	c := &Client{cfg: cfg, log: log, keys: ks, m: m, t: newTracker(), routes: map[string]*upstream{}}
+	c := &Client{cfg: cfg, log: log, keys: ks, m: m, t: newTracker(), routes: map[string]*upstream{},
+		conns: make(chan struct{}, cfg.MaxConns)}
 	if cfg.Target != "" {
 		if cfg.VerifyID == "" {
 			return nil, errors.New("--verify-id is required with --target: the client must check whom it talks to")
@@ -251,12 +253,12 @@ func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
 	var accepting sync.WaitGroup
 	switch {
 	case c.cfg.Transparent:
-		accepting.Go(func() { c.acceptLoop(bg, lns[0], func(conn net.Conn) { c.serveTransparent(bg, conn) }) })
+		accepting.Go(func() { c.accept(lns[0], func(conn net.Conn) { c.serveTransparent(bg, conn) }) })
 	case c.def != nil:
-		accepting.Go(func() { c.acceptLoop(bg, lns[0], func(conn net.Conn) { c.serveApp(bg, conn, c.def) }) })
+		accepting.Go(func() { c.accept(lns[0], func(conn net.Conn) { c.serveApp(bg, conn, c.def) }) })
 	}
 	if fwd != nil {
-		accepting.Go(func() { c.acceptLoop(bg, fwd, func(conn net.Conn) { c.serveConnect(bg, conn) }) })
+		accepting.Go(func() { c.accept(fwd, func(conn net.Conn) { c.serveConnect(bg, conn) }) })
 	}
 	c.ready.Store(true)
 	k := c.keys.Current()
@@ -293,35 +295,16 @@ func (c *Client) upstreams() []*upstream {
 	return us
 }
 
-func (c *Client) acceptLoop(ctx context.Context, ln net.Listener, serve func(net.Conn)) {
-	slots := make(chan struct{}, c.cfg.MaxConns)
-	var delay time.Duration
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			time.Sleep(delay)
-			continue
-		}
-		delay = 0
-		c.m.Accepts.Inc()
-		select {
-		case slots <- struct{}{}:
-		default:
-			c.log.Warn().Int("max_conns", c.cfg.MaxConns).Msg("connection limit reached; closing")
-			conn.Close()
-			continue
-		}
+// accept runs acceptLoop for one of the client's listeners; every listener
+// shares the --max-conns slots, and each connection counts as a stream for
+// drain and metrics.
+func (c *Client) accept(ln net.Listener, serve func(net.Conn)) {
+	acceptLoop(ln, c.conns, c.cfg.MaxConns, c.m, c.log, func(conn net.Conn) {
 		c.t.streams.Add(1)
 		c.m.Streams.Inc()
-		go func() {
-			defer func() { <-slots; c.t.streamDone(); c.m.Streams.Dec() }()
-			serve(conn)
-		}()
-	}
+		defer func() { c.t.streamDone(); c.m.Streams.Dec() }()
+		serve(conn)
+	})
 }
 
 // serveApp carries one application connection to u.

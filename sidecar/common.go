@@ -186,3 +186,36 @@ func ReadSecretFile(path, what string) (string, error) {
 	}
 	return s, nil
 }
+
+// acceptLoop accepts on ln until it is closed. Accept errors other than
+// closure (out of file descriptors and the like) back off as net/http does;
+// a connection beyond the slots (maxConns) is closed at once; every other
+// runs handle in its own goroutine, which frees its slot when handle returns.
+func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, log zerolog.Logger, handle func(net.Conn)) {
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			log.Warn().Err(err).Dur("retry_in", delay).Msg("accept failed")
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		m.Accepts.Inc()
+		select {
+		case slots <- struct{}{}:
+		default:
+			log.Warn().Str("remote", c.RemoteAddr().String()).Int("max_conns", maxConns).Msg("connection limit reached; closing")
+			c.Close()
+			continue
+		}
+		go func() {
+			defer func() { <-slots }()
+			handle(c)
+		}()
+	}
+}

@@ -162,7 +162,7 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 	acceptDone := make(chan struct{})
 	go func() {
 		defer close(acceptDone)
-		s.acceptLoop(bg, ln)
+		acceptLoop(ln, s.conns, s.cfg.MaxConns, s.m, s.log, func(c net.Conn) { s.handleConn(bg, c) })
 	}()
 	<-ctx.Done()
 	s.draining.Store(true)
@@ -179,36 +179,6 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 	}
 	s.log.Info().Msg("drained")
 	return nil
-}
-
-func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) {
-	var delay time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// Out of file descriptors and the like: back off, as net/http does.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			s.log.Warn().Err(err).Dur("retry_in", delay).Msg("accept failed")
-			time.Sleep(delay)
-			continue
-		}
-		delay = 0
-		s.m.Accepts.Inc()
-		select {
-		case s.conns <- struct{}{}:
-		default:
-			s.log.Warn().Str("remote", c.RemoteAddr().String()).Int("max_conns", s.cfg.MaxConns).Msg("connection limit reached; closing")
-			c.Close()
-			continue
-		}
-		go func() {
-			defer func() { <-s.conns }()
-			s.handleConn(ctx, c)
-		}()
-	}
 }
 
 func (s *Server) handleConn(ctx context.Context, c net.Conn) {
