@@ -190,33 +190,25 @@ func (s *Service) issue(w http.ResponseWriter, r *http.Request) {
 	now := s.now()
 	kinds, epochs, err := body.Normalize(now, s.auth.Info.EpochLen)
 	if err != nil {
-		ev.Event, ev.Result, ev.Status, ev.Reason = "refuse", "bad request", http.StatusBadRequest, err.Error()
 		if !utf8ValidPrintable(body.Identity) {
 			ev.Identity = fmt.Sprintf("%q", truncate(body.Identity, 300))
 		}
-		s.record(ev)
-		writeError(w, http.StatusBadRequest, err.Error())
+		s.refuse(w, ev, http.StatusBadRequest, "bad request", err.Error(), err.Error())
 		return
 	}
 	ev.Epochs = epochs
 	if err := req.Authorize(body.Identity, kinds); err != nil {
-		ev.Event, ev.Result, ev.Status, ev.Reason = "refuse", "forbidden", http.StatusForbidden, err.Error()
-		s.record(ev)
-		writeError(w, http.StatusForbidden, err.Error())
+		s.refuse(w, ev, http.StatusForbidden, "forbidden", err.Error(), err.Error())
 		return
 	}
 	if s.revs.IsRevoked(body.Identity) {
-		ev.Event, ev.Result, ev.Status, ev.Reason = "refuse", "revoked", http.StatusForbidden, "identity is revoked"
-		s.record(ev)
-		writeError(w, http.StatusForbidden, "identity is revoked")
+		s.refuse(w, ev, http.StatusForbidden, "revoked", "identity is revoked", "identity is revoked")
 		return
 	}
 	env, err := s.auth.Issue(body.Identity, kinds, epochs, now)
 	if err != nil {
 		s.log.Error().Err(err).Str("requester", req.Name).Msg("issue failed")
-		ev.Event, ev.Result, ev.Status, ev.Reason = "refuse", "internal error", http.StatusInternalServerError, "issuance failed"
-		s.record(ev)
-		writeError(w, http.StatusInternalServerError, "issuance failed")
+		s.refuse(w, ev, http.StatusInternalServerError, "internal error", "issuance failed", "issuance failed")
 		return
 	}
 	ev.Result, ev.Status = "ok", http.StatusOK
@@ -251,16 +243,12 @@ func (s *Service) revoke(w http.ResponseWriter, r *http.Request) {
 	}
 	ev := AuditEvent{Event: event, Requester: req.Name, Identity: body.Identity, Remote: ip}
 	if !req.Admin {
-		ev.Event, ev.Result, ev.Status, ev.Reason = "refuse", "forbidden", http.StatusForbidden, event+": requester is not an admin"
-		s.record(ev)
-		writeError(w, http.StatusForbidden, "only admin requesters may revoke")
+		s.refuse(w, ev, http.StatusForbidden, "forbidden", event+": requester is not an admin", "only admin requesters may revoke")
 		return
 	}
 	if err := mpinkex.ValidateID(body.Identity); err != nil {
-		ev.Event, ev.Result, ev.Status, ev.Reason = "refuse", "bad request", http.StatusBadRequest, err.Error()
 		ev.Identity = fmt.Sprintf("%q", truncate(body.Identity, 300))
-		s.record(ev)
-		writeError(w, http.StatusBadRequest, "identity: "+err.Error())
+		s.refuse(w, ev, http.StatusBadRequest, "bad request", err.Error(), "identity: "+err.Error())
 		return
 	}
 	var changed bool
@@ -294,6 +282,14 @@ func (s *Service) revocations(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"revocations": s.revs.List()})
+}
+
+// refuse audits ev as a refusal (result, reason) and answers status with
+// the JSON error msg.
+func (s *Service) refuse(w http.ResponseWriter, ev AuditEvent, status int, result, reason, msg string) {
+	ev.Event, ev.Result, ev.Status, ev.Reason = "refuse", result, status, reason
+	s.record(ev)
+	writeError(w, status, msg)
 }
 
 func (s *Service) record(e AuditEvent) {
