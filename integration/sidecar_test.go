@@ -237,6 +237,17 @@ func TestSidecarChannel(t *testing.T) {
 		if n := srv.logMatches("session open", clientID); n != 1 {
 			t.Errorf("server logged %d sessions, want 1", n)
 		}
+		// Runtime profiles only with --enable-pprof.
+		if code, _ := srv.get(t, "/debug/pprof/goroutine?debug=1"); code != http.StatusNotFound {
+			t.Errorf("server without --enable-pprof: /debug/pprof/goroutine %d, want 404", code)
+		}
+		pc := e.client(t, "client (pprof)", srv.listen, "--enable-pprof")
+		if code, body := pc.get(t, "/debug/pprof/goroutine?debug=1"); code != http.StatusOK || !strings.Contains(body, "goroutine profile:") {
+			t.Errorf("client with --enable-pprof: /debug/pprof/goroutine %d %.80q", code, body)
+		}
+		if code, body := pc.get(t, "/debug/pprof/heap"); code != http.StatusOK || len(body) == 0 {
+			t.Errorf("client with --enable-pprof: /debug/pprof/heap %d, %d bytes", code, len(body))
+		}
 	})
 
 	// Scenario 4: the backend is down: status 02, the app connection closes

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -17,9 +18,35 @@ type closeWriter interface {
 	CloseWrite() error
 }
 
+// ReadWaiter is implemented by connections that can wait until a Read would
+// not block without consuming anything (psk.Stream). Pipe uses it, and the
+// readiness of sockets, so that an idle connection holds no copy buffer.
+type ReadWaiter interface {
+	WaitRead() error
+}
+
 // Stats counts what Pipe moved.
 type Stats struct {
 	AToB, BToA int64
+}
+
+// copyBufSize is the most one read moves; buffers are shared through
+// bufPool and held only while data is in flight.
+const copyBufSize = 32 << 10
+
+var (
+	bufPool     = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+	buffersHeld atomic.Int64 // taken from bufPool and not yet given back
+)
+
+func getBuf() *[]byte {
+	buffersHeld.Add(1)
+	return bufPool.Get().(*[]byte)
+}
+
+func putBuf(bp *[]byte) {
+	buffersHeld.Add(-1)
+	bufPool.Put(bp)
 }
 
 // Pipe copies a→b and b→a until both directions have ended, then closes both.
@@ -31,10 +58,14 @@ type Stats struct {
 // one. If idle > 0 and no byte moves in either direction for idle, both
 // are closed. A cancelled ctx closes both at once. The error is the first
 // that is not a normal end (EOF, closed connection).
+//
+// An idle Pipe costs two goroutines (the caller's and one more) and no
+// buffer: sockets are read only once readable (through syscall.RawConn) and
+// connections implementing ReadWaiter are waited on before a buffer is
+// taken from a shared pool. Other connections hold a buffer while blocked
+// in Read.
 func Pipe(ctx context.Context, a, b net.Conn, idle time.Duration) (Stats, error) {
 	var st Stats
-	var last atomic.Int64
-	last.Store(time.Now().UnixNano())
 	var once sync.Once
 	closeBoth := func() {
 		once.Do(func() {
@@ -42,52 +73,15 @@ func Pipe(ctx context.Context, a, b net.Conn, idle time.Duration) (Stats, error)
 			b.Close()
 		})
 	}
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		var tick <-chan time.Time
-		if idle > 0 {
-			t := time.NewTicker(max(idle/4, 10*time.Millisecond))
-			defer t.Stop()
-			tick = t.C
-		}
-		for {
-			select {
-			case <-done:
-				return
-			case <-ctx.Done():
-				closeBoth()
-				return
-			case <-tick:
-				if time.Since(time.Unix(0, last.Load())) >= idle {
-					closeBoth()
-					return
-				}
-			}
-		}
-	}()
-	errc := make(chan error, 2)
-	cp := func(dst, src net.Conn, n *int64) {
-		buf := make([]byte, 32<<10)
-		var err error
-		for {
-			nr, rerr := src.Read(buf)
-			if nr > 0 {
-				last.Store(time.Now().UnixNano())
-				nw, werr := dst.Write(buf[:nr])
-				*n += int64(nw)
-				if werr != nil {
-					err = werr
-					break
-				}
-			}
-			if rerr != nil {
-				if rerr != io.EOF {
-					err = rerr
-				}
-				break
-			}
-		}
+	stopCtx := context.AfterFunc(ctx, closeBoth)
+	defer stopCtx()
+	var w *idleWatch
+	if idle > 0 {
+		w = newIdleWatch(idle, closeBoth)
+		defer w.stop()
+	}
+	cp := func(dst, src net.Conn, n *int64) error {
+		err := copyHalf(dst, src, n, w)
 		if err == nil {
 			if cw, ok := dst.(closeWriter); ok {
 				err = cw.CloseWrite()
@@ -105,13 +99,155 @@ func Pipe(ctx context.Context, a, b net.Conn, idle time.Duration) (Stats, error)
 			}
 			closeBoth()
 		}
-		errc <- err
+		return err
 	}
-	go cp(b, a, &st.AToB)
-	go cp(a, b, &st.BToA)
-	e1, e2 := <-errc, <-errc
+	errc := make(chan error, 1)
+	go func() { errc <- cp(b, a, &st.AToB) }()
+	e2 := cp(a, b, &st.BToA)
+	e1 := <-errc
 	closeBoth()
 	return st, firstReal(e1, e2)
+}
+
+// copyHalf copies src to dst until src's EOF (nil) or an error.
+func copyHalf(dst, src net.Conn, n *int64, w *idleWatch) error {
+	next := chunkReader(src)
+	for {
+		bp, nr, rerr := next()
+		if nr > 0 {
+			w.touch()
+			nw, werr := dst.Write((*bp)[:nr])
+			*n += int64(nw)
+			putBuf(bp)
+			if werr != nil {
+				return werr
+			}
+		} else if bp != nil {
+			putBuf(bp)
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return nil
+			}
+			return rerr
+		}
+	}
+}
+
+// chunkReader returns a function that reads src's next chunk into a pooled
+// buffer (bp is nil when no buffer was taken; the caller returns bp).
+func chunkReader(src net.Conn) func() (bp *[]byte, n int, err error) {
+	if sc, ok := src.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			return rawChunkReader(src, rc)
+		}
+	}
+	if rw, ok := src.(ReadWaiter); ok {
+		return func() (*[]byte, int, error) {
+			if err := rw.WaitRead(); err != nil {
+				return nil, 0, err
+			}
+			bp := getBuf()
+			n, err := src.Read(*bp)
+			return bp, n, err
+		}
+	}
+	return func() (*[]byte, int, error) {
+		bp := getBuf()
+		n, err := src.Read(*bp)
+		return bp, n, err
+	}
+}
+
+// rawChunkReader reads a socket with read(2) from inside RawConn.Read: a
+// buffer is taken only when the socket is readable, and would-block gives
+// it back before the goroutine parks in the poller. Deadlines and Close
+// work as for src.Read.
+func rawChunkReader(src net.Conn, rc syscall.RawConn) func() (*[]byte, int, error) {
+	return func() (*[]byte, int, error) {
+		var bp *[]byte
+		var n int
+		var serr error
+		err := rc.Read(func(fd uintptr) bool {
+			bp = getBuf()
+			for {
+				n, serr = syscall.Read(int(fd), *bp)
+				if serr != syscall.EINTR {
+					break
+				}
+			}
+			if serr == syscall.EAGAIN {
+				putBuf(bp)
+				bp = nil
+				return false // wait for readability, holding nothing
+			}
+			return true
+		})
+		if err != nil { // closed, deadline: no read happened
+			if bp != nil {
+				putBuf(bp)
+			}
+			return nil, 0, err
+		}
+		if serr != nil {
+			return bp, 0, &net.OpError{Op: "read", Net: src.LocalAddr().Network(), Source: src.LocalAddr(),
+				Addr: src.RemoteAddr(), Err: os.NewSyscallError("read", serr)}
+		}
+		if n == 0 {
+			return bp, 0, io.EOF
+		}
+		return bp, n, nil
+	}
+}
+
+// idleWatch closes both sides once nothing has moved for idle. It holds a
+// timer, not a goroutine, while it waits.
+type idleWatch struct {
+	idle  time.Duration
+	fire  func()
+	last  atomic.Int64 // unix ns of the last chunk moved
+	mu    sync.Mutex
+	t     *time.Timer
+	ended bool
+}
+
+func newIdleWatch(idle time.Duration, fire func()) *idleWatch {
+	w := &idleWatch{idle: idle, fire: fire}
+	w.last.Store(time.Now().UnixNano())
+	w.mu.Lock()
+	w.t = time.AfterFunc(idle, w.check)
+	w.mu.Unlock()
+	return w
+}
+
+func (w *idleWatch) touch() {
+	if w != nil {
+		w.last.Store(time.Now().UnixNano())
+	}
+}
+
+// check runs in the timer's own goroutine.
+func (w *idleWatch) check() {
+	w.mu.Lock()
+	if w.ended {
+		w.mu.Unlock()
+		return
+	}
+	if quiet := time.Since(time.Unix(0, w.last.Load())); quiet < w.idle {
+		w.t.Reset(w.idle - quiet)
+		w.mu.Unlock()
+		return
+	}
+	w.ended = true
+	w.mu.Unlock()
+	w.fire()
+}
+
+func (w *idleWatch) stop() {
+	w.mu.Lock()
+	w.ended = true
+	w.t.Stop()
+	w.mu.Unlock()
 }
 
 func firstReal(errs ...error) error {

@@ -331,3 +331,88 @@ func TestPipeNoGoroutineLeak(t *testing.T) {
 	}
 	settleGoroutines(t, base)
 }
+
+// TestPipeIdleHoldsNoBuffer: once data has moved both ways and the
+// connections go quiet, no Pipe holds a copy buffer — neither between
+// sockets (read only once readable) nor between a socket and a secure
+// stream (psk.Stream.WaitRead) — and data moves again when it comes.
+func TestPipeIdleHoldsNoBuffer(t *testing.T) {
+	up := newEchoUpstream(t, "127.0.0.1:0")
+	pool := newTestPool(t, up.addr, PoolOptions{})
+	type rig struct {
+		app  *net.TCPConn
+		far  net.Conn // the other end: a TCP peer, or nil for the echo upstream
+		done chan error
+	}
+	var rigs []rig
+	for i := range 20 {
+		app, a := tcpPair(t)
+		var b, far net.Conn
+		if i%2 == 0 {
+			b, far = tcpPair(t)
+		} else {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			st, err := pool.Open(ctx, "")
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			b = st
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := Pipe(context.Background(), a, b, 0)
+			done <- err
+		}()
+		rigs = append(rigs, rig{app: app, far: far, done: done})
+	}
+	exchange := func(round byte) {
+		for i, r := range rigs {
+			msg := []byte{round, byte(i)}
+			if _, err := r.app.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if r.far != nil { // a TCP peer echoes by hand
+				got := make([]byte, 2)
+				if _, err := io.ReadFull(r.far, got); err != nil || !bytes.Equal(got, msg) {
+					t.Fatalf("rig %d: far end read %v %v", i, got, err)
+				}
+				if _, err := r.far.Write(got); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := make([]byte, 2)
+			r.app.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(r.app, got); err != nil || !bytes.Equal(got, msg) {
+				t.Fatalf("rig %d round %d: echo %v %v", i, round, got, err)
+			}
+		}
+	}
+	for round := range byte(3) {
+		exchange(round)
+		deadline := time.Now().Add(5 * time.Second)
+		for buffersHeld.Load() != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: %d copy buffers held by idle pipes, want 0", round, buffersHeld.Load())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	for i, r := range rigs {
+		r.app.CloseWrite()
+		if r.far != nil {
+			r.far.(*net.TCPConn).CloseWrite()
+		}
+		select {
+		case err := <-r.done:
+			if err != nil {
+				t.Errorf("rig %d: Pipe: %v", i, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("rig %d: Pipe did not end after both half-closes", i)
+		}
+	}
+	if n := buffersHeld.Load(); n != 0 {
+		t.Errorf("%d copy buffers held after every Pipe ended", n)
+	}
+}

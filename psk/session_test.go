@@ -602,6 +602,75 @@ func TestDeadlines(t *testing.T) {
 	}
 }
 
+// TestWaitRead: WaitRead returns once data is there without consuming it,
+// io.EOF after the peer's FIN, a timeout at the read deadline, and
+// net.ErrClosed after Close.
+func TestWaitRead(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, nil)
+	peer := make(chan *Stream, 1)
+	go func() {
+		in, err := srv.Accept(context.Background())
+		if err != nil {
+			close(peer)
+			return
+		}
+		st, err := in.Accept()
+		if err != nil {
+			close(peer)
+			return
+		}
+		peer <- st
+	}()
+	st, err := cli.Open(openCtx(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ps := <-peer
+	if ps == nil {
+		t.Fatal("server did not accept the stream")
+	}
+	defer ps.Close()
+
+	_ = st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if err := st.WaitRead(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("WaitRead with nothing sent: %v, want a deadline error", err)
+	}
+	_ = st.SetReadDeadline(time.Time{})
+
+	woke := make(chan error, 1)
+	go func() { woke <- st.WaitRead() }()
+	select {
+	case err := <-woke:
+		t.Fatalf("WaitRead returned %v before any data", err)
+	case <-time.After(30 * time.Millisecond):
+	}
+	if _, err := ps.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-woke; err != nil {
+		t.Fatalf("WaitRead after data: %v", err)
+	}
+	if err := st.WaitRead(); err != nil { // still there: nothing was consumed
+		t.Fatalf("second WaitRead: %v", err)
+	}
+	if err := ps.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(st)
+	if err != nil || string(got) != "abc" {
+		t.Fatalf("read after WaitRead: %q %v", got, err)
+	}
+	if err := st.WaitRead(); err != io.EOF {
+		t.Fatalf("WaitRead after the peer's FIN: %v, want io.EOF", err)
+	}
+	st.Close()
+	if err := st.WaitRead(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("WaitRead after Close: %v, want net.ErrClosed", err)
+	}
+}
+
 // TestServerMustNotOpen: a server that opens a stream breaks the protocol;
 // the client ends the session.
 func TestServerMustNotOpen(t *testing.T) {

@@ -94,6 +94,15 @@ func (st *Stream) Read(p []byte) (int, error) {
 	return n, st.readErr(err)
 }
 
+// WaitRead blocks until a Read would not block: stream data is buffered
+// (nil), the peer's FIN arrived (io.EOF), or Read would fail (the same
+// error). It consumes nothing and honours the read deadline. A proxy uses it
+// to take a copy buffer only once there is something to copy.
+func (st *Stream) WaitRead() error {
+	_, err := st.Read(nil) // yamux: an empty Read waits for data and takes none
+	return err
+}
+
 func (st *Stream) readErr(err error) error {
 	switch {
 	case err == io.EOF:

@@ -240,7 +240,7 @@ func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
 			return fmt.Errorf("status listener: %w", err)
 		}
 		wg.Go(func() {
-			if err := serveStatus(bg, sl, c.m, c.status); err != nil {
+			if err := serveStatus(bg, sl, c.m, c.cfg.EnablePprof, c.status); err != nil {
 				c.log.Error().Err(err).Msg("status endpoint failed")
 			}
 		})

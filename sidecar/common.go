@@ -53,6 +53,9 @@ func (c *Common) validate() error {
 	if c.MaxConns <= 0 {
 		return errors.New("--max-conns must be positive")
 	}
+	if c.EnablePprof && c.Status == "" {
+		return errors.New("--enable-pprof needs --status (the profiles are served there)")
+	}
 	return nil
 }
 

@@ -41,6 +41,7 @@ type Common struct {
 	Listen          string        `yaml:"listen"`
 	Keys            string        `yaml:"keys"`
 	Status          string        `yaml:"status"`
+	EnablePprof     bool          `yaml:"enable-pprof"`
 	LogLevel        string        `yaml:"log-level"`
 	LogFormat       string        `yaml:"log-format"`
 	Quiet           []string      `yaml:"quiet"`
@@ -123,6 +124,7 @@ func (c *Common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Listen, "listen", c.Listen, "address to accept connections on (HOST:PORT or unix:PATH)")
 	fs.StringVar(&c.Keys, "keys", c.Keys, "key directory written by 'milagro keys fetch' (required)")
 	fs.StringVar(&c.Status, "status", c.Status, "serve /_status, /healthz, /readyz and /_metrics/prometheus on this address")
+	fs.BoolVar(&c.EnablePprof, "enable-pprof", c.EnablePprof, "also serve Go's /debug/pprof/ profiles on the --status address (exposes internals: keep the address private)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or console")
 	fs.Var(&stringList{p: &c.Quiet}, "quiet", "silence a class of log lines (handshake-errs); repeatable")

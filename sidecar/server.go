@@ -128,7 +128,7 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 			return fmt.Errorf("status listener: %w", err)
 		}
 		wg.Go(func() {
-			if err := serveStatus(bg, sl, s.m, s.status); err != nil {
+			if err := serveStatus(bg, sl, s.m, s.cfg.EnablePprof, s.status); err != nil {
 				s.log.Error().Err(err).Msg("status endpoint failed")
 			}
 		})

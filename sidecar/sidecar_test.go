@@ -381,6 +381,7 @@ func TestNewServerConfigErrors(t *testing.T) {
 		want string
 	}{
 		{"no keys", func(c *ServerConfig) { c.Keys = "" }, "--keys is required"},
+		{"pprof without status", func(c *ServerConfig) { c.EnablePprof = true }, "--enable-pprof needs --status"},
 		{"no allow", func(c *ServerConfig) { c.AllowIDs = nil }, "no --allow-id"},
 		{"no target", func(c *ServerConfig) { c.Target = "" }, "--target"},
 		{"remote target", func(c *ServerConfig) { c.Target = "10.0.0.1:80" }, "not on loopback"},

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -73,8 +74,18 @@ func keysStatus(ks *Keystore) KeysStatus {
 }
 
 // serveStatus runs the status endpoint until ctx ends.
-func serveStatus(ctx context.Context, ln net.Listener, m *Metrics, status func(probe bool) StatusInfo) error {
+// With pprof, Go's runtime profiles are served under /debug/pprof/ as well
+// (heap, goroutine, CPU profile, …): they show internals but never key
+// material, which the sidecar keeps out of anything it formats.
+func serveStatus(ctx context.Context, ln net.Listener, m *Metrics, pprofOn bool, status func(probe bool) StatusInfo) error {
 	mux := http.NewServeMux()
+	if pprofOn {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /_status", func(w http.ResponseWriter, r *http.Request) {
 		st := status(true)
 		w.Header().Set("Content-Type", "application/json")
@@ -97,6 +108,9 @@ func serveStatus(ctx context.Context, ln net.Listener, m *Metrics, status func(p
 	})
 	mux.Handle("GET /_metrics/prometheus", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
+	if pprofOn {
+		srv.WriteTimeout = 70 * time.Second // /debug/pprof/profile?seconds=60
+	}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
