@@ -30,6 +30,7 @@ WAIT_LOAD=${WAIT_LOAD:-600}          # wait up to this many seconds for the load
 LOAD_MAX=${LOAD_MAX:-1.5}
 PROFILE=${PROFILE:-0}                # 1: perf profile of both milagro sidecars under one bulk transfer
 KEEP=${KEEP:-0}                      # 1: keep the work folder (logs, keys, configs)
+MILAGRO_ENV=${MILAGRO_ENV:-}         # extra environment of both sidecars, e.g. "GOGC=200 GOMAXPROCS=1"
 
 OUT=$ROOT/bench/out
 mkdir -p "$OUT"
@@ -243,10 +244,10 @@ MAX_STREAMS=256 # the client's default; the idle-RSS run raises it (8 sessions Ã
 start_milagro() {
 	local req=()
 	[[ $PERMIT == 1 ]] && req=(--require-permit)
-	start milagro-server "$BIN/milagro" server --listen "$H:$P_MI_S" --target "$BACKEND" --keys "$WORK/server-keys" \
+	start milagro-server env $MILAGRO_ENV "$BIN/milagro" server --listen "$H:$P_MI_S" --target "$BACKEND" --keys "$WORK/server-keys" \
 		--allow-all "${req[@]}" --log-level warn --max-conns 30000
 	SPIDS[milagro]=$STARTED SPIDS[milagro-cold]=$STARTED
-	start milagro-client "$BIN/milagro" client --listen "$H:$P_MI_C" --target "$H:$P_MI_S" --keys "$WORK/client-keys" \
+	start milagro-client env $MILAGRO_ENV "$BIN/milagro" client --listen "$H:$P_MI_C" --target "$H:$P_MI_S" --keys "$WORK/client-keys" \
 		--verify-id "$SERVER_ID" --log-level warn --max-conns 30000 --max-streams-per-session "$MAX_STREAMS"
 	CPIDS[milagro]=$STARTED ADDR[milagro]=$H:$P_MI_C
 	CPIDS[milagro-cold]="" ADDR[milagro-cold]=$H:$P_MI_S

@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strings"
+	"time"
 )
 
 // ParseAddr splits a listen or target address: "unix:PATH" is a Unix socket,
@@ -42,8 +44,13 @@ func IsLoopback(addr string) bool {
 }
 
 // Listen opens a listener for addr. A stale Unix socket file left by a
-// previous run is removed first (only if nothing accepts on it).
-func Listen(addr string) (net.Listener, error) {
+// previous run is removed first (only if nothing accepts on it). keepAlive
+// is the TCP keep-alive period of accepted connections as in
+// net.ListenConfig: 0 is Go's default (15 s), negative turns it off — for
+// connections whose liveness is checked otherwise (a secure session's own
+// keepalive), or that never leave the host, which saves four setsockopt
+// calls per accepted connection.
+func Listen(addr string, keepAlive time.Duration) (net.Listener, error) {
 	network, a, err := ParseAddr(addr)
 	if err != nil {
 		return nil, err
@@ -57,7 +64,8 @@ func Listen(addr string) (net.Listener, error) {
 			os.Remove(a)
 		}
 	}
-	ln, err := net.Listen(network, a)
+	lc := net.ListenConfig{KeepAlive: keepAlive}
+	ln, err := lc.Listen(context.Background(), network, a)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}

@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestParseAddr(t *testing.T) {
@@ -70,7 +72,7 @@ func TestIsLoopback(t *testing.T) {
 }
 
 func TestListenTCP(t *testing.T) {
-	ln, err := Listen("127.0.0.1:0")
+	ln, err := Listen("127.0.0.1:0", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,13 +81,13 @@ func TestListenTCP(t *testing.T) {
 		t.Fatalf("Listen(tcp) gave %T", ln.Addr())
 	}
 	// The same port again is refused with the address in the message.
-	if ln2, err := Listen(ln.Addr().String()); err == nil {
+	if ln2, err := Listen(ln.Addr().String(), 0); err == nil {
 		ln2.Close()
 		t.Fatal("second Listen on a bound port succeeded")
 	} else if !strings.Contains(err.Error(), ln.Addr().String()) {
 		t.Errorf("error %q does not name the address", err)
 	}
-	if _, err := Listen("nonsense"); err == nil {
+	if _, err := Listen("nonsense", 0); err == nil {
 		t.Error("Listen(nonsense) succeeded")
 	}
 }
@@ -107,7 +109,7 @@ func TestListenUnix(t *testing.T) {
 	path := filepath.Join(dir, "app.sock")
 	addr := "unix:" + path
 
-	ln, err := Listen(addr)
+	ln, err := Listen(addr, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +133,7 @@ func TestListenUnix(t *testing.T) {
 	c.Close()
 
 	// A live socket is not taken over, and not removed.
-	if ln2, err := Listen(addr); err == nil {
+	if ln2, err := Listen(addr, 0); err == nil {
 		ln2.Close()
 		t.Fatal("Listen took over a socket another listener accepts on")
 	} else if !strings.Contains(err.Error(), "another process is accepting on it") {
@@ -148,7 +150,7 @@ func TestListenUnix(t *testing.T) {
 	if _, err := os.Lstat(path); err != nil {
 		t.Fatalf("socket file should stay behind: %v", err)
 	}
-	ln3, err := Listen(addr)
+	ln3, err := Listen(addr, 0)
 	if err != nil {
 		t.Fatalf("Listen over a stale socket: %v", err)
 	}
@@ -171,11 +173,46 @@ func TestListenUnix(t *testing.T) {
 	if err := os.WriteFile(reg, []byte("data"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if ln4, err := Listen("unix:" + reg); err == nil {
+	if ln4, err := Listen("unix:"+reg, 0); err == nil {
 		ln4.Close()
 		t.Fatal("Listen replaced a regular file")
 	}
 	if b, err := os.ReadFile(reg); err != nil || string(b) != "data" {
 		t.Fatalf("regular file changed: %q, %v", b, err)
+	}
+}
+
+// TestListenKeepAlive: keepAlive < 0 leaves TCP keep-alive off on accepted
+// connections; 0 keeps Go's default (on).
+func TestListenKeepAlive(t *testing.T) {
+	for _, tc := range []struct {
+		keepAlive time.Duration
+		want      int
+	}{{-1, 0}, {0, 1}} {
+		ln, err := Listen("127.0.0.1:0", tc.keepAlive)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := a.(*net.TCPConn).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := -1
+		var gerr error
+		_ = rc.Control(func(fd uintptr) { got, gerr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE) })
+		if gerr != nil || got != tc.want {
+			t.Errorf("keepAlive %v: SO_KEEPALIVE %d (%v), want %d", tc.keepAlive, got, gerr, tc.want)
+		}
+		a.Close()
+		c.Close()
+		ln.Close()
 	}
 }

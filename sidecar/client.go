@@ -127,7 +127,7 @@ func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout+c.cfg.HandshakeTO)
 	defer cancel()
 	start := time.Now()
-	d := net.Dialer{Timeout: c.cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+	d := net.Dialer{Timeout: c.cfg.ConnectTimeout, KeepAlive: c.cfg.sessionTCPKeepAlive()}
 	var conn net.Conn
 	var res *mpinkex.Result
 	for attempt := 0; ; attempt++ {
@@ -137,6 +137,7 @@ func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
 			c.m.Handshakes.WithLabelValues("connect_failed").Inc()
 			return nil, fmt.Errorf("connect %s: %w", u.addr, err)
 		}
+		conn = BufferedConn(conn)
 		k := c.keys.Current()
 		hsStart := time.Now()
 		res, err = mpinkex.Client(ctx, conn, &mpinkex.ClientConfig{
@@ -212,7 +213,7 @@ func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
 		}
 	}
 	if c.def != nil || c.cfg.Transparent {
-		ln, err := proxy.Listen(c.cfg.Listen)
+		ln, err := proxy.Listen(c.cfg.Listen, localTCPKeepAlive(c.cfg.Listen))
 		if err != nil {
 			return err
 		}
@@ -221,7 +222,7 @@ func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
 	}
 	var fwd net.Listener
 	if c.cfg.ForwardProxy != "" {
-		ln, err := proxy.Listen(c.cfg.ForwardProxy)
+		ln, err := proxy.Listen(c.cfg.ForwardProxy, localTCPKeepAlive(c.cfg.ForwardProxy))
 		if err != nil {
 			closeAll()
 			return err

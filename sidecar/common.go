@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/milagro-sc/milagro/proxy"
 	"github.com/milagro-sc/milagro/psk"
 )
 
@@ -57,6 +59,42 @@ func (c *Common) validate() error {
 		return errors.New("--enable-pprof needs --status (the profiles are served there)")
 	}
 	return nil
+}
+
+// sessionTCPKeepAlive is the TCP keep-alive of secure-session connections:
+// off while the session's own keepalive (--keepalive; 0 is psk's default
+// interval, negative turns it off) watches the peer, Go's default
+// otherwise.
+func (c *Common) sessionTCPKeepAlive() time.Duration {
+	if c.KeepAlive >= 0 {
+		return -1
+	}
+	return 0
+}
+
+// bufConn reads a session connection through a small buffer: each
+// handshake message then arrives in one read(2) instead of two (the frame
+// header, then its body). Bytes read ahead stay in the buffer for the next
+// layer (DTLS), which reads through it too.
+type bufConn struct {
+	net.Conn
+	br *bufio.Reader
+}
+
+// BufferedConn wraps a new session connection as both sidecars do before
+// the handshake (see bufConn).
+func BufferedConn(c net.Conn) net.Conn { return &bufConn{Conn: c, br: bufio.NewReaderSize(c, 2048)} }
+
+func (c *bufConn) Read(p []byte) (int, error) { return c.br.Read(p) }
+
+// localTCPKeepAlive is the TCP keep-alive of plaintext connections to or
+// from addr: off when addr is on this host (a dead local peer closes its
+// sockets), Go's default otherwise.
+func localTCPKeepAlive(addr string) time.Duration {
+	if proxy.IsLoopback(addr) {
+		return -1
+	}
+	return 0
 }
 
 func (c *Common) pskConfig() *psk.Config {

@@ -135,7 +135,7 @@ func (c *Common) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.HandshakeTO, "handshake-timeout", c.HandshakeTO, "timeout for a whole secure handshake (mpinkex and DTLS)")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close a proxied connection idle this long (0: never)")
 	fs.DurationVar(&c.SessionIdle, "session-idle-timeout", c.SessionIdle, "close a secure session without streams this long")
-	fs.DurationVar(&c.KeepAlive, "keepalive", c.KeepAlive, "secure session keepalive interval")
+	fs.DurationVar(&c.KeepAlive, "keepalive", c.KeepAlive, "secure session keepalive interval (negative: none; TCP keep-alive then watches session connections instead)")
 	fs.DurationVar(&c.Grace, "epoch-grace", c.Grace, "accept the adjacent epoch's time permit this close to an epoch boundary")
 }
 

@@ -113,7 +113,7 @@ func (s *Server) Addr() string { v, _ := s.addr.Load().(string); return v }
 // streams, and closes everything. It returns nil after a clean drain and
 // ErrDrainTimeout if connections had to be cut. hup delivers SIGHUP.
 func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
-	ln, err := proxy.Listen(s.cfg.Listen)
+	ln, err := proxy.Listen(s.cfg.Listen, s.cfg.sessionTCPKeepAlive())
 	if err != nil {
 		return err
 	}
@@ -257,6 +257,7 @@ func (s *Server) handshake(ctx context.Context, c net.Conn) (*psk.Session, *mpin
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTO)
 	defer cancel()
 	k := s.keys.Current()
+	c = BufferedConn(c)
 	res, err := mpinkex.Server(ctx, c, &mpinkex.ServerConfig{
 		Keys: []*mpinkex.ServerKey{k.Server}, Authorize: s.allow.Authorize, RequirePermit: s.cfg.RequirePermit,
 		EpochLen: k.EpochLen, Grace: mpinkexGrace(s.cfg.Grace), StepTimeout: s.cfg.HandshakeTO,
@@ -329,7 +330,7 @@ func (s *Server) handleStream(ctx context.Context, in *psk.IncomingStream, log z
 		return c.read.Load(), c.written.Load()
 	}
 	network, addr, _ := proxy.ParseAddr(target)
-	d := net.Dialer{Timeout: s.cfg.ConnectTimeout}
+	d := net.Dialer{Timeout: s.cfg.ConnectTimeout, KeepAlive: localTCPKeepAlive(target)}
 	backend, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		_ = in.Reject(psk.StatusUnreachable)
@@ -432,7 +433,7 @@ func (s *Server) startHTTP(ctx context.Context, wg *sync.WaitGroup) error {
 	}
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			d := net.Dialer{Timeout: s.cfg.ConnectTimeout}
+			d := net.Dialer{Timeout: s.cfg.ConnectTimeout, KeepAlive: localTCPKeepAlive(s.cfg.Target)}
 			return d.DialContext(ctx, network, addr)
 		},
 		MaxIdleConnsPerHost: 64,

@@ -71,10 +71,11 @@ func main() {
 	one := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
-		c, err := (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext(ctx, "tcp", *addr)
+		c, err := (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1}).DialContext(ctx, "tcp", *addr)
 		if err != nil {
 			return err
 		}
+		c = sidecar.BufferedConn(c)
 		res, err := mpinkex.Client(ctx, c, &mpinkex.ClientConfig{Key: k.Client, Permits: k.Permits, ServerID: *serverID,
 			EpochLen: k.EpochLen, Grace: 5 * time.Minute, StepTimeout: 10 * time.Second})
 		if err != nil {
