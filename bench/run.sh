@@ -349,6 +349,13 @@ floor_ns() { # median ns/op of one benchmark
 }
 FLOOR_S=$(floor_ns BenchmarkFloorServer)
 FLOOR_C=$(floor_ns BenchmarkFloorClient)
+# The same cold connection in one process, without the sidecars: TCP,
+# mpinkex, DTLS-PSK, yamux and close, both sides (process CPU per session).
+log "in-process session: go test -bench 'BenchmarkSessionSetup' ./psk (count $FLOOR_COUNT)"
+go test -run '^$' -bench 'BenchmarkSessionSetup$' -benchtime 200x -count "$FLOOR_COUNT" ./psk >"$WORK/setup.txt" 2>&1 ||
+	{ cat "$WORK/setup.txt" >&2; exit 1; }
+SETUP_CPU=$(grep "^BenchmarkSessionSetup-" "$WORK/setup.txt" | awk '{for(i=1;i<=NF;i++) if($(i+1)=="cpu-ns/op") print $i}' | sort -g |
+	awk '{v[NR]=$1} END{if(NR==0){print 0}else if(NR%2){print v[(NR+1)/2]}else{print (v[NR/2]+v[NR/2+1])/2}}')
 
 # ---- RSS per idle connection ----------------------------------------------------------
 IDLE=$WORK/idle.csv
@@ -378,7 +385,7 @@ if ((IDLE_CONNS > 0)); then
 		fi
 		if row=$("$LG" idle -addr "${ADDR[$p]}" -peer "$p" -pids "$pids" -n "$n" 2>>"$WORK/loadgen.log"); then
 			echo "$row" >>"$IDLE"
-			log "  $row (peer,n,base KiB,with KiB,KiB/conn)"
+			log "  $row (peer,n,base KiB,with KiB,KiB/conn,client;server KiB/conn)"
 		else
 			FAILED+=("$p idle")
 			log "  $p idle FAILED: $(tail -n1 "$WORK/loadgen.log")"
@@ -398,7 +405,7 @@ echo "machine: $(nproc) CPUs, ${CPU_MODEL:-unknown CPU}, Linux $(uname -r)"
 echo "load average: $LOAD_START at start, $LOAD_END at end (1 min)"
 echo "rounds $ROUNDS, bulk ${BULK_MB} MiB one way to a sink, new connections ${DURATION} × $WORKERS workers with ${SIZE} B request/response, $PINGS pings of ${SIZE} B, idle $IDLE_CONNS connections, permits $PERMIT"
 echo
-"$BIN/report" -raw "$RAW" -idle "$IDLE" -floor-server-ns "$FLOOR_S" -floor-client-ns "$FLOOR_C" -out "$RESULTS" \
+"$BIN/report" -raw "$RAW" -idle "$IDLE" -floor-server-ns "$FLOOR_S" -floor-client-ns "$FLOOR_C" -session-cpu-ns "$SETUP_CPU" -out "$RESULTS" \
 	-meta "date=$STAMP" -meta "nproc=$(nproc)" -meta "cpu=$CPU_MODEL" -meta "kernel=$(uname -r)" \
 	-meta "load_start=$LOAD_START" -meta "load_end=$LOAD_END" -meta "rounds=$ROUNDS" -meta "bulk_mb=$BULK_MB" \
 	-meta "duration=$DURATION" -meta "workers=$WORKERS" -meta "size=$SIZE" -meta "permit=$PERMIT"

@@ -293,6 +293,7 @@ func BenchmarkSessionSetup(b *testing.B) {
 	}()
 	var dtlsTime time.Duration
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	for range b.N {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
@@ -314,6 +315,10 @@ func BenchmarkSessionSetup(b *testing.B) {
 		}
 		s.Close()
 	}
+	// Process CPU per session, both sides (TCP, mpinkex, DTLS, yamux,
+	// close): compare with BenchmarkFloorServer + BenchmarkFloorClient in
+	// package pairing.
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
 	// The part after mpinkex: the DTLS handshake and yamux, client side.
 	b.ReportMetric(float64(dtlsTime)/float64(b.N), "dtls-ns/op")
 }

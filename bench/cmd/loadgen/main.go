@@ -315,8 +315,9 @@ func pingPong(addr string, size, n int) ([]time.Duration, error) {
 
 // cmdIdle opens -n connections through -addr, each with one 1-byte round
 // trip so that it is proxied end to end, holds them, and prints a CSV
-// line: peer,n,base_kib,with_kib,kib_per_conn, where the RSS figures are
-// summed over -pids.
+// line: peer,n,base_kib,with_kib,kib_per_conn,each, where the RSS figures
+// are summed over -pids and each is every process's own KiB per connection,
+// in -pids order, separated by ';'.
 func cmdIdle(args []string) error {
 	fs := flag.NewFlagSet("idle", flag.ExitOnError)
 	addr := fs.String("addr", "", "address of the client proxy")
@@ -336,6 +337,12 @@ func cmdIdle(args []string) error {
 	base, err := benchutil.RSS(pids)
 	if err != nil {
 		return err
+	}
+	baseEach := make([]int64, len(pids))
+	for i, p := range pids {
+		if baseEach[i], err = benchutil.RSS([]int{p}); err != nil {
+			return err
+		}
 	}
 	held := make([]net.Conn, *n)
 	var failed atomic.Int64
@@ -388,6 +395,15 @@ func cmdIdle(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%s,%d,%d,%d,%.2f\n", *peer, opened, base, with, float64(with-base)/float64(opened))
+	// Then each process on its own (client side first, as -pids lists them).
+	each := make([]string, len(pids))
+	for i, p := range pids {
+		w, err := benchutil.RSS([]int{p})
+		if err != nil {
+			return err
+		}
+		each[i] = fmt.Sprintf("%.2f", float64(w-baseEach[i])/float64(opened))
+	}
+	fmt.Printf("%s,%d,%d,%d,%.2f,%s\n", *peer, opened, base, with, float64(with-base)/float64(opened), strings.Join(each, ";"))
 	return nil
 }

@@ -9,7 +9,8 @@
 //	       [-meta key=value ...] -out RESULTS.csv
 //
 // ROUNDS.csv has benchutil.Header and rows from loadgen bench and coldconn;
-// IDLE.csv has rows peer,n,base_kib,with_kib,kib_per_conn from loadgen idle.
+// IDLE.csv has rows peer,n,base_kib,with_kib,kib_per_conn[,each] from
+// loadgen idle (each: every process's KiB per connection, ';'-separated).
 package main
 
 import (
@@ -50,6 +51,7 @@ func main() {
 	idle := flag.String("idle", "", "idle-connection CSV (optional)")
 	floorS := flag.Float64("floor-server-ns", 0, "BenchmarkFloorServer ns/op")
 	floorC := flag.Float64("floor-client-ns", 0, "BenchmarkFloorClient ns/op")
+	sessCPU := flag.Float64("session-cpu-ns", 0, "psk BenchmarkSessionSetup cpu-ns/op: a cold connection in one process, both sides")
 	out := flag.String("out", "", "results CSV to write")
 	var meta metaFlag
 	flag.Var(&meta, "meta", "key=value written to every results row; repeatable")
@@ -93,16 +95,20 @@ func main() {
 	med := func(p, c string) float64 { return median(vals[p][c]) }
 	idleKiB := map[string]float64{}
 	idleN := map[string]string{}
+	idleEach := map[string]string{} // per process, client;server
 	if *idle != "" {
 		irecs, err := readCSV(*idle)
 		if err != nil {
 			log.Fatal(err)
 		}
 		for _, r := range irecs {
-			if len(r) == 5 {
+			if len(r) >= 5 {
 				if v, err := strconv.ParseFloat(r[4], 64); err == nil {
 					idleKiB[r[0]], idleN[r[0]] = v, r[1]
 				}
+			}
+			if len(r) >= 6 {
+				idleEach[r[0]] = r[5]
 			}
 		}
 	}
@@ -158,13 +164,22 @@ func main() {
 		ratio = cc / floorMs
 	}
 	check("cold conn ≤ 1.15× floor", ratio <= 1.15, fmt.Sprintf("%.3f ms / floor %.3f ms (server %.3f + client %.3f) = %.2f×", cc, floorMs, *floorS/1e6, *floorC/1e6, ratio), ratio)
+	if *sessCPU > 0 && floorMs > 0 {
+		r := *sessCPU / 1e6 / floorMs
+		check("cold conn ≤ 1.15× floor, in one process", r <= 1.15, fmt.Sprintf("%.3f ms CPU per session (psk BenchmarkSessionSetup: TCP, mpinkex, DTLS, yamux, close; no sidecar, no load generator) = %.2f×", *sessCPU/1e6, r), r)
+	}
 	p50, mtlsP50 := med("milagro", "p50_ms"), med("go-mtls", "p50_ms")
 	check("warm p50 ≤ crypto/tls pair's", p50 <= mtlsP50, fmt.Sprintf("%.3f ms vs go-mtls %.3f ms", p50, mtlsP50), p50, mtlsP50)
 	rss, ok := idleKiB["milagro"]
 	if !ok {
 		rss = math.NaN()
 	}
-	check("≤ 20 KiB RSS per idle conn", rss <= 20, fmt.Sprintf("%.1f KiB per connection at %s connections", rss, idleN["milagro"]), rss)
+	check("≤ 20 KiB RSS per idle conn", rss <= 20, fmt.Sprintf("%.1f KiB per connection at %s connections, both sidecars summed", rss, idleN["milagro"]), rss)
+	if e := strings.Split(idleEach["milagro"], ";"); len(e) == 2 {
+		c, _ := strconv.ParseFloat(e[0], 64)
+		sv, _ := strconv.ParseFloat(e[1], 64)
+		check("≤ 20 KiB RSS per idle conn, per sidecar", c <= 20 && sv <= 20, fmt.Sprintf("client %.1f KiB, server %.1f KiB per connection", c, sv), c, sv)
+	}
 
 	// The results CSV: one row per peer.
 	if *out == "" {
