@@ -30,7 +30,7 @@ WAIT_LOAD=${WAIT_LOAD:-600}          # wait up to this many seconds for the load
 LOAD_MAX=${LOAD_MAX:-1.5}
 PROFILE=${PROFILE:-0}                # 1: perf profile of both milagro sidecars under one bulk transfer
 KEEP=${KEEP:-0}                      # 1: keep the work folder (logs, keys, configs)
-MILAGRO_ENV=${MILAGRO_ENV:-}         # extra environment of both sidecars, e.g. "GOGC=200 GOMAXPROCS=1"
+GO_PROXY_ENV=${GO_PROXY_ENV:-}       # extra environment of the Go proxies (milagro, go-relay, go-mtls), e.g. "GOMAXPROCS=1 GOGC=400"
 
 OUT=$ROOT/bench/out
 mkdir -p "$OUT"
@@ -143,17 +143,17 @@ start backend "$BIN/backend" -listen "$BACKEND"
 ADDR[none]=$BACKEND CPIDS[none]="" SPIDS[none]=""
 
 start_go_relay() {
-	start relay-server "$BIN/relay" -mode plain -listen "$H:$P_RELAY_S" -target "$BACKEND"
+	start relay-server env $GO_PROXY_ENV "$BIN/relay" -mode plain -listen "$H:$P_RELAY_S" -target "$BACKEND"
 	SPIDS[go-relay]=$STARTED
-	start relay-client "$BIN/relay" -mode plain -listen "$H:$P_RELAY_C" -target "$H:$P_RELAY_S"
+	start relay-client env $GO_PROXY_ENV "$BIN/relay" -mode plain -listen "$H:$P_RELAY_C" -target "$H:$P_RELAY_S"
 	CPIDS[go-relay]=$STARTED ADDR[go-relay]=$H:$P_RELAY_C
 }
 
 start_go_mtls() {
 	[[ -f $WORK/certs/ca.pem ]] || "$BIN/relay" -gencerts "$WORK/certs"
-	start mtls-server "$BIN/relay" -mode tls-server -listen "$H:$P_TLS_S" -target "$BACKEND" -certs "$WORK/certs"
+	start mtls-server env $GO_PROXY_ENV "$BIN/relay" -mode tls-server -listen "$H:$P_TLS_S" -target "$BACKEND" -certs "$WORK/certs"
 	SPIDS[go-mtls]=$STARTED
-	start mtls-client "$BIN/relay" -mode tls-client -listen "$H:$P_TLS_C" -target "$H:$P_TLS_S" -certs "$WORK/certs"
+	start mtls-client env $GO_PROXY_ENV "$BIN/relay" -mode tls-client -listen "$H:$P_TLS_C" -target "$H:$P_TLS_S" -certs "$WORK/certs"
 	CPIDS[go-mtls]=$STARTED ADDR[go-mtls]=$H:$P_TLS_C
 }
 
@@ -244,10 +244,10 @@ MAX_STREAMS=256 # the client's default; the idle-RSS run raises it (8 sessions Ã
 start_milagro() {
 	local req=()
 	[[ $PERMIT == 1 ]] && req=(--require-permit)
-	start milagro-server env $MILAGRO_ENV "$BIN/milagro" server --listen "$H:$P_MI_S" --target "$BACKEND" --keys "$WORK/server-keys" \
+	start milagro-server env $GO_PROXY_ENV "$BIN/milagro" server --listen "$H:$P_MI_S" --target "$BACKEND" --keys "$WORK/server-keys" \
 		--allow-all "${req[@]}" --log-level warn --max-conns 30000
 	SPIDS[milagro]=$STARTED SPIDS[milagro-cold]=$STARTED
-	start milagro-client env $MILAGRO_ENV "$BIN/milagro" client --listen "$H:$P_MI_C" --target "$H:$P_MI_S" --keys "$WORK/client-keys" \
+	start milagro-client env $GO_PROXY_ENV "$BIN/milagro" client --listen "$H:$P_MI_C" --target "$H:$P_MI_S" --keys "$WORK/client-keys" \
 		--verify-id "$SERVER_ID" --log-level warn --max-conns 30000 --max-streams-per-session "$MAX_STREAMS"
 	CPIDS[milagro]=$STARTED ADDR[milagro]=$H:$P_MI_C
 	CPIDS[milagro-cold]="" ADDR[milagro-cold]=$H:$P_MI_S
@@ -404,6 +404,7 @@ echo "milagro whole-process benchmark, $STAMP"
 echo "machine: $(nproc) CPUs, ${CPU_MODEL:-unknown CPU}, Linux $(uname -r)"
 echo "load average: $LOAD_START at start, $LOAD_END at end (1 min)"
 echo "rounds $ROUNDS, bulk ${BULK_MB} MiB one way to a sink, new connections ${DURATION} Ã— $WORKERS workers with ${SIZE} B request/response, $PINGS pings of ${SIZE} B, idle $IDLE_CONNS connections, permits $PERMIT"
+[[ -n $GO_PROXY_ENV ]] && echo "Go proxies (milagro, go-relay, go-mtls) ran with: $GO_PROXY_ENV"
 echo
 "$BIN/report" -raw "$RAW" -idle "$IDLE" -floor-server-ns "$FLOOR_S" -floor-client-ns "$FLOOR_C" -session-cpu-ns "$SETUP_CPU" -out "$RESULTS" \
 	-meta "date=$STAMP" -meta "nproc=$(nproc)" -meta "cpu=$CPU_MODEL" -meta "kernel=$(uname -r)" \
