@@ -111,6 +111,8 @@ type pairOpts struct {
 	mutate func(*mpinkex.Result)
 	// relay, if set, sits between client and server on the TCP path.
 	relay func(c, s net.Conn)
+	// wrapCli, if set, wraps the client's TCP connection (before mpinkex).
+	wrapCli func(net.Conn) net.Conn
 }
 
 type pairResult struct {
@@ -187,6 +189,9 @@ func dialPair(tb testing.TB, d *testDomain, o pairOpts) pairResult {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		tb.Fatal(err)
+	}
+	if o.wrapCli != nil {
+		c = o.wrapCli(c)
 	}
 	res, err := mpinkex.Client(ctx, c, &mpinkex.ClientConfig{Key: d.ck, ServerID: testServerID})
 	if err != nil {

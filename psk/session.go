@@ -146,6 +146,10 @@ type Session struct {
 	causeMu   sync.Mutex
 	cause     error
 
+	// ended is set once the session has ended (yamux's shutdown channel
+	// is closed), before the streams are woken (see endStreams).
+	ended atomic.Bool
+
 	badStreams atomic.Uint64
 }
 
@@ -211,10 +215,11 @@ func newSession(ctx context.Context, client bool, conn net.Conn, res *mpinkex.Re
 	}
 	s.tab = newStreamTable(client, cfg.IdleTimeout, func() { _ = s.closeWith(ErrIdleTimeout) })
 	s.pc = newPlainConn(dc, rc, s.tab, s.setCause)
+	mc := muxConn{s.pc, s}
 	if client {
-		s.mux, err = yamux.Client(s.pc, cfg.yamux())
+		s.mux, err = yamux.Client(mc, cfg.yamux())
 	} else {
-		s.mux, err = yamux.Server(s.pc, cfg.yamux())
+		s.mux, err = yamux.Server(mc, cfg.yamux())
 	}
 	if err != nil {
 		_ = s.pc.Close()
@@ -335,6 +340,45 @@ func (s *Session) closeWith(cause error) error {
 	return nil
 }
 
+// muxConn is the connection yamux runs on: plainConn, whose Close also
+// wakes the session's streams first.
+type muxConn struct {
+	*plainConn
+	s *Session
+}
+
+// Close is called by yamux's Session.Close, whatever ends the session
+// (Close, idle timeout, keepalive failure, I/O error, the peer's close),
+// right after it closes the session's shutdown channel.
+func (c muxConn) Close() error {
+	c.s.endStreams()
+	return c.plainConn.Close()
+}
+
+// endStreams wakes every stream Read and Write blocked on the session,
+// which has ended.
+//
+// yamux v0.1.2 closes the session's shutdown channel before it closes the
+// connection (a close_notify, which may take up to closeGrace) and closes
+// its streams only after that. A stream Read or Write blocked meanwhile
+// wakes on the closed channel, finds its stream still open and waits again:
+// it spins, without returning, for as long as the close takes. A deadline
+// in the past gives that loop a way out: Stream reports the ErrTimeout it
+// then returns as the session's end, and keeps the deadlines there (see
+// Stream.wake). It is done on the goroutine that closes yamux, before the
+// connection close, so that nothing spins while another goroutine waits to
+// be scheduled.
+func (s *Session) endStreams() {
+	// Before the table is read: a Stream wrapped after that sees ended
+	// and wakes itself (wrap).
+	if !s.ended.CompareAndSwap(false, true) {
+		return
+	}
+	for _, st := range s.tab.streams() {
+		st.wake()
+	}
+}
+
 func (s *Session) setCause(err error) {
 	s.causeMu.Lock()
 	if s.cause == nil {
@@ -348,12 +392,21 @@ func (s *Session) closedErr() error {
 	s.causeMu.Lock()
 	cause := s.cause
 	s.causeMu.Unlock()
-	if cause == nil && s.client && s.mux.IsClosed() {
-		// yamux ended on its own (keepalive, protocol error). A client
-		// accepts no streams, so AcceptStream just reports why.
-		if _, err := s.mux.AcceptStream(); err != nil {
-			cause = fmt.Errorf("psk: yamux: %w", err)
-			s.setCause(cause)
+	if cause == nil && s.mux.IsClosed() {
+		// yamux ended on its own (keepalive, protocol error).
+		if s.client {
+			// A client accepts no streams, so AcceptStream just reports
+			// why.
+			if _, err := s.mux.AcceptStream(); err != nil {
+				cause = fmt.Errorf("psk: yamux: %w", err)
+				s.setCause(cause)
+			}
+		} else {
+			// The accept loop records why as it ends, promptly.
+			<-s.acceptDone
+			s.causeMu.Lock()
+			cause = s.cause
+			s.causeMu.Unlock()
 		}
 	}
 	if cause == nil || cause == ErrSessionClosed {
@@ -432,15 +485,16 @@ func (s *Session) Open(ctx context.Context, target string) (*Stream, error) {
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline, ctxBound = d, true
 	}
-	_ = ys.SetReadDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = ys.SetReadDeadline(time.Unix(1, 0)) })
+	st.setReadDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { st.setReadDeadline(time.Unix(1, 0)) })
 	var b [1]byte
 	_, err = io.ReadFull(ys, b[:])
 	if !stop() {
 		return fail(fmt.Errorf("psk: open stream: %w", ctx.Err()))
 	}
-	_ = ys.SetReadDeadline(time.Time{})
+	st.setReadDeadline(time.Time{})
 	if err != nil {
+		err = st.sessionEnd(err)
 		switch {
 		case errors.Is(err, yamux.ErrTimeout):
 			if ctxBound {
@@ -565,7 +619,7 @@ func (s *Session) readHeader(ys *yamux.Stream) {
 	defer func() { <-s.hdrSem }()
 	st := s.wrap(ys)
 	drop := func(err error) {
-		if s.mux.IsClosed() {
+		if s.mux.IsClosed() || s.ended.Load() {
 			_ = st.Close()
 			return
 		}
@@ -573,9 +627,9 @@ func (s *Session) readHeader(ys *yamux.Stream) {
 		_ = st.Close()
 		s.deliver(acceptItem{err: &StreamError{StreamID: ys.StreamID(), Err: err}})
 	}
-	_ = ys.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+	st.setReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 	kind, target, err := readStreamHeader(ys)
-	_ = ys.SetReadDeadline(time.Time{})
+	st.setReadDeadline(time.Time{})
 	if err != nil {
 		if errors.Is(err, yamux.ErrTimeout) {
 			err = fmt.Errorf("%w: no complete header within %v", ErrBadStreamHeader, s.cfg.HeaderTimeout)

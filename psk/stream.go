@@ -29,7 +29,8 @@ import (
 //     session ends first (Close, idle timeout, keepalive failure, I/O
 //     error), Read returns an error wrapping ErrSessionClosed after the data
 //     already received, never a clean io.EOF, so a truncated transfer is
-//     never mistaken for a complete one.
+//     never mistaken for a complete one. Reads and Writes blocked when the
+//     session ends return at once, and later ones fail at once.
 //
 // Read and Write deadlines work as for net.Conn and fail with an error that
 // wraps os.ErrDeadlineExceeded. Read, Write and Close may be called
@@ -53,7 +54,52 @@ var _ interface {
 } = (*Stream)(nil)
 
 func (s *Session) wrap(ys *yamux.Stream) *Stream {
-	return &Stream{ys: ys, s: s, tr: s.tab.lookup(ys.StreamID())}
+	st := &Stream{ys: ys, s: s}
+	st.tr = s.tab.attach(ys.StreamID(), st)
+	if s.ended.Load() {
+		st.wake() // the session ended before endStreams could see st
+	}
+	return st
+}
+
+// pastDeadline is the deadline that makes a blocked yamux Read or Write
+// return at once.
+var pastDeadline = time.Unix(1, 0)
+
+// wake makes every Read and Write on the stream, blocked or to come, return
+// at once once the data already received is read. Session.endStreams calls
+// it when the session ends, after setting ended: from then on the deadlines
+// stay in the past (setReadDeadlineLocked, SetWriteDeadline), and
+// sessionEnd reports the ErrTimeout they give as the session's end.
+func (st *Stream) wake() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	_ = st.ys.SetReadDeadline(pastDeadline)
+	_ = st.ys.SetWriteDeadline(pastDeadline)
+}
+
+// sessionEnd translates the ErrTimeout of a yamux Read or Write that wake
+// cut short into the error yamux gives once the session is closed.
+func (st *Stream) sessionEnd(err error) error {
+	if errors.Is(err, yamux.ErrTimeout) && st.s.ended.Load() {
+		return yamux.ErrSessionShutdown
+	}
+	return err
+}
+
+// setReadDeadline sets the yamux read deadline whether or not the stream is
+// closed; once the session has ended it stays in the past (see wake).
+func (st *Stream) setReadDeadline(t time.Time) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.setReadDeadlineLocked(t)
+}
+
+func (st *Stream) setReadDeadlineLocked(t time.Time) {
+	if st.s.ended.Load() {
+		t = pastDeadline
+	}
+	_ = st.ys.SetReadDeadline(t)
 }
 
 // StreamID is the yamux stream ID (odd: streams are opened by the client).
@@ -73,6 +119,9 @@ func (st *Stream) Read(p []byte) (int, error) {
 	st.mu.Unlock()
 
 	n, err := st.ys.Read(p)
+	if err != nil {
+		err = st.sessionEnd(err)
+	}
 
 	st.mu.Lock()
 	st.readers--
@@ -124,7 +173,7 @@ func (st *Stream) readErr(err error) error {
 func (st *Stream) Write(p []byte) (int, error) {
 	n, err := st.ys.Write(p)
 	if err != nil {
-		err = st.writeErr(err)
+		err = st.writeErr(st.sessionEnd(err))
 	}
 	return n, err
 }
@@ -186,7 +235,7 @@ func (st *Stream) Close() error {
 	st.mu.Unlock()
 	if drain {
 		// Wake a blocked Read before the FIN can draw an answer.
-		_ = st.ys.SetReadDeadline(time.Unix(1, 0))
+		_ = st.ys.SetReadDeadline(pastDeadline)
 	}
 	if fin {
 		_ = st.ys.Close()
@@ -207,20 +256,9 @@ func (st *Stream) drain(wait chan struct{}) {
 			return
 		}
 	}
-	_ = st.ys.SetReadDeadline(time.Time{})
-	// yamux v0.1.2 closes the session's shutdown channel before it closes
-	// its streams, and a Read blocked meanwhile loops on that channel
-	// without returning (busy, for up to the second the DTLS close_notify
-	// may take). A past deadline gives that loop a way out.
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		select {
-		case <-st.s.mux.CloseChan():
-			_ = st.ys.SetReadDeadline(time.Unix(1, 0))
-		case <-stop:
-		}
-	}()
+	// Once the session has ended the deadline stays in the past, and the
+	// Read below returns at once (see Session.endStreams).
+	st.setReadDeadline(time.Time{})
 	buf := make([]byte, 4096)
 	for {
 		if _, err := st.ys.Read(buf); err != nil {
@@ -243,18 +281,28 @@ func (st *Stream) SetDeadline(t time.Time) error {
 	return st.SetWriteDeadline(t)
 }
 
-// SetReadDeadline sets the deadline for pending and future Reads.
+// SetReadDeadline sets the deadline for pending and future Reads. Once the
+// session has ended it changes nothing: Reads fail at once (after the data
+// already received) with the session's error.
 func (st *Stream) SetReadDeadline(t time.Time) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.closed {
 		return errStreamClosed("set deadline")
 	}
-	return st.ys.SetReadDeadline(t)
+	st.setReadDeadlineLocked(t)
+	return nil
 }
 
-// SetWriteDeadline sets the deadline for pending and future Writes.
+// SetWriteDeadline sets the deadline for pending and future Writes. Once
+// the session has ended it changes nothing: Writes fail at once with the
+// session's error.
 func (st *Stream) SetWriteDeadline(t time.Time) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.s.ended.Load() {
+		t = pastDeadline
+	}
 	return st.ys.SetWriteDeadline(t)
 }
 

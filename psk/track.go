@@ -66,6 +66,7 @@ type streamTrack struct {
 	rst    bool // reset in either direction
 	gone   bool // removed from the table: both FINs or a reset
 	onGone []func()
+	st     *Stream // the Stream wrapping it, if any (see attach)
 }
 
 // streamTable tracks every stream yamux knows, from the frames crossing
@@ -190,11 +191,31 @@ func (t *streamTable) settle(id uint32, st *streamTrack) {
 	}
 }
 
-// lookup returns the track of stream id (nil if unknown or gone).
-func (t *streamTable) lookup(id uint32) *streamTrack {
+// attach records that st wraps stream id and returns the stream's track
+// (nil if unknown or gone). The table thus doubles as the registry of the
+// live Streams, which the session wakes when it ends (see
+// Session.endStreams); an entry leaves it with its track.
+func (t *streamTable) attach(id uint32, st *Stream) *streamTrack {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.m[id]
+	tr := t.m[id]
+	if tr != nil {
+		tr.st = st
+	}
+	return tr
+}
+
+// streams returns the Streams of the streams in the table.
+func (t *streamTable) streams() []*Stream {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]*Stream, 0, len(t.m))
+	for _, tr := range t.m {
+		if tr.st != nil {
+			out = append(out, tr.st)
+		}
+	}
+	return out
 }
 
 // finReceived reports whether the peer's FIN for st has arrived.

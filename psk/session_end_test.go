@@ -1,0 +1,212 @@
+package psk
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+)
+
+// slowCloseConn holds its first Close for delay, as a session close can
+// take that long (a close_notify to a peer that stopped reading waits up to
+// closeGrace). yamux v0.1.2 closes the session's shutdown channel before it
+// closes the connection, and closes its streams only after: the delay is
+// the window in which a stream Read or Write still blocked in yamux loops
+// on the closed channel.
+type slowCloseConn struct {
+	net.Conn
+	delay    time.Duration
+	once     sync.Once
+	released chan struct{} // closed when the delayed Close goes through
+}
+
+func (c *slowCloseConn) Close() error {
+	c.once.Do(func() {
+		time.Sleep(c.delay)
+		close(c.released)
+	})
+	return c.Conn.Close()
+}
+
+// endResult is how one blocked stream operation ended.
+type endResult struct {
+	op    string
+	data  string // read before the error
+	err   error
+	early bool // returned before the delayed connection close went through
+}
+
+// TestSessionEndWakesStreams: when a session ends, every stream Read,
+// WaitRead and Write blocked on it returns at once with an error wrapping
+// ErrSessionClosed (after the data already received), without waiting for
+// yamux to close its streams and without spinning meanwhile.
+//
+// The client's connection close is held for closeDelay, so yamux closes
+// the client's streams only then. An operation that returns only after
+// that was not woken; spinning goroutines show in the CPU time the process
+// used meanwhile (all it can get: about two cores on two, where a quiet
+// close uses a few milliseconds).
+func TestSessionEndWakesStreams(t *testing.T) {
+	const closeDelay = time.Second
+	for _, tc := range []struct {
+		name  string
+		end   func(cli, srv *Session)
+		cause error // the client's errors wrap it too
+		// slow: the client's yamux takes closeDelay to close its streams.
+		// Not with the peer's close_notify, on which pion closes the
+		// connection before yamux sees the session end.
+		slow bool
+	}{
+		{"local close", func(cli, _ *Session) { go cli.Close() }, nil, true},
+		// yamux closes the client session on its own, on a read error.
+		{"peer connection lost", func(_, srv *Session) { _ = srv.raw.Close() }, nil, true},
+		{"peer close", func(_, srv *Session) { go srv.Close() }, ErrPeerClosed, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leakCheck(t)
+			slow := &slowCloseConn{released: make(chan struct{})}
+			if tc.slow {
+				slow.delay = closeDelay
+			}
+			pr := dialPair(t, sharedDomain(t), pairOpts{wrapCli: func(c net.Conn) net.Conn {
+				slow.Conn = c
+				return slow
+			}})
+			if pr.cliErr != nil || pr.srvErr != nil {
+				t.Fatalf("session setup: client %v, server %v", pr.cliErr, pr.srvErr)
+			}
+			cli, srv := pr.cli, pr.srv
+
+			const readers = 8
+			srvResults := make(chan endResult, readers)
+			var srvWG sync.WaitGroup
+			srvWG.Add(1)
+			go func() {
+				defer srvWG.Done()
+				for {
+					in, err := srv.Accept(context.Background())
+					if err != nil {
+						return
+					}
+					st, err := in.Accept()
+					if err != nil {
+						continue
+					}
+					switch in.Target() {
+					case "read":
+						srvWG.Add(1)
+						go func() {
+							defer srvWG.Done()
+							_, err := st.Read(make([]byte, 64))
+							srvResults <- endResult{op: "server read", err: err}
+						}()
+					case "buffered":
+						_, _ = st.Write([]byte("buffered"))
+					}
+					// "sink", "closed": hold the stream, neither read
+					// nor close.
+				}
+			}()
+			open := func(target string) *Stream {
+				t.Helper()
+				st, err := cli.Open(openCtx(t), target)
+				if err != nil {
+					t.Fatalf("open %s: %v", target, err)
+				}
+				return st
+			}
+
+			results := make(chan endResult, readers+2)
+			early := func() bool {
+				select {
+				case <-slow.released:
+					return false
+				default:
+					return true
+				}
+			}
+			for i := range readers {
+				st := open("read")
+				if i%2 == 0 {
+					go func() {
+						_, err := st.Read(make([]byte, 64))
+						results <- endResult{op: "read", err: err, early: early()}
+					}()
+				} else {
+					go func() {
+						err := st.WaitRead()
+						results <- endResult{op: "wait read", err: err, early: early()}
+					}()
+				}
+			}
+			// A Write blocked on the peer's window: the server never reads.
+			sink := open("sink")
+			go func() {
+				_, err := sink.Write(make([]byte, 4*minStreamWindow))
+				results <- endResult{op: "write", err: err, early: early()}
+			}()
+			// Data received but not read yet is still read first.
+			buffered := open("buffered")
+			if err := buffered.WaitRead(); err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				<-cli.Done()
+				b, err := io.ReadAll(buffered)
+				results <- endResult{op: "read buffered", data: string(b), err: err, early: early()}
+			}()
+			// A stream closed here and not by the peer: its data is
+			// drained on a session goroutine, which must not spin either.
+			if err := open("closed").Close(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond) // let everything block
+
+			cpu0, wall0 := cpuTime(), time.Now()
+			tc.end(cli, srv)
+			var got []endResult
+			timeout := time.After(10 * time.Second)
+			for len(got) < readers+2 {
+				select {
+				case r := <-results:
+					got = append(got, r)
+				case <-timeout:
+					t.Fatalf("%d of %d blocked client stream operations did not return within 10 s of the session end", readers+2-len(got), readers+2)
+				}
+			}
+			_ = cli.Close() // waits for the delayed connection close and the rest
+			cpu, wall := cpuTime()-cpu0, time.Since(wall0)
+			t.Logf("session end took %v, CPU %v", wall.Round(time.Millisecond), cpu.Round(time.Millisecond))
+
+			for _, r := range got {
+				if !errors.Is(r.err, ErrSessionClosed) || errors.Is(r.err, os.ErrDeadlineExceeded) || tc.cause != nil && !errors.Is(r.err, tc.cause) {
+					t.Errorf("%s: %v, want an error wrapping ErrSessionClosed (%v)", r.op, r.err, tc.cause)
+				}
+				if tc.slow && !r.early {
+					t.Errorf("%s returned only once yamux closed its streams, %v after the session ended", r.op, closeDelay)
+				}
+				if r.op == "read buffered" && r.data != "buffered" {
+					t.Errorf("read %q before the session end error, want %q", r.data, "buffered")
+				}
+			}
+			// Spinning goroutines use all the CPU they get for the whole
+			// delay; a quiet close uses a small fraction of one core.
+			if tc.slow && cpu > wall/2 {
+				t.Errorf("the process used %v of CPU in the %v the session took to end: something spins", cpu, wall)
+			}
+
+			_ = srv.Close()
+			srvWG.Wait()
+			close(srvResults)
+			for r := range srvResults {
+				if !errors.Is(r.err, ErrSessionClosed) {
+					t.Errorf("%s: %v, want an error wrapping ErrSessionClosed", r.op, r.err)
+				}
+			}
+		})
+	}
+}
