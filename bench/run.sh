@@ -343,19 +343,18 @@ fi
 log "floor: go test -bench 'BenchmarkFloor(Server|Client)' ./pairing (benchtime $FLOOR_BENCHTIME, count $FLOOR_COUNT)"
 go test -run '^$' -bench 'BenchmarkFloor(Server|Client)' -benchtime "$FLOOR_BENCHTIME" -count "$FLOOR_COUNT" ./pairing >"$WORK/floor.txt" 2>&1 ||
 	{ cat "$WORK/floor.txt" >&2; exit 1; }
-floor_ns() { # median ns/op of one benchmark
-	grep "^$1-" "$WORK/floor.txt" | awk '{for(i=1;i<=NF;i++) if($(i+1)=="ns/op") print $i}' | sort -g |
+median() { # median FILE BENCHMARK UNIT: the median of one metric of one benchmark over its -count runs
+	grep "^$2-" "$1" | awk -v u="$3" '{for(i=1;i<=NF;i++) if($(i+1)==u) print $i}' | sort -g |
 		awk '{v[NR]=$1} END{if(NR==0){print 0}else if(NR%2){print v[(NR+1)/2]}else{print (v[NR/2]+v[NR/2+1])/2}}'
 }
-FLOOR_S=$(floor_ns BenchmarkFloorServer)
-FLOOR_C=$(floor_ns BenchmarkFloorClient)
+FLOOR_S=$(median "$WORK/floor.txt" BenchmarkFloorServer ns/op)
+FLOOR_C=$(median "$WORK/floor.txt" BenchmarkFloorClient ns/op)
 # The same cold connection in one process, without the sidecars: TCP,
 # mpinkex, DTLS-PSK, yamux and close, both sides (process CPU per session).
 log "in-process session: go test -bench 'BenchmarkSessionSetup' ./psk (count $FLOOR_COUNT)"
 go test -run '^$' -bench 'BenchmarkSessionSetup$' -benchtime 200x -count "$FLOOR_COUNT" ./psk >"$WORK/setup.txt" 2>&1 ||
 	{ cat "$WORK/setup.txt" >&2; exit 1; }
-SETUP_CPU=$(grep "^BenchmarkSessionSetup-" "$WORK/setup.txt" | awk '{for(i=1;i<=NF;i++) if($(i+1)=="cpu-ns/op") print $i}' | sort -g |
-	awk '{v[NR]=$1} END{if(NR==0){print 0}else if(NR%2){print v[(NR+1)/2]}else{print (v[NR/2]+v[NR/2+1])/2}}')
+SETUP_CPU=$(median "$WORK/setup.txt" BenchmarkSessionSetup cpu-ns/op)
 
 # ---- RSS per idle connection ----------------------------------------------------------
 IDLE=$WORK/idle.csv

@@ -234,23 +234,10 @@ func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
 	var wg sync.WaitGroup
 	bg, stopBG := context.WithCancel(context.Background())
 	defer func() { stopBG(); wg.Wait() }()
-	if c.cfg.Status != "" {
-		sl, err := net.Listen("tcp", c.cfg.Status)
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("status listener: %w", err)
-		}
-		wg.Go(func() {
-			if err := serveStatus(bg, sl, c.m, c.cfg.EnablePprof, c.status); err != nil {
-				c.log.Error().Err(err).Msg("status endpoint failed")
-			}
-		})
+	if err := c.cfg.runBeside(bg, &wg, c.m, c.keys, hup, c.log, c.status); err != nil {
+		closeAll()
+		return err
 	}
-	wg.Go(func() {
-		if err := c.keys.Watch(bg, hup, c.cfg.TimedReload); err != nil {
-			c.log.Error().Err(err).Msg("key watcher stopped")
-		}
-	})
 	var accepting sync.WaitGroup
 	switch {
 	case c.cfg.Transparent:

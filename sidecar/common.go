@@ -72,6 +72,30 @@ func (c *Common) sessionTCPKeepAlive() time.Duration {
 	return 0
 }
 
+// runBeside starts what both sidecars run beside their listeners, on wg
+// until bg ends: the status endpoint (with --status; its address is bound
+// before runBeside returns) and the key watcher.
+func (c *Common) runBeside(bg context.Context, wg *sync.WaitGroup, m *Metrics, keys *Keystore, hup <-chan os.Signal,
+	log zerolog.Logger, status func(probe bool) StatusInfo) error {
+	if c.Status != "" {
+		sl, err := net.Listen("tcp", c.Status)
+		if err != nil {
+			return fmt.Errorf("status listener: %w", err)
+		}
+		wg.Go(func() {
+			if err := serveStatus(bg, sl, m, c.EnablePprof, status); err != nil {
+				log.Error().Err(err).Msg("status endpoint failed")
+			}
+		})
+	}
+	wg.Go(func() {
+		if err := keys.Watch(bg, hup, c.TimedReload); err != nil {
+			log.Error().Err(err).Msg("key watcher stopped")
+		}
+	})
+	return nil
+}
+
 // bufConn reads a session connection through a small buffer: each
 // handshake message then arrives in one read(2) instead of two (the frame
 // header, then its body). Bytes read ahead stay in the buffer for the next

@@ -121,23 +121,10 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 	var wg sync.WaitGroup
 	bg, stopBG := context.WithCancel(context.Background())
 	defer func() { stopBG(); wg.Wait() }()
-	if s.cfg.Status != "" {
-		sl, err := net.Listen("tcp", s.cfg.Status)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("status listener: %w", err)
-		}
-		wg.Go(func() {
-			if err := serveStatus(bg, sl, s.m, s.cfg.EnablePprof, s.status); err != nil {
-				s.log.Error().Err(err).Msg("status endpoint failed")
-			}
-		})
+	if err := s.cfg.runBeside(bg, &wg, s.m, s.keys, hup, s.log, s.status); err != nil {
+		ln.Close()
+		return err
 	}
-	wg.Go(func() {
-		if err := s.keys.Watch(bg, hup, s.cfg.TimedReload); err != nil {
-			s.log.Error().Err(err).Msg("key watcher stopped")
-		}
-	})
 	wg.Go(func() {
 		for {
 			select {

@@ -334,15 +334,9 @@ func cmdIdle(args []string) error {
 		return fmt.Errorf("warm-up: %w", err)
 	}
 	time.Sleep(*settle)
-	base, err := benchutil.RSS(pids)
+	baseEach, err := rssEach(pids)
 	if err != nil {
 		return err
-	}
-	baseEach := make([]int64, len(pids))
-	for i, p := range pids {
-		if baseEach[i], err = benchutil.RSS([]int{p}); err != nil {
-			return err
-		}
 	}
 	held := make([]net.Conn, *n)
 	var failed atomic.Int64
@@ -391,19 +385,30 @@ func cmdIdle(args []string) error {
 		return errors.New("no connection opened")
 	}
 	time.Sleep(*settle)
-	with, err := benchutil.RSS(pids)
+	withEach, err := rssEach(pids)
 	if err != nil {
 		return err
 	}
-	// Then each process on its own (client side first, as -pids lists them).
+	// The sum, then each process on its own (in -pids order: client first).
+	var base, with int64
 	each := make([]string, len(pids))
-	for i, p := range pids {
-		w, err := benchutil.RSS([]int{p})
-		if err != nil {
-			return err
-		}
-		each[i] = fmt.Sprintf("%.2f", float64(w-baseEach[i])/float64(opened))
+	for i := range pids {
+		base, with = base+baseEach[i], with+withEach[i]
+		each[i] = fmt.Sprintf("%.2f", float64(withEach[i]-baseEach[i])/float64(opened))
 	}
 	fmt.Printf("%s,%d,%d,%d,%.2f,%s\n", *peer, opened, base, with, float64(with-base)/float64(opened), strings.Join(each, ";"))
 	return nil
+}
+
+// rssEach reads the RSS (KiB) of each process.
+func rssEach(pids []int) ([]int64, error) {
+	out := make([]int64, len(pids))
+	for i, p := range pids {
+		v, err := benchutil.RSS([]int{p})
+		if err != nil {
+			return nil, err
+		}
+		out[i] = v
+	}
+	return out, nil
 }
