@@ -225,10 +225,18 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 		s.t.streams.Add(1)
 		s.m.Streams.Inc()
 		wg.Go(func() {
-			defer func() { s.t.streamDone(); s.m.Streams.Dec() }()
-			u, dn := s.handleStream(ctx, in, log)
-			up.Add(u)
-			down.Add(dn)
+			done := func(u, dn int64) {
+				up.Add(u)
+				down.Add(dn)
+				s.t.streamDone()
+				s.m.Streams.Dec()
+			}
+			if p := s.openStream(ctx, in, log, done); p != nil {
+				// The copy runs on a fresh goroutine and this one ends: its
+				// stack, grown by the backend dial, is not kept for as long
+				// as the connection stays open (RSS per idle connection).
+				wg.Go(func() { done(s.pipeStream(ctx, p, log)) })
+			}
 		})
 	}
 	wg.Wait()
@@ -291,30 +299,29 @@ func (s *Server) target(in *psk.IncomingStream) (string, bool) {
 	return t, ok
 }
 
-func (s *Server) handleStream(ctx context.Context, in *psk.IncomingStream, log zerolog.Logger) (up, down int64) {
+// openedStream is an accepted stream and its backend, ready to be piped.
+type openedStream struct {
+	st      *psk.Stream
+	backend net.Conn
+	target  string
+}
+
+// openStream dials the stream's backend and accepts the stream (or
+// refuses it with the status that says why). It returns nil when the
+// stream is finished with, having called done; otherwise the caller pipes
+// the result with pipeStream. HTTP-mode streams are served here.
+func (s *Server) openStream(ctx context.Context, in *psk.IncomingStream, log zerolog.Logger, done func(up, down int64)) *openedStream {
 	target, ok := s.target(in)
 	if !ok {
 		_ = in.Reject(psk.StatusRefused)
 		s.m.StreamsTotal.WithLabelValues("refused").Inc()
 		log.Warn().Str("target", in.Target()).Msg("stream refused: no such target")
-		return 0, 0
+		done(0, 0)
+		return nil
 	}
 	if s.cfg.HTTP && in.Kind() == psk.KindDefault {
-		st, err := in.Accept()
-		if err != nil {
-			return 0, 0
-		}
-		c := &countingConn{Conn: st}
-		done := make(chan struct{})
-		select {
-		case s.httpStreams <- &notifyConn{countingConn: c, done: done}:
-		case <-ctx.Done():
-			st.Close()
-			return 0, 0
-		}
-		<-done
-		s.m.StreamsTotal.WithLabelValues("ok").Inc()
-		return c.read.Load(), c.written.Load()
+		done(s.serveHTTPStream(ctx, in))
+		return nil
 	}
 	network, addr, _ := proxy.ParseAddr(target)
 	d := net.Dialer{Timeout: s.cfg.ConnectTimeout, KeepAlive: localTCPKeepAlive(target)}
@@ -323,12 +330,14 @@ func (s *Server) handleStream(ctx context.Context, in *psk.IncomingStream, log z
 		_ = in.Reject(psk.StatusUnreachable)
 		s.m.StreamsTotal.WithLabelValues("unreachable").Inc()
 		log.Warn().Err(err).Str("target", target).Msg("backend unreachable")
-		return 0, 0
+		done(0, 0)
+		return nil
 	}
 	st, err := in.Accept()
 	if err != nil {
 		backend.Close()
-		return 0, 0
+		done(0, 0)
+		return nil
 	}
 	if s.cfg.ProxyProtocol {
 		h, err := proxy.EncodeProxyV2(st.RemoteAddr(), st.LocalAddr(), st.Session().PeerID())
@@ -339,11 +348,38 @@ func (s *Server) handleStream(ctx context.Context, in *psk.IncomingStream, log z
 			st.Close()
 			backend.Close()
 			log.Warn().Err(err).Msg("PROXY header not sent")
-			return 0, 0
+			done(0, 0)
+			return nil
 		}
 	}
+	return &openedStream{st: st, backend: backend, target: target}
+}
+
+// serveHTTPStream hands an HTTP-mode stream to the reverse proxy and waits
+// until net/http is done with it.
+func (s *Server) serveHTTPStream(ctx context.Context, in *psk.IncomingStream) (up, down int64) {
+	st, err := in.Accept()
+	if err != nil {
+		return 0, 0
+	}
+	c := &countingConn{Conn: st}
+	done := make(chan struct{})
+	select {
+	case s.httpStreams <- &notifyConn{countingConn: c, done: done}:
+	case <-ctx.Done():
+		st.Close()
+		return 0, 0
+	}
+	<-done
+	s.m.StreamsTotal.WithLabelValues("ok").Inc()
+	return c.read.Load(), c.written.Load()
+}
+
+// pipeStream copies between an opened stream and its backend until both
+// directions end, and logs and counts the stream.
+func (s *Server) pipeStream(ctx context.Context, p *openedStream, log zerolog.Logger) (up, down int64) {
 	start := time.Now()
-	stats, err := proxy.Pipe(ctx, st, backend, s.cfg.IdleTimeout)
+	stats, err := proxy.Pipe(ctx, p.st, p.backend, s.cfg.IdleTimeout)
 	s.m.Bytes.WithLabelValues("up").Add(float64(stats.AToB))
 	s.m.Bytes.WithLabelValues("down").Add(float64(stats.BToA))
 	result := "ok"
@@ -355,7 +391,7 @@ func (s *Server) handleStream(ctx context.Context, in *psk.IncomingStream, log z
 	if err != nil {
 		ev = log.Info().Err(err)
 	}
-	ev.Uint32("stream", st.StreamID()).Str("target", target).Int64("bytes_up", stats.AToB).Int64("bytes_down", stats.BToA).
+	ev.Uint32("stream", p.st.StreamID()).Str("target", p.target).Int64("bytes_up", stats.AToB).Int64("bytes_down", stats.BToA).
 		Dur("duration", time.Since(start)).Msg("stream closed")
 	return stats.AToB, stats.BToA
 }
@@ -378,7 +414,7 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// notifyConn tells handleStream when net/http is done with the stream.
+// notifyConn tells serveHTTPStream when net/http is done with the stream.
 type notifyConn struct {
 	*countingConn
 	once sync.Once
