@@ -60,19 +60,31 @@ func (c *plainConn) Read(p []byte) (int, error) {
 			continue
 		}
 		if direct {
-			if err := c.in.feed(p[:n], c.tab.inbound); err != nil {
-				return 0, c.readFailed(err)
-			}
-			return n, nil
+			return c.track(p[:n])
 		}
 		c.r, c.w = 0, n
 	}
 	n := copy(p, c.rbuf[c.r:c.w])
 	c.r += n
-	if err := c.in.feed(p[:n], c.tab.inbound); err != nil {
-		return 0, c.readFailed(err)
+	return c.track(p[:n])
+}
+
+// track passes the bytes just read through the inbound frame parser. A
+// protocol violation ends the session, but the whole frames before the
+// offending header still go to yamux (the error comes with the next
+// Read): the stream table has already recorded them, and a FIN it saw
+// must reach yamux too, or a reader of that stream would wait for a FIN
+// the table no longer expects (its stream already left the table).
+func (c *plainConn) track(b []byte) (int, error) {
+	ok, err := c.in.feed(b, c.tab.inbound)
+	if err == nil {
+		return len(b), nil
 	}
-	return n, nil
+	err = c.readFailed(err)
+	if ok > 0 {
+		return ok, nil
+	}
+	return 0, err
 }
 
 func (c *plainConn) readFailed(err error) error {
@@ -102,7 +114,7 @@ func (c *plainConn) readFailed(err error) error {
 // nothing. The records of one Write go to the socket in as few TCP writes
 // as possible.
 func (c *plainConn) Write(b []byte) (int, error) {
-	_ = c.out.feed(b, c.tab.outbound) // outbound never fails
+	_, _ = c.out.feed(b, c.tab.outbound) // outbound never fails
 	c.rc.beginBatch()
 	err := c.writeRecords(b)
 	if ferr := c.rc.endBatch(); err == nil {

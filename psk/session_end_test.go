@@ -2,6 +2,7 @@ package psk
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -208,5 +209,100 @@ func TestSessionEndWakesStreams(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestViolationAfterFIN: one record from the peer carries its FIN for a
+// stream and then a protocol violation (a server-opened stream). The FIN
+// still ends that stream cleanly (io.EOF), at once: yamux gets the whole
+// frames before the violation, so the stream's reader does not wait for a
+// FIN the stream table had already counted — the stream had left the
+// table, and with it the set of streams woken when the session ends.
+func TestViolationAfterFIN(t *testing.T) {
+	leakCheck(t)
+	slow := &slowCloseConn{released: make(chan struct{}), delay: time.Second}
+	// No keepalive on the server: this test writes on its connection
+	// directly, which only yamux's send loop does otherwise.
+	pr := dialPair(t, sharedDomain(t), pairOpts{srv: &Config{KeepAliveInterval: -1}, wrapCli: func(c net.Conn) net.Conn {
+		slow.Conn = c
+		return slow
+	}})
+	if pr.cliErr != nil || pr.srvErr != nil {
+		t.Fatalf("session setup: client %v, server %v", pr.cliErr, pr.srvErr)
+	}
+	cli, srv := pr.cli, pr.srv
+	accepted := make(chan *Stream, 1)
+	go func() {
+		defer close(accepted)
+		in, err := srv.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		if st, err := in.Accept(); err == nil {
+			accepted <- st
+		}
+	}()
+	st, err := cli.Open(openCtx(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sst := <-accepted
+	if sst == nil {
+		t.Fatal("server accepted no stream")
+	}
+	if err := st.CloseWrite(); err != nil { // the client's FIN
+		t.Fatal(err)
+	}
+	// A write the test waits for: everything yamux's send loop wrote so
+	// far happens before the frames written below.
+	if _, err := sst.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(st, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan endResult, 1)
+	go func() {
+		_, err := st.Read(make([]byte, 8))
+		early := true
+		select {
+		case <-slow.released:
+			early = false
+		default:
+		}
+		res <- endResult{op: "read", err: err, early: early}
+	}()
+	time.Sleep(50 * time.Millisecond) // let the Read block
+
+	var frames [2 * yHeaderLen]byte
+	fin, syn := frames[:yHeaderLen], frames[yHeaderLen:]
+	fin[1] = yTypeWindowUpdate
+	binary.BigEndian.PutUint16(fin[2:4], yFlagFIN)
+	binary.BigEndian.PutUint32(fin[4:8], st.StreamID())
+	syn[1] = yTypeWindowUpdate
+	binary.BigEndian.PutUint16(syn[2:4], yFlagSYN)
+	binary.BigEndian.PutUint32(syn[4:8], 2) // even: opened by the server
+	if _, err := srv.pc.Write(frames[:]); err != nil { // one record
+		t.Fatal(err)
+	}
+
+	select {
+	case r := <-res:
+		if r.err != io.EOF {
+			t.Errorf("Read after the peer's FIN: %v, want io.EOF", r.err)
+		}
+		if !r.early {
+			t.Errorf("Read returned only once yamux closed its streams, %v after the session ended", slow.delay)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Read still blocked 10 s after the peer's FIN")
+	}
+	select {
+	case <-cli.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client session survived a server-opened stream")
+	}
+	if err := cli.Err(); !errors.Is(err, ErrProtocol) {
+		t.Errorf("client Err = %v, want ErrProtocol", err)
 	}
 }

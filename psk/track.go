@@ -27,32 +27,36 @@ type frameParser struct {
 	skip uint32 // data-frame body bytes still to pass
 }
 
-func (p *frameParser) feed(b []byte, fn func(h *[yHeaderLen]byte) error) error {
-	for len(b) > 0 {
+// feed parses b. When fn rejects a header, feed returns the error and how
+// many bytes of b precede that header (0 if it began in an earlier b):
+// the frames before it are whole and valid, and the reader hands them on
+// before failing, so that what fn recorded of them (a FIN) and what yamux
+// does with them agree.
+func (p *frameParser) feed(b []byte, fn func(h *[yHeaderLen]byte) error) (int, error) {
+	off := 0
+	for off < len(b) {
 		if p.skip > 0 {
-			k := p.skip
-			if uint32(len(b)) < k {
-				k = uint32(len(b))
-			}
-			b = b[k:]
+			k := min(p.skip, uint32(len(b)-off))
+			off += int(k)
 			p.skip -= k
 			continue
 		}
-		k := copy(p.hdr[p.n:], b)
+		start := off - p.n
+		k := copy(p.hdr[p.n:], b[off:])
 		p.n += k
-		b = b[k:]
+		off += k
 		if p.n < yHeaderLen {
-			return nil
+			return len(b), nil
 		}
 		p.n = 0
 		if p.hdr[1] == yTypeData {
 			p.skip = binary.BigEndian.Uint32(p.hdr[8:12])
 		}
 		if err := fn(&p.hdr); err != nil {
-			return err
+			return max(start, 0), err
 		}
 	}
-	return nil
+	return len(b), nil
 }
 
 // atBoundary reports whether the bytes fed so far end exactly at the end
