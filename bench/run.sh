@@ -355,6 +355,12 @@ log "in-process session: go test -bench 'BenchmarkSessionSetup' ./psk (count $FL
 go test -run '^$' -bench 'BenchmarkSessionSetup$' -benchtime 200x -count "$FLOOR_COUNT" ./psk >"$WORK/setup.txt" 2>&1 ||
 	{ cat "$WORK/setup.txt" >&2; exit 1; }
 SETUP_CPU=$(median "$WORK/setup.txt" BenchmarkSessionSetup cpu-ns/op)
+# The library part of a cold session after mpinkex: pion's DTLS-PSK
+# handshake over UDP and yamux setup, nothing of ours (second floor reading).
+log "library floor: go test -bench 'BenchmarkFloorDTLS' ./psk (count $FLOOR_COUNT)"
+go test -run '^$' -bench 'BenchmarkFloorDTLS$' -benchtime 200x -count "$FLOOR_COUNT" ./psk >"$WORK/floordtls.txt" 2>&1 ||
+	{ cat "$WORK/floordtls.txt" >&2; exit 1; }
+FLOOR_D=$(median "$WORK/floordtls.txt" BenchmarkFloorDTLS cpu-ns/op)
 
 # ---- RSS per idle connection ----------------------------------------------------------
 IDLE=$WORK/idle.csv
@@ -405,14 +411,15 @@ echo "load average: $LOAD_START at start, $LOAD_END at end (1 min)"
 echo "rounds $ROUNDS, bulk ${BULK_MB} MiB one way to a sink, new connections ${DURATION} × $WORKERS workers with ${SIZE} B request/response, $PINGS pings of ${SIZE} B, idle $IDLE_CONNS connections, permits $PERMIT"
 [[ -n $GO_PROXY_ENV ]] && echo "Go proxies (milagro, go-relay, go-mtls) ran with: $GO_PROXY_ENV"
 echo
-"$BIN/report" -raw "$RAW" -idle "$IDLE" -floor-server-ns "$FLOOR_S" -floor-client-ns "$FLOOR_C" -session-cpu-ns "$SETUP_CPU" -out "$RESULTS" \
+"$BIN/report" -raw "$RAW" -idle "$IDLE" -floor-server-ns "$FLOOR_S" -floor-client-ns "$FLOOR_C" -floor-dtls-ns "$FLOOR_D" -session-cpu-ns "$SETUP_CPU" -out "$RESULTS" \
 	-meta "date=$STAMP" -meta "nproc=$(nproc)" -meta "cpu=$CPU_MODEL" -meta "kernel=$(uname -r)" \
 	-meta "load_start=$LOAD_START" -meta "load_end=$LOAD_END" -meta "rounds=$ROUNDS" -meta "bulk_mb=$BULK_MB" \
 	-meta "duration=$DURATION" -meta "workers=$WORKERS" -meta "size=$SIZE" -meta "permit=$PERMIT"
 echo
 echo "milagro-cold: each connection is a full TCP + mpinkex + DTLS-PSK + yamux handshake by bench/cmd/coldconn"
 echo "  (the client sidecar's pool reuses sessions), against the milagro server process; its client-side CPU is"
-echo "  the whole coldconn process. Floor: BenchmarkFloorServer $(printf '%.0f' "$FLOOR_S") ns + BenchmarkFloorClient $(printf '%.0f' "$FLOOR_C") ns."
+echo "  the whole coldconn process. Floor: BenchmarkFloorServer $(printf '%.0f' "$FLOOR_S") ns + BenchmarkFloorClient $(printf '%.0f' "$FLOOR_C") ns"
+echo "  (+ psk BenchmarkFloorDTLS $(printf '%.0f' "$FLOOR_D") ns: pion's DTLS-PSK handshake and yamux setup alone, both sides)."
 for s in "${SKIPPED[@]}"; do echo "skipped: $s"; done
 for f in "${FAILED[@]}"; do echo "failed: $f"; done
 chmod a+r "$OUT"/*"$STAMP"* # the work folder's umask is for its secrets, not for the results
