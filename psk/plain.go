@@ -1,6 +1,7 @@
 package psk
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -32,16 +33,73 @@ type plainConn struct {
 	r, w int
 	in   frameParser
 	rerr error
+	// cur is the track of the inbound frame being parsed; ready are the
+	// frames passed to yamux whole since the last Read (see deliver).
+	cur   *streamTrack
+	ready []readyFrame
 
 	out  frameParser
 	pend []byte // start of an incomplete frame, not yet sent
 }
 
+// readyFrame is an inbound frame that makes its stream readable: data or
+// FIN or reset.
+type readyFrame struct {
+	tr  *streamTrack
+	n   uint32 // data bytes
+	end bool   // FIN or RST
+}
+
 func newPlainConn(dc *dtls.Conn, rc *recordConn, tab *streamTable, setCause func(error)) *plainConn {
-	return &plainConn{dc: dc, rc: rc, tab: tab, setCause: setCause, rbuf: make([]byte, maxRecordLen), pend: make([]byte, 0, MaxRecordPlaintext)}
+	c := &plainConn{dc: dc, rc: rc, tab: tab, setCause: setCause, rbuf: make([]byte, maxRecordLen), pend: make([]byte, 0, MaxRecordPlaintext)}
+	c.in.complete = c.frameDone
+	return c
+}
+
+// header is the inbound parser's header callback.
+func (c *plainConn) header(h *[yHeaderLen]byte) error {
+	tr, err := c.tab.inbound(h)
+	c.cur = tr
+	return err
+}
+
+// frameDone is called once a whole inbound frame has been read for yamux.
+func (c *plainConn) frameDone(h *[yHeaderLen]byte) {
+	typ, flags, _ := frameFields(h)
+	if c.cur == nil || typ != yTypeData && typ != yTypeWindowUpdate {
+		return
+	}
+	f := readyFrame{tr: c.cur, end: flags&(yFlagFIN|yFlagRST) != 0}
+	if typ == yTypeData {
+		f.n = binary.BigEndian.Uint32(h[8:12])
+	}
+	if f.n > 0 || f.end {
+		c.ready = append(c.ready, f)
+	}
+}
+
+// deliver tells the streams of the frames read so far that yamux has
+// processed them. yamux's receive loop reads the connection only through
+// its bufio.Reader, and calls Read again only once it has consumed — and
+// handled, frame by frame — everything the earlier Reads returned: so at
+// the start of a Read every whole frame returned before is in its
+// stream's buffer (or has closed it), and Stream.Readable may say so.
+func (c *plainConn) deliver() {
+	for i, f := range c.ready {
+		if f.n > 0 {
+			f.tr.avail.Add(int64(f.n))
+		}
+		if f.end {
+			f.tr.ended.Store(true)
+		}
+		f.tr.readable()
+		c.ready[i] = readyFrame{}
+	}
+	c.ready = c.ready[:0]
 }
 
 func (c *plainConn) Read(p []byte) (int, error) {
+	c.deliver()
 	if c.rerr != nil {
 		return 0, c.rerr
 	}
@@ -76,7 +134,7 @@ func (c *plainConn) Read(p []byte) (int, error) {
 // must reach yamux too, or a reader of that stream would wait for a FIN
 // the table no longer expects (its stream already left the table).
 func (c *plainConn) track(b []byte) (int, error) {
-	ok, err := c.in.feed(b, c.tab.inbound)
+	ok, err := c.in.feed(b, c.header)
 	if err == nil {
 		return len(b), nil
 	}

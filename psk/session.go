@@ -376,6 +376,9 @@ func (s *Session) endStreams() {
 	}
 	for _, st := range s.tab.streams() {
 		st.wake()
+		if st.tr != nil {
+			st.tr.readable()
+		}
 	}
 }
 
@@ -488,7 +491,7 @@ func (s *Session) Open(ctx context.Context, target string) (*Stream, error) {
 	st.setReadDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { st.setReadDeadline(time.Unix(1, 0)) })
 	var b [1]byte
-	_, err = io.ReadFull(ys, b[:])
+	_, err = io.ReadFull(readerFunc(st.readRaw), b[:])
 	if !stop() {
 		return fail(fmt.Errorf("psk: open stream: %w", ctx.Err()))
 	}
@@ -628,7 +631,7 @@ func (s *Session) readHeader(ys *yamux.Stream) {
 		s.deliver(acceptItem{err: &StreamError{StreamID: ys.StreamID(), Err: err}})
 	}
 	st.setReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	kind, target, err := readStreamHeader(ys)
+	kind, target, err := readStreamHeader(readerFunc(st.readRaw))
 	st.setReadDeadline(time.Time{})
 	if err != nil {
 		if errors.Is(err, yamux.ErrTimeout) {

@@ -282,7 +282,8 @@ func TestViolationAfterFIN(t *testing.T) {
 	syn[1] = yTypeWindowUpdate
 	binary.BigEndian.PutUint16(syn[2:4], yFlagSYN)
 	binary.BigEndian.PutUint32(syn[4:8], 2) // even: opened by the server
-	if _, err := srv.pc.Write(frames[:]); err != nil { // one record
+	// Both frames in one Write go out in one record.
+	if _, err := srv.pc.Write(frames[:]); err != nil {
 		t.Fatal(err)
 	}
 

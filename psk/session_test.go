@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -789,5 +790,119 @@ func TestGoAway(t *testing.T) {
 	_ = st.CloseWrite()
 	if b, err := io.ReadAll(st); err != nil || string(b) != "still here" {
 		t.Fatalf("%q %v", b, err)
+	}
+}
+
+// TestNotifyReadable: Readable says whether a Read would return at once,
+// and NotifyReadable's function is called each time that may have become
+// true — data, the peer's FIN, a local Close, the session's end — with no
+// goroutine waiting in Read.
+func TestNotifyReadable(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, nil)
+	peers := make(chan *Stream, 4)
+	go func() {
+		defer close(peers)
+		for {
+			in, err := srv.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			if st, err := in.Accept(); err == nil {
+				peers <- st
+			}
+		}
+	}()
+	open := func() (*Stream, *Stream, chan struct{}) {
+		t.Helper()
+		st, err := cli.Open(openCtx(t), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps := <-peers
+		if ps == nil {
+			t.Fatal("server did not accept the stream")
+		}
+		kicks := make(chan struct{}, 1)
+		st.NotifyReadable(func() {
+			select {
+			case kicks <- struct{}{}:
+			default:
+			}
+		})
+		return st, ps, kicks
+	}
+	wait := func(what string, kicks chan struct{}) {
+		t.Helper()
+		select {
+		case <-kicks:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no readable notification after %s", what)
+		}
+	}
+
+	st, ps, kicks := open()
+	// The server's side too: the header it read is not left counted.
+	if st.Readable() || ps.Readable() {
+		t.Fatalf("fresh streams readable: client %v, server %v", st.Readable(), ps.Readable())
+	}
+	select {
+	case <-kicks:
+		t.Fatal("notified on a quiet stream")
+	default:
+	}
+	for _, msg := range []string{"abc", strings.Repeat("x", 100_000)} {
+		if _, err := ps.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for got < len(msg) {
+			wait("data", kicks)
+			for st.Readable() { // each Read returns at once
+				n, err := st.Read(make([]byte, 4096))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got += n
+			}
+		}
+		if got != len(msg) || st.Readable() {
+			t.Fatalf("read %d of %d bytes; readable after: %v", got, len(msg), st.Readable())
+		}
+	}
+	if err := ps.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	wait("the peer's FIN", kicks)
+	if !st.Readable() {
+		t.Fatal("not readable after the peer's FIN")
+	}
+	if _, err := st.Read(make([]byte, 8)); err != io.EOF {
+		t.Fatalf("Read after the peer's FIN: %v, want io.EOF", err)
+	}
+	st.Close()
+	ps.Close()
+
+	st, ps, kicks = open()
+	st.Close()
+	wait("Close", kicks)
+	if !st.Readable() {
+		t.Fatal("not readable after Close")
+	}
+	ps.Close()
+
+	st, _, kicks = open()
+	st2, _, _ := open()
+	st2.NotifyReadable(nil) // no calls after this
+	cli.Close()
+	wait("the session's end", kicks)
+	if _, err := st.Read(make([]byte, 8)); !errors.Is(err, ErrSessionClosed) {
+		t.Fatalf("Read after the session's end: %v, want ErrSessionClosed", err)
+	}
+	// Registered after the end: called at once.
+	called := false
+	st2.NotifyReadable(func() { called = true })
+	if !called || !st2.Readable() {
+		t.Fatalf("NotifyReadable on an ended session: called %v, readable %v", called, st2.Readable())
 	}
 }

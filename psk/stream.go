@@ -118,7 +118,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 	st.readers++
 	st.mu.Unlock()
 
-	n, err := st.ys.Read(p)
+	n, err := st.readRaw(p)
 	if err != nil {
 		err = st.sessionEnd(err)
 	}
@@ -141,6 +141,61 @@ func (st *Stream) Read(p []byte) (int, error) {
 		return n, errStreamClosed("read")
 	}
 	return n, st.readErr(err)
+}
+
+// readRaw reads the yamux stream and keeps the count of buffered bytes
+// (Readable). Reads of the stream header and status byte go through it.
+func (st *Stream) readRaw(p []byte) (int, error) {
+	n, err := st.ys.Read(p)
+	if n > 0 && st.tr != nil {
+		st.tr.avail.Add(-int64(n))
+	}
+	return n, err
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// Readable reports whether a Read would return at once: stream data is
+// buffered, the peer's FIN or a reset has arrived, the stream was closed
+// here, or the session has ended. Read deadlines are not considered.
+func (st *Stream) Readable() bool {
+	if st.s.ended.Load() {
+		return true
+	}
+	st.mu.Lock()
+	done := st.closed || st.readDone
+	st.mu.Unlock()
+	tr := st.tr
+	// A stream that had already left the stream table when it was wrapped
+	// has finished.
+	return done || tr == nil || tr.avail.Load() > 0 || tr.ended.Load()
+}
+
+// NotifyReadable has f called whenever the stream may have become
+// readable (see Readable): after data, the peer's FIN or a reset reached
+// it, after Close, and when the session ends; and once now if it is
+// readable already. Calls may be spurious; check Readable. f runs on the
+// session's receive goroutine or the one closing, so it must not block
+// (start a goroutine, signal a channel). A later call replaces f; nil
+// stops the calls. With it a proxy needs no goroutine waiting in Read on
+// a quiet stream.
+func (st *Stream) NotifyReadable(f func()) {
+	if st.tr == nil {
+		if f != nil {
+			f()
+		}
+		return
+	}
+	if f == nil {
+		st.tr.notify.Store(nil)
+		return
+	}
+	st.tr.notify.Store(&f)
+	if st.Readable() {
+		f()
+	}
 }
 
 // WaitRead blocks until a Read would not block: stream data is buffered
@@ -244,6 +299,9 @@ func (st *Stream) Close() error {
 		// Read and discard until the peer's FIN, so that the peer is not
 		// blocked on a full window and the stream can finish.
 		st.s.spawn(func() { st.drain(wait) })
+	}
+	if st.tr != nil {
+		st.tr.readable() // Read now fails at once
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,6 +26,9 @@ type frameParser struct {
 	hdr  [yHeaderLen]byte
 	n    int
 	skip uint32 // data-frame body bytes still to pass
+	// complete, if set, is called with each frame's header once its last
+	// byte has passed (the header for frames without a body).
+	complete func(h *[yHeaderLen]byte)
 }
 
 // feed parses b. When fn rejects a header, feed returns the error and how
@@ -39,6 +43,9 @@ func (p *frameParser) feed(b []byte, fn func(h *[yHeaderLen]byte) error) (int, e
 			k := min(p.skip, uint32(len(b)-off))
 			off += int(k)
 			p.skip -= k
+			if p.skip == 0 && p.complete != nil {
+				p.complete(&p.hdr)
+			}
 			continue
 		}
 		start := off - p.n
@@ -54,6 +61,9 @@ func (p *frameParser) feed(b []byte, fn func(h *[yHeaderLen]byte) error) (int, e
 		}
 		if err := fn(&p.hdr); err != nil {
 			return max(start, 0), err
+		}
+		if p.skip == 0 && p.complete != nil {
+			p.complete(&p.hdr)
 		}
 	}
 	return len(b), nil
@@ -71,6 +81,22 @@ type streamTrack struct {
 	gone   bool // removed from the table: both FINs or a reset
 	onGone []func()
 	st     *Stream // the Stream wrapping it, if any (see attach)
+
+	// What yamux has processed of the peer's frames for the stream (see
+	// plainConn.deliver), for Stream.Readable: data bytes buffered and not
+	// read yet (may dip below zero for a moment: a Read can take data
+	// before deliver counts it), and whether the peer's FIN or a reset
+	// has reached yamux.
+	avail  atomic.Int64
+	ended  atomic.Bool
+	notify atomic.Pointer[func()] // Stream.NotifyReadable's f
+}
+
+// readable calls the stream's NotifyReadable function, if any.
+func (st *streamTrack) readable() {
+	if f := st.notify.Load(); f != nil {
+		(*f)()
+	}
 }
 
 // streamTable tracks every stream yamux knows, from the frames crossing
@@ -111,11 +137,12 @@ func frameFields(h *[yHeaderLen]byte) (typ byte, flags uint16, id uint32) {
 	return h[1], binary.BigEndian.Uint16(h[2:4]), binary.BigEndian.Uint32(h[4:8])
 }
 
-// inbound sees a frame header from the peer before yamux does.
-func (t *streamTable) inbound(h *[yHeaderLen]byte) error {
+// inbound sees a frame header from the peer before yamux does, and
+// returns the stream's track (nil if none).
+func (t *streamTable) inbound(h *[yHeaderLen]byte) (*streamTrack, error) {
 	typ, flags, id := frameFields(h)
 	if typ != yTypeData && typ != yTypeWindowUpdate {
-		return nil
+		return nil, nil
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -123,9 +150,9 @@ func (t *streamTable) inbound(h *[yHeaderLen]byte) error {
 	if flags&yFlagSYN != 0 {
 		switch {
 		case t.client:
-			return fmt.Errorf("%w: the server opened stream %d", ErrProtocol, id)
+			return nil, fmt.Errorf("%w: the server opened stream %d", ErrProtocol, id)
 		case id%2 == 0:
-			return fmt.Errorf("%w: client stream with even ID %d", ErrProtocol, id)
+			return nil, fmt.Errorf("%w: client stream with even ID %d", ErrProtocol, id)
 		}
 		if st == nil {
 			st = &streamTrack{}
@@ -133,7 +160,7 @@ func (t *streamTable) inbound(h *[yHeaderLen]byte) error {
 		}
 	}
 	if st == nil {
-		return nil
+		return nil, nil
 	}
 	if flags&yFlagFIN != 0 {
 		st.finIn = true
@@ -142,7 +169,7 @@ func (t *streamTable) inbound(h *[yHeaderLen]byte) error {
 		st.rst = true
 	}
 	t.settle(id, st)
-	return nil
+	return st, nil
 }
 
 // outbound sees a frame header we send, before it is written.
