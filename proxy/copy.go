@@ -18,13 +18,6 @@ type closeWriter interface {
 	CloseWrite() error
 }
 
-// ReadWaiter is implemented by connections that can wait until a Read would
-// not block without consuming anything (psk.Stream). Pipe uses it, and the
-// readiness of sockets, so that an idle connection holds no copy buffer.
-type ReadWaiter interface {
-	WaitRead() error
-}
-
 // Stats counts what Pipe moved.
 type Stats struct {
 	AToB, BToA int64
@@ -49,6 +42,18 @@ func putBuf(bp *[]byte) {
 	bufPool.Put(bp)
 }
 
+// ReadNotifier is implemented by connections that can tell whether a Read
+// would return at once and call back when that may have changed
+// (psk.Stream). Pipe and Start copy from such a connection only when it
+// is readable, with no goroutine waiting in its Read meanwhile.
+type ReadNotifier interface {
+	Readable() bool
+	// NotifyReadable has f called (possibly spuriously, never blocking)
+	// whenever the connection may have become readable, and once at once
+	// if it is; nil stops the calls.
+	NotifyReadable(f func())
+}
+
 // Pipe copies a→b and b→a until both directions have ended, then closes both.
 // When one side's reads end (EOF), the other side gets a half-close
 // (CloseWrite) so its peer sees EOF while the reverse direction keeps
@@ -59,144 +64,367 @@ func putBuf(bp *[]byte) {
 // are closed. A cancelled ctx closes both at once. The error is the first
 // that is not a normal end (EOF, closed connection).
 //
-// An idle Pipe costs two goroutines (the caller's and one more) and no
-// buffer: sockets are read only once readable (through syscall.RawConn) and
-// connections implementing ReadWaiter are waited on before a buffer is
-// taken from a shared pool. Other connections hold a buffer while blocked
-// in Read.
+// An idle Pipe holds no copy buffer, which comes from a shared pool when
+// data is there: a socket (through syscall.RawConn) is read only once
+// readable, by a goroutine that waits with the smallest stack, and a
+// connection implementing ReadNotifier only when it says it is readable,
+// by a goroutine started then. Any other connection is read by a
+// goroutine blocked in Read with a buffer (the caller's runs one). Pipe
+// owns the read deadlines of socket connections.
 func Pipe(ctx context.Context, a, b net.Conn, idle time.Duration) (Stats, error) {
-	var st Stats
-	var once sync.Once
-	closeBoth := func() {
-		once.Do(func() {
-			a.Close()
-			b.Close()
-		})
+	type result struct {
+		st  Stats
+		err error
 	}
-	stopCtx := context.AfterFunc(ctx, closeBoth)
-	defer stopCtx()
-	var w *idleWatch
-	if idle > 0 {
-		w = newIdleWatch(idle, closeBoth)
-		defer w.stop()
-	}
-	cp := func(dst, src net.Conn, n *int64) error {
-		err := copyHalf(dst, src, n, w)
-		if err == nil {
-			if cw, ok := dst.(closeWriter); ok {
-				err = cw.CloseWrite()
-			} else {
-				// No half-close: closing is the only way to signal EOF.
-				closeBoth()
-			}
-		} else {
-			// An abnormal end (reset, truncated secure session) must not
-			// reach the other peer as a clean EOF: reset it where the
-			// connection allows (TCP), instead of a FIN. (net.ErrClosed is
-			// our own closeBoth: idle timeout, cancel, the other direction.)
-			if l, ok := dst.(interface{ SetLinger(int) error }); ok && !errors.Is(err, net.ErrClosed) {
-				_ = l.SetLinger(0)
-			}
-			closeBoth()
-		}
-		return err
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- cp(b, a, &st.AToB) }()
-	e2 := cp(a, b, &st.BToA)
-	e1 := <-errc
-	closeBoth()
-	return st, firstReal(e1, e2)
+	res := make(chan result, 1)
+	p := newPipe(ctx, a, b, idle, func(st Stats, err error) { res <- result{st, err} })
+	p.start(true)
+	r := <-res
+	return r.st, r.err
 }
 
-// copyHalf copies src to dst until src's EOF (nil) or an error.
-func copyHalf(dst, src net.Conn, n *int64, w *idleWatch) error {
-	next := chunkReader(src)
+// Start is Pipe without the wait: it returns at once, and done is called
+// (on one of the pipe's goroutines) once both directions have ended and both
+// connections are closed. An idle connection between a socket and a
+// ReadNotifier (a TCP connection and a psk stream) then costs one parked
+// goroutine with a 2 KiB stack, the socket's waiter, and no buffer.
+func Start(ctx context.Context, a, b net.Conn, idle time.Duration, done func(Stats, error)) {
+	newPipe(ctx, a, b, idle, done).start(false)
+}
+
+// pipe is one Pipe or Start: two halves, the idle watch and the end.
+type pipe struct {
+	a, b    net.Conn
+	once    sync.Once
+	w       *idleWatch
+	stopCtx func() bool
+	done    func(Stats, error)
+	halves  [2]half // a→b, b→a
+
+	mu   sync.Mutex
+	left int
+	errs [2]error
+	st   Stats
+}
+
+// half is one direction of a pipe.
+type half struct {
+	p        *pipe
+	dst, src net.Conn
+	n        *int64
+	i        int
+
+	// For a socket src: one goroutine, parked until src is readable
+	// (waitSocket), copies until read would block and hands over to a
+	// fresh one.
+	rc syscall.RawConn
+
+	// For a ReadNotifier src: a goroutine copies only while src is
+	// readable and ends; a notification while it runs makes it look again.
+	rn      ReadNotifier
+	mu      sync.Mutex
+	running bool
+	again   bool
+}
+
+func newPipe(ctx context.Context, a, b net.Conn, idle time.Duration, done func(Stats, error)) *pipe {
+	p := &pipe{a: a, b: b, done: done, left: 2}
+	p.stopCtx = context.AfterFunc(ctx, p.closeBoth)
+	if idle > 0 {
+		p.w = newIdleWatch(idle, p.closeBoth)
+	}
+	p.halves[0] = half{p: p, dst: b, src: a, n: &p.st.AToB, i: 0}
+	p.halves[1] = half{p: p, dst: a, src: b, n: &p.st.BToA, i: 1}
+	return p
+}
+
+func (p *pipe) closeBoth() {
+	p.once.Do(func() {
+		p.a.Close()
+		p.b.Close()
+	})
+}
+
+// start starts both halves; with inline, the caller's goroutine runs one
+// that needs a goroutine of its own anyway.
+func (p *pipe) start(inline bool) {
+	var run []*half
+	for i := range p.halves {
+		h := &p.halves[i]
+		if rn, ok := h.src.(ReadNotifier); ok {
+			h.rn = rn
+			rn.NotifyReadable(h.kick)
+			continue
+		}
+		if sc, ok := h.src.(syscall.Conn); ok {
+			if rc, err := sc.SyscallConn(); err == nil {
+				h.rc = rc
+				go h.waitSocket()
+				continue
+			}
+		}
+		run = append(run, h)
+	}
+	for i, h := range run {
+		if inline && i == len(run)-1 {
+			h.finish(copyHalf(h.dst, h.src, h.n, p.w))
+			return
+		}
+		go func() { h.finish(copyHalf(h.dst, h.src, h.n, p.w)) }()
+	}
+}
+
+// kick is the ReadNotifier's callback: start a copier unless one runs.
+func (h *half) kick() {
+	h.mu.Lock()
+	if h.running {
+		h.again = true
+		h.mu.Unlock()
+		return
+	}
+	h.running, h.again = true, false
+	h.mu.Unlock()
+	go h.drain()
+}
+
+// drain copies while src is readable, and again while notifications came
+// meanwhile; it ends the half when src's reads end.
+func (h *half) drain() {
 	for {
-		bp, nr, rerr := next()
+		if end, err := h.copyReadable(); end {
+			h.rn.NotifyReadable(nil)
+			h.finish(err)
+			return
+		}
+		h.mu.Lock()
+		if !h.again {
+			h.running = false
+			h.mu.Unlock()
+			return
+		}
+		h.again = false
+		h.mu.Unlock()
+	}
+}
+
+// copyReadable copies chunks while src is readable. end reports that src's
+// reads have ended (err nil for EOF) or a write failed.
+func (h *half) copyReadable() (end bool, err error) {
+	for h.rn.Readable() {
+		bp := getBuf()
+		nr, rerr := h.src.Read(*bp)
+		if nr > 0 {
+			h.p.w.touch()
+			nw, werr := h.dst.Write((*bp)[:nr])
+			*h.n += int64(nw)
+			if werr != nil {
+				putBuf(bp)
+				return true, werr
+			}
+		}
+		putBuf(bp)
+		if rerr == io.EOF {
+			return true, nil
+		}
+		if rerr != nil {
+			return true, rerr
+		}
+	}
+	return false, nil
+}
+
+// finish ends one direction whose reads ended with err (nil: EOF): the
+// other side gets a half-close, or a reset on an abnormal end; after the
+// second direction both are closed and done is called.
+func (h *half) finish(err error) {
+	p := h.p
+	if err == nil {
+		if cw, ok := h.dst.(closeWriter); ok {
+			err = cw.CloseWrite()
+		} else {
+			// No half-close: closing is the only way to signal EOF.
+			p.closeBoth()
+		}
+	} else {
+		// An abnormal end (reset, truncated secure session) must not
+		// reach the other peer as a clean EOF: reset it where the
+		// connection allows (TCP), instead of a FIN. (net.ErrClosed is
+		// our own closeBoth: idle timeout, cancel, the other direction.)
+		if l, ok := h.dst.(interface{ SetLinger(int) error }); ok && !errors.Is(err, net.ErrClosed) {
+			_ = l.SetLinger(0)
+		}
+		p.closeBoth()
+	}
+	p.mu.Lock()
+	p.errs[h.i] = err
+	p.left--
+	last := p.left == 0
+	p.mu.Unlock()
+	if !last {
+		return
+	}
+	p.closeBoth()
+	if p.w != nil {
+		p.w.stop()
+	}
+	p.stopCtx()
+	p.done(p.st, firstReal(p.errs[0], p.errs[1]))
+}
+
+// waitSocket parks until the socket src is readable (data, EOF or an
+// error), holding no buffer, then copies. Parked, the goroutine has run
+// nothing but this shallow wait, so it keeps the smallest stack (2 KiB):
+// the copying, whose writes (a secure stream's) grow the stack, ends
+// after a quiet socketGrace by leaving a fresh waitSocket goroutine.
+func (h *half) waitSocket() {
+	var perr error
+	err := h.rc.Read(func(fd uintptr) bool {
+		perr = peek(fd)
+		return perr != syscall.EAGAIN
+	})
+	switch {
+	case err != nil: // closed: no read happened
+		h.finish(err)
+	case perr != nil:
+		// The peek took the socket's pending error (a reset): it is this
+		// direction's end.
+		h.finish(h.readError(perr))
+	default:
+		h.copySocket()
+	}
+}
+
+// peek waits for nothing and consumes nothing: nil if a read of the
+// socket fd would return data or EOF, EAGAIN if it would block, or the
+// error it would return (which the peek consumes).
+func peek(fd uintptr) error {
+	var b [1]byte
+	for {
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		if err != syscall.EINTR {
+			return err
+		}
+	}
+}
+
+func (h *half) readError(errno error) error {
+	src := h.src
+	return &net.OpError{Op: "read", Net: src.LocalAddr().Network(), Source: src.LocalAddr(),
+		Addr: src.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
+}
+
+// socketGrace is how long a socket's copier, which has grown its stack
+// copying, keeps waiting for more data itself before it hands over to a
+// waitSocket goroutine with a fresh small stack: a busy connection does
+// not pay a goroutine start and a peek for every message, and a quiet
+// one sheds the grown stack within two graces.
+const socketGrace = 100 * time.Millisecond
+
+// copySocket copies the socket src to dst until src's reads end. It waits
+// for data itself (holding no buffer) while data came within the last
+// socketGrace; after a quiet grace a fresh goroutine waits instead. Pipe
+// owns src's read deadline for this.
+func (h *half) copySocket() {
+	_ = h.src.SetReadDeadline(time.Now().Add(socketGrace))
+	moved := false
+	for {
+		bp, nr, rerr := h.readSocket()
+		if errors.Is(rerr, os.ErrDeadlineExceeded) {
+			if moved {
+				moved = false
+				_ = h.src.SetReadDeadline(time.Now().Add(socketGrace))
+				continue
+			}
+			_ = h.src.SetReadDeadline(time.Time{})
+			go h.waitSocket()
+			return
+		}
+		if nr > 0 {
+			moved = true
+			h.p.w.touch()
+			nw, werr := h.dst.Write((*bp)[:nr])
+			*h.n += int64(nw)
+			if werr != nil {
+				putBuf(bp)
+				h.finish(werr)
+				return
+			}
+		}
+		if bp != nil {
+			putBuf(bp)
+		}
+		if rerr == io.EOF {
+			h.finish(nil)
+			return
+		}
+		if rerr != nil {
+			h.finish(rerr)
+			return
+		}
+	}
+}
+
+// readSocket reads the socket src with read(2) from inside RawConn.Read: a
+// buffer is taken from the pool only when src is readable, and would-block
+// gives it back before the goroutine parks in the poller. Close and the
+// read deadline end the wait.
+func (h *half) readSocket() (*[]byte, int, error) {
+	var bp *[]byte
+	var n int
+	var serr error
+	err := h.rc.Read(func(fd uintptr) bool {
+		bp = getBuf()
+		for {
+			n, serr = syscall.Read(int(fd), *bp)
+			if serr != syscall.EINTR {
+				break
+			}
+		}
+		if serr == syscall.EAGAIN {
+			putBuf(bp)
+			bp = nil
+			return false // wait for readability, holding nothing
+		}
+		return true
+	})
+	switch {
+	case err != nil: // closed, deadline: no read happened
+		if bp != nil {
+			putBuf(bp)
+		}
+		return nil, 0, err
+	case serr != nil:
+		putBuf(bp)
+		return nil, 0, h.readError(serr)
+	case n == 0:
+		return bp, 0, io.EOF
+	}
+	return bp, n, nil
+}
+
+// copyHalf copies src to dst until src's EOF (nil) or an error, for
+// connections that are neither sockets nor ReadNotifiers: it holds a
+// buffer while blocked in Read.
+func copyHalf(dst, src net.Conn, n *int64, w *idleWatch) error {
+	for {
+		bp := getBuf()
+		nr, rerr := src.Read(*bp)
 		if nr > 0 {
 			w.touch()
 			nw, werr := dst.Write((*bp)[:nr])
 			*n += int64(nw)
-			putBuf(bp)
 			if werr != nil {
+				putBuf(bp)
 				return werr
 			}
-		} else if bp != nil {
-			putBuf(bp)
 		}
+		putBuf(bp)
 		if rerr != nil {
 			if rerr == io.EOF {
 				return nil
 			}
 			return rerr
 		}
-	}
-}
-
-// chunkReader returns a function that reads src's next chunk into a pooled
-// buffer (bp is nil when no buffer was taken; the caller returns bp).
-func chunkReader(src net.Conn) func() (bp *[]byte, n int, err error) {
-	if sc, ok := src.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			return rawChunkReader(src, rc)
-		}
-	}
-	if rw, ok := src.(ReadWaiter); ok {
-		return func() (*[]byte, int, error) {
-			if err := rw.WaitRead(); err != nil {
-				return nil, 0, err
-			}
-			bp := getBuf()
-			n, err := src.Read(*bp)
-			return bp, n, err
-		}
-	}
-	return func() (*[]byte, int, error) {
-		bp := getBuf()
-		n, err := src.Read(*bp)
-		return bp, n, err
-	}
-}
-
-// rawChunkReader reads a socket with read(2) from inside RawConn.Read: a
-// buffer is taken only when the socket is readable, and would-block gives
-// it back before the goroutine parks in the poller. Deadlines and Close
-// work as for src.Read.
-func rawChunkReader(src net.Conn, rc syscall.RawConn) func() (*[]byte, int, error) {
-	return func() (*[]byte, int, error) {
-		var bp *[]byte
-		var n int
-		var serr error
-		err := rc.Read(func(fd uintptr) bool {
-			bp = getBuf()
-			for {
-				n, serr = syscall.Read(int(fd), *bp)
-				if serr != syscall.EINTR {
-					break
-				}
-			}
-			if serr == syscall.EAGAIN {
-				putBuf(bp)
-				bp = nil
-				return false // wait for readability, holding nothing
-			}
-			return true
-		})
-		if err != nil { // closed, deadline: no read happened
-			if bp != nil {
-				putBuf(bp)
-			}
-			return nil, 0, err
-		}
-		if serr != nil {
-			return bp, 0, &net.OpError{Op: "read", Net: src.LocalAddr().Network(), Source: src.LocalAddr(),
-				Addr: src.RemoteAddr(), Err: os.NewSyscallError("read", serr)}
-		}
-		if n == 0 {
-			return bp, 0, io.EOF
-		}
-		return bp, n, nil
 	}
 }
 

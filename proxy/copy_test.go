@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -335,7 +337,8 @@ func TestPipeNoGoroutineLeak(t *testing.T) {
 // TestPipeIdleHoldsNoBuffer: once data has moved both ways and the
 // connections go quiet, no Pipe holds a copy buffer — neither between
 // sockets (read only once readable) nor between a socket and a secure
-// stream (psk.Stream.WaitRead) — and data moves again when it comes.
+// stream (read only when psk.Stream says it is readable) — and data
+// moves again when it comes.
 func TestPipeIdleHoldsNoBuffer(t *testing.T) {
 	up := newEchoUpstream(t, "127.0.0.1:0")
 	pool := newTestPool(t, up.addr, PoolOptions{})
@@ -414,5 +417,102 @@ func TestPipeIdleHoldsNoBuffer(t *testing.T) {
 	}
 	if n := buffersHeld.Load(); n != 0 {
 		t.Errorf("%d copy buffers held after every Pipe ended", n)
+	}
+}
+
+// pipeGoroutines counts the goroutines of pipes: socket waiters parked
+// until their socket is readable, and copiers (of sockets, of
+// ReadNotifier connections, or blocked in a Read).
+func pipeGoroutines() (waiters, copiers int) {
+	buf := make([]byte, 4<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if i := strings.Index(g, "\ncreated by "); i >= 0 {
+			g = g[:i] // what it runs, not what started it
+		}
+		switch {
+		case strings.Contains(g, "proxy.(*half).drain"), strings.Contains(g, "proxy.(*half).copySocket"),
+			strings.Contains(g, "proxy.copyHalf"):
+			copiers++
+		case strings.Contains(g, "proxy.(*half).waitSocket"):
+			waiters++
+		}
+	}
+	return waiters, copiers
+}
+
+// TestStartIdleGoroutines: Start between a socket and a secure stream
+// returns at once; while the connection is quiet it holds one goroutine
+// (the socket's waiter) and none for the stream; data either way is
+// copied by goroutines started when it comes; both half-closes end it
+// cleanly.
+func TestStartIdleGoroutines(t *testing.T) {
+	up := newEchoUpstream(t, "127.0.0.1:0")
+	pool := newTestPool(t, up.addr, PoolOptions{})
+	const n = 20
+	apps := make([]*net.TCPConn, n)
+	done := make(chan error, n)
+	for i := range apps {
+		app, a := tcpPair(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		st, err := pool.Open(ctx, "")
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		Start(context.Background(), a, st, 0, func(_ Stats, err error) { done <- err })
+		apps[i] = app
+	}
+	waitCount := func(what string, wantReaders int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			r, d := pipeGoroutines()
+			if r == wantReaders && d == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d socket waiters and %d copiers, want %d and 0", what, r, d, wantReaders)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitCount("before any data", n)
+	for round := range byte(3) {
+		for i, app := range apps {
+			msg := bytes.Repeat([]byte{round, byte(i)}, 1000*int(round)+1)
+			if _, err := app.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, len(msg))
+			app.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(app, got); err != nil || !bytes.Equal(got, msg) {
+				t.Fatalf("pipe %d round %d: echo %v", i, round, err)
+			}
+		}
+		waitCount(fmt.Sprintf("quiet after round %d", round), n)
+	}
+	for _, app := range apps {
+		app.CloseWrite() // the upstream echoes the EOF back
+	}
+	for i := range apps {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("pipe: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d pipes did not end after both half-closes", n-i, n)
+		}
+	}
+	for i, app := range apps {
+		app.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if b, err := io.ReadAll(app); err != nil || len(b) != 0 {
+			t.Errorf("app %d after the end: %d bytes, %v; want a clean EOF", i, len(b), err)
+		}
+	}
+	waitCount("after the end", 0)
+	if n := buffersHeld.Load(); n != 0 {
+		t.Errorf("%d copy buffers held after every pipe ended", n)
 	}
 }
