@@ -241,12 +241,14 @@ func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
 	var accepting sync.WaitGroup
 	switch {
 	case c.cfg.Transparent:
-		accepting.Go(func() { c.accept(lns[0], func(conn net.Conn) { c.serveTransparent(bg, conn) }) })
+		accepting.Go(func() { c.accept(bg, lns[0], c.openTransparent) })
 	case c.def != nil:
-		accepting.Go(func() { c.accept(lns[0], func(conn net.Conn) { c.serveApp(bg, conn, c.def) }) })
+		accepting.Go(func() {
+			c.accept(bg, lns[0], func(ctx context.Context, conn net.Conn) *route { return c.openApp(ctx, conn, c.def) })
+		})
 	}
 	if fwd != nil {
-		accepting.Go(func() { c.accept(fwd, func(conn net.Conn) { c.serveConnect(bg, conn) }) })
+		accepting.Go(func() { c.accept(bg, fwd, c.openConnect) })
 	}
 	c.ready.Store(true)
 	k := c.keys.Current()
@@ -283,22 +285,41 @@ func (c *Client) upstreams() []*upstream {
 	return us
 }
 
+// route is an application connection and the secure stream it is
+// carried on.
+type route struct {
+	app net.Conn
+	st  *psk.Stream
+	u   *upstream
+}
+
 // accept runs acceptLoop for one of the client's listeners; every listener
 // shares the --max-conns slots, and each connection counts as a stream for
-// drain and metrics.
-func (c *Client) accept(ln net.Listener, serve func(net.Conn)) {
-	acceptLoop(ln, c.conns, c.cfg.MaxConns, c.m, c.log, func(conn net.Conn) {
+// drain and metrics. open finds the connection's stream (nil: it has
+// closed the connection); the copy then runs on goroutines of its own, and
+// the accepting goroutine ends.
+func (c *Client) accept(ctx context.Context, ln net.Listener, open func(context.Context, net.Conn) *route) {
+	acceptLoop(ln, c.conns, c.cfg.MaxConns, c.m, c.log, func(conn net.Conn, release func()) {
 		c.t.streams.Add(1)
 		c.m.Streams.Inc()
-		defer func() { c.t.streamDone(); c.m.Streams.Dec() }()
-		serve(conn)
+		c.t.addConn(conn)
+		done := func() {
+			c.t.removeConn(conn)
+			c.t.streamDone()
+			c.m.Streams.Dec()
+			release()
+		}
+		r := open(ctx, conn)
+		if r == nil {
+			done()
+			return
+		}
+		c.pipe(ctx, r, done)
 	})
 }
 
-// serveApp carries one application connection to u.
-func (c *Client) serveApp(ctx context.Context, app net.Conn, u *upstream) {
-	c.t.addConn(app)
-	defer c.t.removeConn(app)
+// openApp opens a stream to u for one application connection.
+func (c *Client) openApp(ctx context.Context, app net.Conn, u *upstream) *route {
 	octx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout+c.cfg.HandshakeTO)
 	st, err := u.pool.Open(octx, u.target)
 	cancel()
@@ -306,27 +327,33 @@ func (c *Client) serveApp(ctx context.Context, app net.Conn, u *upstream) {
 		app.Close()
 		c.m.StreamsTotal.WithLabelValues(streamFailure(err)).Inc()
 		c.log.Warn().Err(err).Str("upstream", u.addr).Str("app", app.RemoteAddr().String()).Msg("connection refused: no secure stream")
-		return
+		return nil
 	}
-	c.pipe(ctx, app, st, u)
+	return &route{app: app, st: st, u: u}
 }
 
-func (c *Client) pipe(ctx context.Context, app net.Conn, st *psk.Stream, u *upstream) {
+// pipe starts copying between the application connection and its stream;
+// once both directions have ended it logs and counts the stream and calls
+// done. While the connection is quiet it holds one goroutine, the
+// application socket's reader (proxy.Start).
+func (c *Client) pipe(ctx context.Context, r *route, done func()) {
 	start := time.Now()
-	stats, err := proxy.Pipe(ctx, app, st, c.cfg.IdleTimeout)
-	c.m.Bytes.WithLabelValues("up").Add(float64(stats.AToB))
-	c.m.Bytes.WithLabelValues("down").Add(float64(stats.BToA))
-	result := "ok"
-	if err != nil {
-		result = "error"
-	}
-	c.m.StreamsTotal.WithLabelValues(result).Inc()
-	ev := c.log.Debug()
-	if err != nil {
-		ev = c.log.Info().Err(err)
-	}
-	ev.Str("upstream", u.addr).Str("server", st.Session().PeerID()).Uint32("stream", st.StreamID()).
-		Int64("bytes_up", stats.AToB).Int64("bytes_down", stats.BToA).Dur("duration", time.Since(start)).Msg("stream closed")
+	proxy.Start(ctx, r.app, r.st, c.cfg.IdleTimeout, func(stats proxy.Stats, err error) {
+		c.m.Bytes.WithLabelValues("up").Add(float64(stats.AToB))
+		c.m.Bytes.WithLabelValues("down").Add(float64(stats.BToA))
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		c.m.StreamsTotal.WithLabelValues(result).Inc()
+		ev := c.log.Debug()
+		if err != nil {
+			ev = c.log.Info().Err(err)
+		}
+		ev.Str("upstream", r.u.addr).Str("server", r.st.Session().PeerID()).Uint32("stream", r.st.StreamID()).
+			Int64("bytes_up", stats.AToB).Int64("bytes_down", stats.BToA).Dur("duration", time.Since(start)).Msg("stream closed")
+		done()
+	})
 }
 
 func streamFailure(err error) string {
@@ -353,15 +380,15 @@ func routeKey(dest string) string {
 	return strings.ToLower(dest)
 }
 
-// serveTransparent carries a connection that iptables redirected to the
+// openTransparent carries a connection that iptables redirected to the
 // listener to the route of its original destination; without a route it
 // falls back to --target, if any.
-func (c *Client) serveTransparent(ctx context.Context, conn net.Conn) {
+func (c *Client) openTransparent(ctx context.Context, conn net.Conn) *route {
 	dst, err := proxy.OriginalDst(conn)
 	if err != nil {
 		c.log.Warn().Err(err).Str("app", conn.RemoteAddr().String()).Msg("transparent: no original destination; closing")
 		conn.Close()
-		return
+		return nil
 	}
 	u, ok := c.routes[routeKey(dst.String())]
 	if !ok {
@@ -370,22 +397,20 @@ func (c *Client) serveTransparent(ctx context.Context, conn net.Conn) {
 	if u == nil || dst.String() == conn.LocalAddr().String() {
 		c.log.Warn().Str("destination", dst.String()).Str("app", conn.RemoteAddr().String()).Msg("transparent: no route for the original destination; closing")
 		conn.Close()
-		return
+		return nil
 	}
-	c.serveApp(ctx, conn, u)
+	return c.openApp(ctx, conn, u)
 }
 
-// serveConnect is the HTTP CONNECT forward proxy: CONNECT host:port is
+// openConnect is the HTTP CONNECT forward proxy: CONNECT host:port is
 // carried to the route's upstream; anything else is refused.
-func (c *Client) serveConnect(ctx context.Context, conn net.Conn) {
-	c.t.addConn(conn)
-	defer c.t.removeConn(conn)
+func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 	_ = conn.SetReadDeadline(time.Now().Add(c.cfg.HandshakeTO))
 	br := bufio.NewReader(conn)
 	req, err := http.ReadRequest(br)
 	if err != nil {
 		conn.Close()
-		return
+		return nil
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	reply := func(code int, msg string) {
@@ -394,14 +419,14 @@ func (c *Client) serveConnect(ctx context.Context, conn net.Conn) {
 	}
 	if req.Method != http.MethodConnect {
 		reply(http.StatusMethodNotAllowed, "this forward proxy only tunnels with CONNECT\n")
-		return
+		return nil
 	}
 	dest := routeKey(req.Host)
 	u, ok := c.routes[dest]
 	if !ok {
 		c.log.Warn().Str("destination", dest).Msg("CONNECT refused: no route")
 		reply(http.StatusForbidden, "no route for "+dest+"\n")
-		return
+		return nil
 	}
 	octx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout+c.cfg.HandshakeTO)
 	st, err := u.pool.Open(octx, u.target)
@@ -410,12 +435,12 @@ func (c *Client) serveConnect(ctx context.Context, conn net.Conn) {
 		c.m.StreamsTotal.WithLabelValues(streamFailure(err)).Inc()
 		c.log.Warn().Err(err).Str("destination", dest).Str("upstream", u.addr).Msg("CONNECT failed")
 		reply(http.StatusBadGateway, "upstream unavailable\n")
-		return
+		return nil
 	}
 	if _, err := fmt.Fprint(conn, "HTTP/1.1 200 Connection Established\r\n\r\n"); err != nil {
 		st.Close()
 		conn.Close()
-		return
+		return nil
 	}
 	// Bytes the client sent after the request head belong to the tunnel.
 	app := conn
@@ -423,7 +448,7 @@ func (c *Client) serveConnect(ctx context.Context, conn net.Conn) {
 		early, _ := br.Peek(n)
 		app = &prefixConn{Conn: conn, prefix: append([]byte(nil), early...)}
 	}
-	c.pipe(ctx, app, st, u)
+	return &route{app: app, st: st, u: u}
 }
 
 // prefixConn replays bytes read ahead by the CONNECT parser.

@@ -255,8 +255,9 @@ func ReadSecretFile(path, what string) (string, error) {
 // acceptLoop accepts on ln until it is closed. Accept errors other than
 // closure (out of file descriptors and the like) back off as net/http does;
 // a connection beyond the slots (maxConns) is closed at once; every other
-// runs handle in its own goroutine, which frees its slot when handle returns.
-func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, log zerolog.Logger, handle func(net.Conn)) {
+// runs handle in its own goroutine, and handle calls release (once, from
+// any goroutine) when the connection is finished with, to free its slot.
+func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, log zerolog.Logger, handle func(c net.Conn, release func())) {
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -278,9 +279,6 @@ func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, 
 			c.Close()
 			continue
 		}
-		go func() {
-			defer func() { <-slots }()
-			handle(c)
-		}()
+		go handle(c, func() { <-slots })
 	}
 }

@@ -149,7 +149,10 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 	acceptDone := make(chan struct{})
 	go func() {
 		defer close(acceptDone)
-		acceptLoop(ln, s.conns, s.cfg.MaxConns, s.m, s.log, func(c net.Conn) { s.handleConn(bg, c) })
+		acceptLoop(ln, s.conns, s.cfg.MaxConns, s.m, s.log, func(c net.Conn, release func()) {
+			defer release()
+			s.handleConn(bg, c)
+		})
 	}()
 	<-ctx.Done()
 	s.draining.Store(true)
@@ -232,10 +235,14 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 				s.m.Streams.Dec()
 			}
 			if p := s.openStream(ctx, in, log, done); p != nil {
-				// The copy runs on a fresh goroutine and this one ends: its
-				// stack, grown by the backend dial, is not kept for as long
-				// as the connection stays open (RSS per idle connection).
-				wg.Go(func() { done(s.pipeStream(ctx, p, log)) })
+				// The copy runs on goroutines of its own and this one
+				// ends: its stack, grown by the backend dial, is not kept
+				// for as long as the connection stays open.
+				wg.Add(1)
+				s.pipeStream(ctx, p, log, func(u, dn int64) {
+					done(u, dn)
+					wg.Done()
+				})
 			}
 		})
 	}
@@ -375,25 +382,28 @@ func (s *Server) serveHTTPStream(ctx context.Context, in *psk.IncomingStream) (u
 	return c.read.Load(), c.written.Load()
 }
 
-// pipeStream copies between an opened stream and its backend until both
-// directions end, and logs and counts the stream.
-func (s *Server) pipeStream(ctx context.Context, p *openedStream, log zerolog.Logger) (up, down int64) {
+// pipeStream starts copying between an opened stream and its backend;
+// once both directions have ended it logs and counts the stream and calls
+// finish. While the connection is quiet it holds one goroutine, the
+// backend socket's reader (proxy.Start).
+func (s *Server) pipeStream(ctx context.Context, p *openedStream, log zerolog.Logger, finish func(up, down int64)) {
 	start := time.Now()
-	stats, err := proxy.Pipe(ctx, p.st, p.backend, s.cfg.IdleTimeout)
-	s.m.Bytes.WithLabelValues("up").Add(float64(stats.AToB))
-	s.m.Bytes.WithLabelValues("down").Add(float64(stats.BToA))
-	result := "ok"
-	if err != nil {
-		result = "error"
-	}
-	s.m.StreamsTotal.WithLabelValues(result).Inc()
-	ev := log.Debug()
-	if err != nil {
-		ev = log.Info().Err(err)
-	}
-	ev.Uint32("stream", p.st.StreamID()).Str("target", p.target).Int64("bytes_up", stats.AToB).Int64("bytes_down", stats.BToA).
-		Dur("duration", time.Since(start)).Msg("stream closed")
-	return stats.AToB, stats.BToA
+	proxy.Start(ctx, p.st, p.backend, s.cfg.IdleTimeout, func(stats proxy.Stats, err error) {
+		s.m.Bytes.WithLabelValues("up").Add(float64(stats.AToB))
+		s.m.Bytes.WithLabelValues("down").Add(float64(stats.BToA))
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		s.m.StreamsTotal.WithLabelValues(result).Inc()
+		ev := log.Debug()
+		if err != nil {
+			ev = log.Info().Err(err)
+		}
+		ev.Uint32("stream", p.st.StreamID()).Str("target", p.target).Int64("bytes_up", stats.AToB).Int64("bytes_down", stats.BToA).
+			Dur("duration", time.Since(start)).Msg("stream closed")
+		finish(stats.AToB, stats.BToA)
+	})
 }
 
 // countingConn counts bytes for the HTTP mode's stream log.

@@ -456,3 +456,44 @@ func TestMpinkexGrace(t *testing.T) {
 		t.Errorf("1ms maps to %v", g)
 	}
 }
+
+// TestClientMaxConns: an application connection holds one of the
+// client's --max-conns slots for as long as it is proxied (the copy runs
+// after the accepting goroutine has ended), one beyond them is closed at
+// once, and a slot frees when its connection ends.
+func TestClientMaxConns(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(_ *ServerConfig, c *ClientConfig) { c.MaxConns = 2 })
+	roundTrip := func(c net.Conn) error {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		defer c.SetDeadline(time.Time{})
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(c, make([]byte, 4))
+		return err
+	}
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", p.clientListen, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	held := []net.Conn{dial(), dial()}
+	for i, c := range held {
+		if err := roundTrip(c); err != nil {
+			t.Fatalf("connection %d within the limit: %v", i, err)
+		}
+	}
+	extra := dial()
+	if err := roundTrip(extra); err == nil {
+		t.Fatal("a connection beyond --max-conns was proxied")
+	}
+	held[0].Close()
+	waitFor(t, 5*time.Second, "a freed slot", func() bool { return roundTrip(dial()) == nil })
+	if err := roundTrip(held[1]); err != nil {
+		t.Errorf("the other held connection after the slot freed: %v", err)
+	}
+}
