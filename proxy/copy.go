@@ -158,8 +158,11 @@ func (p *pipe) start(inline bool) {
 		}
 		if sc, ok := h.src.(syscall.Conn); ok {
 			if rc, err := sc.SyscallConn(); err == nil {
+				// A new goroutine's stack is small until it copies: it
+				// starts as the copier (a new connection's first data is
+				// usually on its way) and hands over after a quiet grace.
 				h.rc = rc
-				go h.waitSocket()
+				go h.copySocket()
 				continue
 			}
 		}
@@ -278,7 +281,15 @@ func (h *half) finish(err error) {
 // after a quiet socketGrace by leaving a fresh waitSocket goroutine.
 func (h *half) waitSocket() {
 	var perr error
+	peeked := false
 	err := h.rc.Read(func(fd uintptr) bool {
+		if peeked {
+			// The poller saw the socket become readable; if that was
+			// spurious, copySocket's read finds out (and waits).
+			perr = nil
+			return true
+		}
+		peeked = true
 		perr = peek(fd)
 		return perr != syscall.EAGAIN
 	})

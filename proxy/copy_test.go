@@ -230,22 +230,33 @@ func TestPipeContextCancel(t *testing.T) {
 	}
 }
 
-// A reset from one side is reported and closes the other.
+// A reset from one side is reported and closes the other: while its
+// copier waits for more, and once the connection has been quiet long
+// enough for a waiter that peeks (and so takes the socket's error) to
+// wait instead.
 func TestPipeReset(t *testing.T) {
-	r := startPipe(t, context.Background(), 0)
-	r.app.Write([]byte("hello"))
-	r.backend.SetReadDeadline(time.Now().Add(2 * time.Second))
-	io.ReadFull(r.backend, make([]byte, 5))
-	r.backend.SetLinger(0) // close sends RST
-	r.backend.Close()
-	r.wait(t, 5*time.Second)
-	if r.err == nil {
-		t.Error("Pipe returned nil after a connection reset")
-	}
-	// The reset reaches the app as a reset, not as a clean EOF that would
-	// pass a truncated transfer for a complete one.
-	if _, err := readAll(t, r.app, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
-		t.Errorf("app after the backend's reset: read %v, want ECONNRESET", err)
+	for _, tc := range []struct {
+		name  string
+		quiet time.Duration
+	}{{"busy", 0}, {"quiet", 3 * socketGrace}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startPipe(t, context.Background(), 0)
+			r.app.Write([]byte("hello"))
+			r.backend.SetReadDeadline(time.Now().Add(2 * time.Second))
+			io.ReadFull(r.backend, make([]byte, 5))
+			time.Sleep(tc.quiet)
+			r.backend.SetLinger(0) // close sends RST
+			r.backend.Close()
+			r.wait(t, 5*time.Second)
+			if r.err == nil {
+				t.Error("Pipe returned nil after a connection reset")
+			}
+			// The reset reaches the app as a reset, not as a clean EOF that
+			// would pass a truncated transfer for a complete one.
+			if _, err := readAll(t, r.app, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("app after the backend's reset: read %v, want ECONNRESET", err)
+			}
+		})
 	}
 }
 
@@ -514,5 +525,27 @@ func TestStartIdleGoroutines(t *testing.T) {
 	waitCount("after the end", 0)
 	if n := buffersHeld.Load(); n != 0 {
 		t.Errorf("%d copy buffers held after every pipe ended", n)
+	}
+}
+
+// TestWaitSocketPendingReset: a reset already pending when a socket's
+// waiter first looks is taken by its peek; it must still end the
+// direction as a reset, not as a clean EOF.
+func TestWaitSocketPendingReset(t *testing.T) {
+	_, a := tcpPair(t)
+	b, backend := tcpPair(t)
+	backend.SetLinger(0)
+	backend.Close()                   // RST
+	time.Sleep(50 * time.Millisecond) // loopback: the RST has arrived
+	p := newPipe(context.Background(), a, b, 0, func(Stats, error) {})
+	h := &p.halves[1] // b → a
+	rc, err := b.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.rc = rc
+	h.waitSocket() // ends the half, here: finish runs inline
+	if !errors.Is(p.errs[1], syscall.ECONNRESET) {
+		t.Errorf("direction ended with %v, want ECONNRESET", p.errs[1])
 	}
 }
