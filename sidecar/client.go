@@ -58,6 +58,9 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 	if cfg.Transparent && len(cfg.Routes) == 0 {
 		return nil, configErr(errors.New("--transparent needs at least one --route IP:PORT=UPSTREAM@VERIFY-ID"))
 	}
+	if cfg.MaxStreams <= 0 || cfg.MaxSessions <= 0 {
+		return nil, configErr(fmt.Errorf("--max-streams-per-session (%d) and --max-sessions (%d) must be positive", cfg.MaxStreams, cfg.MaxSessions))
+	}
 	for _, l := range []string{cfg.Listen, cfg.ForwardProxy} {
 		if l != "" && !cfg.UnsafeListen && !proxy.IsLoopback(l) {
 			return nil, configErr(fmt.Errorf("listener %s is not on loopback: plaintext would be reachable from the network; pass --unsafe-listen if that is intended", l))
@@ -118,7 +121,7 @@ func (c *Client) newUpstream(addr, verifyID, serverID, target string) (*upstream
 	}
 	u := &upstream{addr: addr, verifyID: verifyID, serverID: serverID, target: target}
 	u.pool = proxy.NewPool(func(ctx context.Context) (*psk.Session, error) { return c.dial(ctx, u) },
-		proxy.PoolOptions{MaxStreamsPerSession: c.cfg.MaxStreams})
+		proxy.PoolOptions{MaxStreamsPerSession: c.cfg.MaxStreams, MaxSessions: c.cfg.MaxSessions})
 	return u, nil
 }
 

@@ -91,6 +91,7 @@ type ClientConfig struct {
 	Transparent  bool             `yaml:"transparent"`   // --listen gets iptables-redirected connections
 	Routes       map[string]Route `yaml:"routes"`        // forward proxy: host:port → route
 	MaxStreams   int              `yaml:"max-streams-per-session"`
+	MaxSessions  int              `yaml:"max-sessions"` // per upstream
 }
 
 func commonDefaults(c *Common, listen string) {
@@ -115,7 +116,7 @@ func DefaultServerConfig() *ServerConfig {
 
 // DefaultClientConfig returns the client defaults.
 func DefaultClientConfig() *ClientConfig {
-	c := &ClientConfig{MaxStreams: 256}
+	c := &ClientConfig{MaxStreams: 256, MaxSessions: 8}
 	commonDefaults(&c.Common, "127.0.0.1:9000")
 	return c
 }
@@ -190,6 +191,7 @@ func (c *ClientConfig) RegisterFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.IntVar(&c.MaxStreams, "max-streams-per-session", c.MaxStreams, "open another secure session when each carries this many streams")
+	fs.IntVar(&c.MaxSessions, "max-sessions", c.MaxSessions, "secure sessions to one upstream at most (so at most this × --max-streams-per-session connections to it)")
 }
 
 // LoadYAML merges a YAML config file into c; unknown keys are errors.

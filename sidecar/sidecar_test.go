@@ -436,6 +436,8 @@ func TestNewClientConfigErrors(t *testing.T) {
 			c.Routes = map[string]Route{"a:1": {Upstream: "127.0.0.1:1"}}
 		}, "verify-id is required"},
 		{"factor file missing", func(c *ClientConfig) { c.FactorFile = "/nonexistent/factor" }, "factor file"},
+		{"no sessions", func(c *ClientConfig) { c.MaxSessions = 0 }, "--max-sessions (0)"},
+		{"negative streams", func(c *ClientConfig) { c.MaxStreams = -1 }, "--max-streams-per-session (-1)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultClientConfig()
@@ -495,5 +497,37 @@ func TestClientMaxConns(t *testing.T) {
 	waitFor(t, 5*time.Second, "a freed slot", func() bool { return roundTrip(dial()) == nil })
 	if err := roundTrip(held[1]); err != nil {
 		t.Errorf("the other held connection after the slot freed: %v", err)
+	}
+}
+
+// TestClientMaxSessions: --max-sessions × --max-streams-per-session bounds
+// the connections to one upstream; one more is refused (closed) without a
+// further handshake, and the status shows the one session built.
+func TestClientMaxSessions(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(_ *ServerConfig, c *ClientConfig) { c.MaxSessions, c.MaxStreams = 1, 2 })
+	try := func() (net.Conn, error) {
+		c, err := net.DialTimeout("tcp", p.clientListen, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		defer c.SetDeadline(time.Time{})
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return c, err
+		}
+		_, err = io.ReadFull(c, make([]byte, 4))
+		return c, err
+	}
+	for i := range 2 {
+		if _, err := try(); err != nil {
+			t.Fatalf("connection %d within the limits: %v", i, err)
+		}
+	}
+	if _, err := try(); err == nil {
+		t.Fatal("a third connection was carried by one session of two streams")
+	}
+	if st := p.cli.status(false); len(st.Upstreams) != 1 || st.Upstreams[0].Stats.Dials != 1 {
+		t.Errorf("client status %+v, want one upstream with one dial", st.Upstreams)
 	}
 }
