@@ -692,7 +692,9 @@ func TestLifecycleRevocation(t *testing.T) {
 	permitRefused := fmt.Sprintf("permit for epoch %d", last)
 	refusals := srv.logMatches("handshake failed", permitRefused)
 	d := mustBeRefused(t, cli, 2*time.Second)
-	srv.waitLog(t, 5*time.Second, refusals+1, "handshake failed", "check epoch", "time permit epoch not acceptable", permitRefused)
+	// The log names who was refused: the identity Msg1 claimed.
+	srv.waitLog(t, 5*time.Second, refusals+1, "handshake failed", "check epoch", "time permit epoch not acceptable", permitRefused,
+		`"claimed_client":"`+clientID+`"`)
 	t.Logf("running sidecar: app connection closed after %v", d.Round(time.Millisecond))
 	if st := cli.statusDoc(t); st.Ready {
 		t.Errorf("the revoked client's /_status says ready with permits %v that ended at %s", st.Keys.PermitEpochs, lcStamp(expiry))

@@ -64,6 +64,9 @@ type Error struct {
 	Step  string
 	Alert AlertCode
 	Err   error
+	// ClaimedID is, on the server, the client identity Msg1 claimed when
+	// the handshake failed after it: unauthenticated, for logs only.
+	ClaimedID string
 }
 
 func (e *Error) Error() string {

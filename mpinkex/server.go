@@ -77,8 +77,9 @@ var gen2 = pairing.PrepareG2(pairing.G2Generator())
 func Server(ctx context.Context, rw io.ReadWriter, cfg *ServerConfig) (*Result, error) {
 	st := newStepper(ctx, rw, cfg.StepTimeout)
 	defer func() { _ = st.close() }()
+	var claimed string // Msg1's client identity, once parsed
 	fail := func(step string, err error, send bool) (*Result, error) {
-		e := &Error{Role: "server", Step: step, Err: err}
+		e := &Error{Role: "server", Step: step, Err: err, ClaimedID: claimed}
 		if send {
 			e.Alert = alertFor(err)
 			_ = st.write((&Alert{Code: e.Alert}).Marshal())
@@ -108,6 +109,7 @@ func Server(ctx context.Context, rw io.ReadWriter, cfg *ServerConfig) (*Result, 
 	if !ok {
 		return fail("parse Msg1", decodeErr("got %T, want Msg1", m), true)
 	}
+	claimed = m1.ClientID
 	key := cfg.Keys[0]
 	if m1.ServerID != "" {
 		key = nil

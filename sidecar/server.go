@@ -196,7 +196,12 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 		c.Close()
 		s.m.Handshakes.WithLabelValues(handshakeResult(err)).Inc()
 		if !s.cfg.quiet("handshake-errs") {
-			s.log.Warn().Str("remote", remote).Err(err).Msg("handshake failed")
+			ev := s.log.Warn().Str("remote", remote).Err(err)
+			var me *mpinkex.Error
+			if errors.As(err, &me) && me.ClaimedID != "" {
+				ev = ev.Str("claimed_client", me.ClaimedID) // unauthenticated
+			}
+			ev.Msg("handshake failed")
 		}
 		return
 	}
