@@ -340,27 +340,44 @@ if [[ $PROFILE == 1 && -n ${CPIDS[milagro]:-} ]]; then
 fi
 
 # ---- the floor ----------------------------------------------------------------------
-log "floor: go test -bench 'BenchmarkFloor(Server|Client)' ./pairing (benchtime $FLOOR_BENCHTIME, count $FLOOR_COUNT)"
-go test -run '^$' -bench 'BenchmarkFloor(Server|Client)' -benchtime "$FLOOR_BENCHTIME" -count "$FLOOR_COUNT" ./pairing >"$WORK/floor.txt" 2>&1 ||
-	{ cat "$WORK/floor.txt" >&2; exit 1; }
-median() { # median FILE BENCHMARK UNIT: the median of one metric of one benchmark over its -count runs
-	grep "^$2-" "$1" | awk -v u="$3" '{for(i=1;i<=NF;i++) if($(i+1)==u) print $i}' | sort -g |
+# The floor, the same cold session in one process, and the library floor
+# are measured in turns (FLOOR_COUNT rounds of the three), so that the
+# machine's drift over minutes moves them alike; medians over the rounds.
+#   floor: BenchmarkFloor(Server|Client) in ./pairing, the bare curve
+#     operations of one handshake per side;
+#   session: BenchmarkSessionSetup in ./psk, TCP, mpinkex, DTLS-PSK, yamux
+#     and close, both sides, process CPU per session;
+#   library floor: BenchmarkFloorDTLS in ./psk, pion's DTLS-PSK handshake
+#     over UDP and yamux setup alone (the second floor reading).
+log "floor, in-process session and library floor: go test -bench in ./pairing and ./psk, $FLOOR_COUNT rounds"
+go test -c -o "$BIN/pairing.test" ./pairing
+go test -c -o "$BIN/psk.test" ./psk
+: >"$WORK/floor.txt"
+: >"$WORK/setup.txt"
+: >"$WORK/floordtls.txt"
+: >"$WORK/setup1.txt"
+for ((i = 1; i <= FLOOR_COUNT; i++)); do
+	(cd pairing && "$BIN/pairing.test" -test.run '^$' -test.bench 'BenchmarkFloor(Server|Client)' -test.benchtime "$FLOOR_BENCHTIME") >>"$WORK/floor.txt" 2>&1 ||
+		{ cat "$WORK/floor.txt" >&2; exit 1; }
+	(cd psk && "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkSessionSetup$' -test.benchtime 200x) >>"$WORK/setup.txt" 2>&1 ||
+		{ cat "$WORK/setup.txt" >&2; exit 1; }
+	(cd psk && "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkFloorDTLS$' -test.benchtime 200x) >>"$WORK/floordtls.txt" 2>&1 ||
+		{ cat "$WORK/floordtls.txt" >&2; exit 1; }
+	# Both again on one scheduler thread: with two, the runtime spins idle
+	# threads at every goroutine hand-off, CPU that varies from run to run.
+	(cd psk && GOMAXPROCS=1 "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkSessionSetup$|BenchmarkFloorDTLS$' -test.benchtime 200x) >>"$WORK/setup1.txt" 2>&1 ||
+		{ cat "$WORK/setup1.txt" >&2; exit 1; }
+done
+median() { # median FILE BENCHMARK UNIT: the median of one metric of one benchmark over the rounds
+	grep -E "^$2(-[0-9]+)?[[:space:]]" "$1" | awk -v u="$3" '{for(i=1;i<=NF;i++) if($(i+1)==u) print $i}' | sort -g |
 		awk '{v[NR]=$1} END{if(NR==0){print 0}else if(NR%2){print v[(NR+1)/2]}else{print (v[NR/2]+v[NR/2+1])/2}}'
 }
 FLOOR_S=$(median "$WORK/floor.txt" BenchmarkFloorServer ns/op)
 FLOOR_C=$(median "$WORK/floor.txt" BenchmarkFloorClient ns/op)
-# The same cold connection in one process, without the sidecars: TCP,
-# mpinkex, DTLS-PSK, yamux and close, both sides (process CPU per session).
-log "in-process session: go test -bench 'BenchmarkSessionSetup' ./psk (count $FLOOR_COUNT)"
-go test -run '^$' -bench 'BenchmarkSessionSetup$' -benchtime 200x -count "$FLOOR_COUNT" ./psk >"$WORK/setup.txt" 2>&1 ||
-	{ cat "$WORK/setup.txt" >&2; exit 1; }
 SETUP_CPU=$(median "$WORK/setup.txt" BenchmarkSessionSetup cpu-ns/op)
-# The library part of a cold session after mpinkex: pion's DTLS-PSK
-# handshake over UDP and yamux setup, nothing of ours (second floor reading).
-log "library floor: go test -bench 'BenchmarkFloorDTLS' ./psk (count $FLOOR_COUNT)"
-go test -run '^$' -bench 'BenchmarkFloorDTLS$' -benchtime 200x -count "$FLOOR_COUNT" ./psk >"$WORK/floordtls.txt" 2>&1 ||
-	{ cat "$WORK/floordtls.txt" >&2; exit 1; }
 FLOOR_D=$(median "$WORK/floordtls.txt" BenchmarkFloorDTLS cpu-ns/op)
+SETUP_CPU1=$(median "$WORK/setup1.txt" BenchmarkSessionSetup cpu-ns/op)
+FLOOR_D1=$(median "$WORK/setup1.txt" BenchmarkFloorDTLS cpu-ns/op)
 
 # ---- RSS per idle connection ----------------------------------------------------------
 IDLE=$WORK/idle.csv
@@ -411,7 +428,8 @@ echo "load average: $LOAD_START at start, $LOAD_END at end (1 min)"
 echo "rounds $ROUNDS, bulk ${BULK_MB} MiB one way to a sink, new connections ${DURATION} × $WORKERS workers with ${SIZE} B request/response, $PINGS pings of ${SIZE} B, idle $IDLE_CONNS connections, permits $PERMIT"
 [[ -n $GO_PROXY_ENV ]] && echo "Go proxies (milagro, go-relay, go-mtls) ran with: $GO_PROXY_ENV"
 echo
-"$BIN/report" -raw "$RAW" -idle "$IDLE" -floor-server-ns "$FLOOR_S" -floor-client-ns "$FLOOR_C" -floor-dtls-ns "$FLOOR_D" -session-cpu-ns "$SETUP_CPU" -out "$RESULTS" \
+"$BIN/report" -raw "$RAW" -idle "$IDLE" -floor-server-ns "$FLOOR_S" -floor-client-ns "$FLOOR_C" -floor-dtls-ns "$FLOOR_D" -session-cpu-ns "$SETUP_CPU" \
+	-session-cpu-ns-1 "$SETUP_CPU1" -floor-dtls-ns-1 "$FLOOR_D1" -out "$RESULTS" \
 	-meta "date=$STAMP" -meta "nproc=$(nproc)" -meta "cpu=$CPU_MODEL" -meta "kernel=$(uname -r)" \
 	-meta "load_start=$LOAD_START" -meta "load_end=$LOAD_END" -meta "rounds=$ROUNDS" -meta "bulk_mb=$BULK_MB" \
 	-meta "duration=$DURATION" -meta "workers=$WORKERS" -meta "size=$SIZE" -meta "permit=$PERMIT"

@@ -52,6 +52,8 @@ func main() {
 	floorS := flag.Float64("floor-server-ns", 0, "BenchmarkFloorServer ns/op")
 	floorC := flag.Float64("floor-client-ns", 0, "BenchmarkFloorClient ns/op")
 	floorD := flag.Float64("floor-dtls-ns", 0, "psk BenchmarkFloorDTLS cpu-ns/op: pion's DTLS-PSK handshake and yamux setup, both sides")
+	sessCPU1 := flag.Float64("session-cpu-ns-1", 0, "the same with GOMAXPROCS=1")
+	floorD1 := flag.Float64("floor-dtls-ns-1", 0, "psk BenchmarkFloorDTLS cpu-ns/op with GOMAXPROCS=1")
 	sessCPU := flag.Float64("session-cpu-ns", 0, "psk BenchmarkSessionSetup cpu-ns/op: a cold connection in one process, both sides")
 	out := flag.String("out", "", "results CSV to write")
 	var meta metaFlag
@@ -183,6 +185,11 @@ func main() {
 		if *floorD > 0 {
 			r := *sessCPU / 1e6 / libMs
 			check("  … floor incl. DTLS + yamux", r <= 1.15, fmt.Sprintf("%.3f ms / %.3f ms = %.2f×", *sessCPU/1e6, libMs, r), r)
+		}
+		if *sessCPU1 > 0 && *floorD1 > 0 {
+			lib1 := floorMs + *floorD1/1e6
+			r := *sessCPU1 / 1e6 / lib1
+			check("  … both on one thread (GOMAXPROCS=1)", r <= 1.15, fmt.Sprintf("%.3f ms / (pairing %.3f + DTLS & yamux %.3f) = %.2f×", *sessCPU1/1e6, floorMs, *floorD1/1e6, r), r)
 		}
 	}
 	p50, mtlsP50 := med("milagro", "p50_ms"), med("go-mtls", "p50_ms")
