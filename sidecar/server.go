@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -19,10 +16,6 @@ import (
 	"github.com/milagro-sc/milagro/proxy"
 	"github.com/milagro-sc/milagro/psk"
 )
-
-// IdentityHeader is set by the HTTP mode to the authenticated client
-// identity; any copy the client sends is removed first.
-const IdentityHeader = "X-Milagro-Client-Id"
 
 // Server is `milagro server`: it accepts secure sessions, authenticates and
 // authorises clients, and forwards each stream to a plaintext backend.
@@ -41,7 +34,7 @@ type Server struct {
 	draining atomic.Bool
 	addr     atomic.Value // string
 
-	httpStreams chan net.Conn // HTTP mode: streams for the reverse proxy
+	httpProxy *proxy.HTTPIdentityProxy // HTTP mode
 }
 
 // NewServer validates cfg and loads the keys.
@@ -136,10 +129,19 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 		}
 	})
 	if s.cfg.HTTP {
-		if err := s.startHTTP(bg, &wg); err != nil {
+		hp, err := proxy.NewHTTPIdentityProxy(proxy.HTTPConfig{
+			Target: s.cfg.Target, ConnectTimeout: s.cfg.ConnectTimeout, KeepAlive: localTCPKeepAlive(s.cfg.Target),
+			ReadHeaderTimeout: s.cfg.HandshakeTO, IdleTimeout: s.cfg.SessionIdle,
+			OnBackendError: func(err error) {
+				s.log.Warn().Err(err).Str("target", s.cfg.Target).Msg("backend unreachable")
+			},
+		})
+		if err != nil {
 			ln.Close()
 			return err
 		}
+		s.httpProxy = hp
+		wg.Go(func() { hp.Run(bg) })
 	}
 	s.ready.Store(true)
 	k := s.keys.Current()
@@ -368,23 +370,15 @@ func (s *Server) openStream(ctx context.Context, in *psk.IncomingStream, log zer
 }
 
 // serveHTTPStream hands an HTTP-mode stream to the reverse proxy and waits
-// until net/http is done with it.
+// until it is done with the stream.
 func (s *Server) serveHTTPStream(ctx context.Context, in *psk.IncomingStream) (up, down int64) {
 	st, err := in.Accept()
 	if err != nil {
 		return 0, 0
 	}
-	c := &countingConn{Conn: st}
-	done := make(chan struct{})
-	select {
-	case s.httpStreams <- &notifyConn{countingConn: c, done: done}:
-	case <-ctx.Done():
-		st.Close()
-		return 0, 0
-	}
-	<-done
+	up, down = s.httpProxy.Serve(ctx, st, st.Session().PeerID())
 	s.m.StreamsTotal.WithLabelValues("ok").Inc()
-	return c.read.Load(), c.written.Load()
+	return up, down
 }
 
 // pipeStream starts copying between an opened stream and its backend;
@@ -409,113 +403,6 @@ func (s *Server) pipeStream(ctx context.Context, p *openedStream, log zerolog.Lo
 			Dur("duration", time.Since(start)).Msg("stream closed")
 		finish(stats.AToB, stats.BToA)
 	})
-}
-
-// countingConn counts bytes for the HTTP mode's stream log.
-type countingConn struct {
-	net.Conn
-	read, written atomic.Int64
-}
-
-func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.read.Add(int64(n))
-	return n, err
-}
-
-func (c *countingConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	c.written.Add(int64(n))
-	return n, err
-}
-
-// notifyConn tells serveHTTPStream when net/http is done with the stream.
-type notifyConn struct {
-	*countingConn
-	once sync.Once
-	done chan struct{}
-}
-
-func (c *notifyConn) Close() error {
-	err := c.countingConn.Close()
-	c.once.Do(func() { close(c.done) })
-	return err
-}
-
-// chanListener hands streams to an http.Server.
-type chanListener struct {
-	ch   chan net.Conn
-	done <-chan struct{}
-	addr net.Addr
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-func (l *chanListener) Close() error   { return nil }
-func (l *chanListener) Addr() net.Addr { return l.addr }
-
-type ctxKey struct{}
-
-// startHTTP runs the reverse proxy that serves HTTP-mode streams.
-func (s *Server) startHTTP(ctx context.Context, wg *sync.WaitGroup) error {
-	network, addr, _ := proxy.ParseAddr(s.cfg.Target)
-	u := &url.URL{Scheme: "http", Host: addr}
-	if network == "unix" {
-		u.Host = "backend"
-	}
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			d := net.Dialer{Timeout: s.cfg.ConnectTimeout, KeepAlive: localTCPKeepAlive(s.cfg.Target)}
-			return d.DialContext(ctx, network, addr)
-		},
-		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     90 * time.Second,
-	}
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(r *httputil.ProxyRequest) {
-			r.SetURL(u)
-			r.Out.Host = r.In.Host
-			r.Out.Header.Del(IdentityHeader)
-			if id, ok := r.In.Context().Value(ctxKey{}).(string); ok {
-				r.Out.Header.Set(IdentityHeader, id)
-			}
-		},
-		Transport: tr,
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			s.log.Warn().Err(err).Str("target", s.cfg.Target).Msg("backend unreachable")
-			http.Error(w, "backend unreachable", http.StatusBadGateway)
-		},
-	}
-	s.httpStreams = make(chan net.Conn)
-	srv := &http.Server{
-		Handler:           rp,
-		ReadHeaderTimeout: s.cfg.HandshakeTO,
-		IdleTimeout:       s.cfg.SessionIdle,
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if nc, ok := c.(*notifyConn); ok {
-				if st, ok := nc.countingConn.Conn.(*psk.Stream); ok {
-					return context.WithValue(ctx, ctxKey{}, st.Session().PeerID())
-				}
-			}
-			return ctx
-		},
-	}
-	ln := &chanListener{ch: s.httpStreams, done: ctx.Done(), addr: &net.TCPAddr{}}
-	wg.Go(func() { _ = srv.Serve(ln) })
-	wg.Go(func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-		tr.CloseIdleConnections()
-	})
-	return nil
 }
 
 // status builds /_status; probe dials the backends.

@@ -299,7 +299,7 @@ func TestServerHTTPMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Got-Id", strings.Join(r.Header.Values(IdentityHeader), "|"))
+		w.Header().Set("Got-Id", strings.Join(r.Header.Values(proxy.IdentityHeader), "|"))
 		io.Copy(w, r.Body)
 	})}
 	go hs.Serve(ln)
@@ -313,8 +313,8 @@ func TestServerHTTPMode(t *testing.T) {
 	br := bufio.NewReader(c)
 	for i := range 3 { // keep-alive: every request is rewritten
 		req, _ := http.NewRequest("POST", "http://backend/x", strings.NewReader("body"))
-		req.Header.Set(IdentityHeader, "spiffe://test.example/ns/admin/sa/root")
-		req.Header.Add(IdentityHeader, "second")
+		req.Header.Set(proxy.IdentityHeader, "spiffe://test.example/ns/admin/sa/root")
+		req.Header.Add(proxy.IdentityHeader, "second")
 		if err := req.Write(c); err != nil {
 			t.Fatal(err)
 		}

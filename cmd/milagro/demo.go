@@ -23,6 +23,7 @@ import (
 	"github.com/milagro-sc/milagro/dta"
 	"github.com/milagro-sc/milagro/dta/keydir"
 	"github.com/milagro-sc/milagro/mpinkex"
+	"github.com/milagro-sc/milagro/proxy"
 	"github.com/milagro-sc/milagro/sidecar"
 )
 
@@ -335,7 +336,7 @@ func (d *demo) startBackend() (string, error) {
 		return "", err
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "hello %s\n", r.Header.Get(sidecar.IdentityHeader))
+		fmt.Fprintf(w, "hello %s\n", r.Header.Get(proxy.IdentityHeader))
 	}), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	d.stops = append(d.stops, func() { srv.Close() })
@@ -384,7 +385,7 @@ func get(c *http.Client, url, forged string) (string, error) {
 		return "", err
 	}
 	if forged != "" {
-		req.Header.Set(sidecar.IdentityHeader, forged)
+		req.Header.Set(proxy.IdentityHeader, forged)
 	}
 	resp, err := c.Do(req)
 	if err != nil {
