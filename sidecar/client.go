@@ -342,19 +342,8 @@ func (c *Client) openApp(ctx context.Context, app net.Conn, u *upstream) *route 
 func (c *Client) pipe(ctx context.Context, r *route, done func()) {
 	start := time.Now()
 	proxy.Start(ctx, r.app, r.st, c.cfg.IdleTimeout, func(stats proxy.Stats, err error) {
-		c.m.Bytes.WithLabelValues("up").Add(float64(stats.AToB))
-		c.m.Bytes.WithLabelValues("down").Add(float64(stats.BToA))
-		result := "ok"
-		if err != nil {
-			result = "error"
-		}
-		c.m.StreamsTotal.WithLabelValues(result).Inc()
-		ev := c.log.Debug()
-		if err != nil {
-			ev = c.log.Info().Err(err)
-		}
-		ev.Str("upstream", r.u.addr).Str("server", r.st.Session().PeerID()).Uint32("stream", r.st.StreamID()).
-			Int64("bytes_up", stats.AToB).Int64("bytes_down", stats.BToA).Dur("duration", time.Since(start)).Msg("stream closed")
+		c.m.streamClosed(c.log, start, stats, err).Str("upstream", r.u.addr).Str("server", r.st.Session().PeerID()).
+			Uint32("stream", r.st.StreamID()).Msg("stream closed")
 		done()
 	})
 }

@@ -1,8 +1,13 @@
 package sidecar
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rs/zerolog"
+
+	"github.com/milagro-sc/milagro/proxy"
 )
 
 // Metrics are the Prometheus series of one sidecar.
@@ -55,4 +60,18 @@ func (m *Metrics) observeKeys(k *Keys) {
 	if t := k.PermitExpiry(); !t.IsZero() {
 		m.KeyExpiry.WithLabelValues("permit").Set(float64(t.Unix()))
 	}
+}
+
+// streamClosed counts a proxied stream that has ended (its bytes and
+// result) and returns its "stream closed" log event: debug when it ended
+// cleanly, info with the error otherwise; the caller adds who and where.
+func (m *Metrics) streamClosed(log zerolog.Logger, start time.Time, st proxy.Stats, err error) *zerolog.Event {
+	m.Bytes.WithLabelValues("up").Add(float64(st.AToB))
+	m.Bytes.WithLabelValues("down").Add(float64(st.BToA))
+	result, ev := "ok", log.Debug()
+	if err != nil {
+		result, ev = "error", log.Info().Err(err)
+	}
+	m.StreamsTotal.WithLabelValues(result).Inc()
+	return ev.Int64("bytes_up", st.AToB).Int64("bytes_down", st.BToA).Dur("duration", time.Since(start))
 }

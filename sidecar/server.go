@@ -388,19 +388,7 @@ func (s *Server) serveHTTPStream(ctx context.Context, in *psk.IncomingStream) (u
 func (s *Server) pipeStream(ctx context.Context, p *openedStream, log zerolog.Logger, finish func(up, down int64)) {
 	start := time.Now()
 	proxy.Start(ctx, p.st, p.backend, s.cfg.IdleTimeout, func(stats proxy.Stats, err error) {
-		s.m.Bytes.WithLabelValues("up").Add(float64(stats.AToB))
-		s.m.Bytes.WithLabelValues("down").Add(float64(stats.BToA))
-		result := "ok"
-		if err != nil {
-			result = "error"
-		}
-		s.m.StreamsTotal.WithLabelValues(result).Inc()
-		ev := log.Debug()
-		if err != nil {
-			ev = log.Info().Err(err)
-		}
-		ev.Uint32("stream", p.st.StreamID()).Str("target", p.target).Int64("bytes_up", stats.AToB).Int64("bytes_down", stats.BToA).
-			Dur("duration", time.Since(start)).Msg("stream closed")
+		s.m.streamClosed(log, start, stats, err).Uint32("stream", p.st.StreamID()).Str("target", p.target).Msg("stream closed")
 		finish(stats.AToB, stats.BToA)
 	})
 }
