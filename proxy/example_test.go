@@ -30,16 +30,21 @@ func helloBackend() net.Listener {
 	return ln
 }
 
+// listenFront is the relay's listener (proxy.Listen: HOST:PORT or unix:PATH).
+func listenFront() net.Listener {
+	ln, err := proxy.Listen("127.0.0.1:0", 0)
+	if err != nil {
+		panic(err)
+	}
+	return ln
+}
+
 // A relay: each accepted connection is piped to the backend, with
 // half-close carried through (the client's EOF reaches the backend, whose
 // answer still comes back).
 func ExamplePipe() {
-	backend := helloBackend()
+	backend, front := helloBackend(), listenFront()
 	defer backend.Close()
-	front, err := proxy.Listen("127.0.0.1:0", 0)
-	if err != nil {
-		panic(err)
-	}
 	defer front.Close()
 	relayed := make(chan string)
 	go func() {
@@ -63,12 +68,8 @@ func ExamplePipe() {
 // Start is Pipe without the wait: the accepting goroutine goes on at once,
 // and done reports the end.
 func ExampleStart() {
-	backend := helloBackend()
+	backend, front := helloBackend(), listenFront()
 	defer backend.Close()
-	front, err := proxy.Listen("127.0.0.1:0", 0)
-	if err != nil {
-		panic(err)
-	}
 	defer front.Close()
 	ended := make(chan proxy.Stats, 1)
 	go func() {
