@@ -549,3 +549,75 @@ func TestWaitSocketPendingReset(t *testing.T) {
 		t.Errorf("direction ended with %v, want ECONNRESET", p.errs[1])
 	}
 }
+
+// TestStartQuietEnds: a socket⇄stream pipe that has gone quiet (its
+// socket waited on by a small goroutine, its stream by none) still ends
+// on the idle timeout and on cancel, cleanly, and when the secure session
+// dies, as a reset of the application connection.
+func TestStartQuietEnds(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		idle    time.Duration
+		end     func(cancel context.CancelFunc, up *echoUpstream)
+		wantErr bool
+	}{
+		{"idle timeout", 200 * time.Millisecond, func(context.CancelFunc, *echoUpstream) {}, false},
+		{"cancel", 0, func(cancel context.CancelFunc, _ *echoUpstream) { cancel() }, false},
+		{"session dies", 0, func(_ context.CancelFunc, up *echoUpstream) { up.killSessions() }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := newEchoUpstream(t, "127.0.0.1:0")
+			pool := newTestPool(t, up.addr, PoolOptions{})
+			app, a := tcpPair(t)
+			octx, ocancel := context.WithTimeout(context.Background(), 20*time.Second)
+			st, err := pool.Open(octx, "")
+			ocancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			Start(ctx, a, st, tc.idle, func(_ Stats, err error) { done <- err })
+			if _, err := app.Write([]byte("ping")); err != nil {
+				t.Fatal(err)
+			}
+			app.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(app, make([]byte, 4)); err != nil {
+				t.Fatal(err)
+			}
+			if tc.idle == 0 { // quiet: the copier hands over to a waiter
+				deadline := time.Now().Add(5 * time.Second)
+				for w, c := pipeGoroutines(); w != 1 || c != 0; w, c = pipeGoroutines() {
+					if time.Now().After(deadline) {
+						t.Fatalf("%d waiters and %d copiers on a quiet pipe, want 1 and 0", w, c)
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+			tc.end(cancel, up)
+			select {
+			case err := <-done:
+				if (err != nil) != tc.wantErr {
+					t.Errorf("Start ended with %v, want an error: %v", err, tc.wantErr)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the pipe did not end")
+			}
+			_, err = readAll(t, app, 5*time.Second)
+			if tc.wantErr && !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("app read %v, want ECONNRESET (a truncated stream is no clean EOF)", err)
+			}
+			if !tc.wantErr && err != nil {
+				t.Errorf("app read %v, want EOF", err)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for w, c := pipeGoroutines(); w != 0 || c != 0; w, c = pipeGoroutines() {
+				if time.Now().After(deadline) {
+					t.Fatalf("after the end: %d waiters, %d copiers", w, c)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+}
