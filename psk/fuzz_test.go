@@ -2,8 +2,11 @@ package psk
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
+	"slices"
 	"testing"
 	"testing/iotest"
 )
@@ -111,6 +114,75 @@ func FuzzStreamHeader(f *testing.F) {
 			}
 		case !errors.Is(rerr, ErrBadStreamHeader):
 			t.Fatalf("read error %v is not ErrBadStreamHeader", rerr)
+		}
+	})
+}
+
+// trackResult is what the inbound frame tracker made of a byte stream.
+type trackResult struct {
+	frames   []string // headers of the frames completed, in order
+	accepted int      // bytes handed on before the rejected header
+	err      string
+}
+
+// trackPieces feeds data to a fresh tracker (frame parser and stream
+// table) in pieces of the given sizes, as DTLS records would cut it.
+func trackPieces(t *testing.T, data []byte, sizes func(i int) int, client bool) trackResult {
+	tab := newStreamTable(client, 0, nil)
+	var p frameParser
+	var r trackResult
+	p.complete = func(h *[yHeaderLen]byte) { r.frames = append(r.frames, fmt.Sprintf("%x", h[:])) }
+	off := 0
+	for i := 0; off < len(data); i++ {
+		b := data[off:min(off+sizes(i), len(data))]
+		ok, err := p.feed(b, func(h *[yHeaderLen]byte) error {
+			_, err := tab.inbound(h)
+			return err
+		})
+		if ok < 0 || ok > len(b) {
+			t.Fatalf("feed of %d bytes accepted %d", len(b), ok)
+		}
+		if err != nil {
+			r.accepted, r.err = off+ok, err.Error()
+			return r
+		}
+		off += len(b)
+	}
+	r.accepted = off
+	return r
+}
+
+// FuzzFrameTracker: the tracker follows the peer's yamux frames in
+// whatever pieces the records cut them into. For any bytes and any cut it
+// does not panic, completes the same frames and rejects the same header
+// with the same error, and never hands yamux the whole of a rejected
+// header.
+func FuzzFrameTracker(f *testing.F) {
+	hdr := func(typ byte, flags uint16, id, n uint32) []byte {
+		h := make([]byte, yHeaderLen)
+		h[1] = typ
+		binary.BigEndian.PutUint16(h[2:4], flags)
+		binary.BigEndian.PutUint32(h[4:8], id)
+		binary.BigEndian.PutUint32(h[8:12], n)
+		return h
+	}
+	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	f.Add(cat(hdr(yTypeWindowUpdate, yFlagSYN, 1, 0), hdr(yTypeData, 0, 1, 3), []byte("abc")), uint16(5), false)
+	f.Add(cat(hdr(yTypeData, yFlagSYN, 1, 2), []byte("hi"), hdr(yTypeData, yFlagFIN, 1, 0)), uint16(1), false)
+	f.Add(cat(hdr(yTypeData, yFlagFIN, 1, 0), hdr(yTypeWindowUpdate, yFlagSYN, 2, 0)), uint16(3), true)
+	f.Add(cat(hdr(yTypeWindowUpdate, yFlagSYN, 4, 0)), uint16(0), false)
+	f.Add(cat(hdr(2, 0, 0, 7), hdr(yTypeData, yFlagRST, 9, 0)), uint16(11), false)
+	f.Fuzz(func(t *testing.T, data []byte, cut uint16, client bool) {
+		whole := trackPieces(t, data, func(int) int { return len(data) }, client)
+		cutUp := trackPieces(t, data, func(i int) int { return (int(cut)+7*i)%17 + 1 }, client)
+		if cutUp.err != whole.err || !slices.Equal(cutUp.frames, whole.frames) {
+			t.Fatalf("in pieces: %d frames, error %q; whole: %d frames, error %q", len(cutUp.frames), cutUp.err, len(whole.frames), whole.err)
+		}
+		// Pieces before the one that completes the rejected header may
+		// have handed on its first bytes (harmless: yamux acts only on
+		// whole headers), never all of it.
+		if cutUp.accepted >= whole.accepted+yHeaderLen && whole.err != "" {
+			t.Fatalf("in pieces %d bytes handed on; the rejected header spans %d to %d", cutUp.accepted, whole.accepted, whole.accepted+yHeaderLen)
 		}
 	})
 }
