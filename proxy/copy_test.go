@@ -621,3 +621,72 @@ func TestStartQuietEnds(t *testing.T) {
 		})
 	}
 }
+
+// TestPipeUnixSocket: a unix socket is a socket half like TCP: waited on
+// by peeking once quiet, data moves again after the hand-over, and its
+// half-close reaches the other side.
+func TestPipeUnixSocket(t *testing.T) {
+	ln, err := Listen("unix:"+t.TempDir()+"/app.sock", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	app, err := net.Dial("unix", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	a := <-accepted
+	if a == nil {
+		t.Fatal("accept failed")
+	}
+	b, echo := tcpPair(t)
+	go func() {
+		io.Copy(echo, echo)
+		echo.CloseWrite()
+	}()
+	done := make(chan error, 1)
+	Start(context.Background(), a, b, 0, func(_ Stats, err error) { done <- err })
+	roundTrip := func(msg string) {
+		t.Helper()
+		if _, err := app.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		app.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(app, got); err != nil || string(got) != msg {
+			t.Fatalf("echo %q: %q %v", msg, got, err)
+		}
+	}
+	roundTrip("before")
+	// Quiet: both socket halves hand over to waiters.
+	deadline := time.Now().Add(5 * time.Second)
+	for w, c := pipeGoroutines(); w != 2 || c != 0; w, c = pipeGoroutines() {
+		if time.Now().After(deadline) {
+			t.Fatalf("quiet unix⇄tcp pipe: %d waiters, %d copiers; want 2 and 0", w, c)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	roundTrip("after the hand-over")
+	app.(*net.UnixConn).CloseWrite()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Start: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pipe did not end after both half-closes")
+	}
+	if b, err := readAll(t, app, 5*time.Second); err != nil || len(b) != 0 {
+		t.Errorf("app after the end: %q %v, want a clean EOF", b, err)
+	}
+}
