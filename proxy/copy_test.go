@@ -452,6 +452,24 @@ func pipeGoroutines() (waiters, copiers int) {
 	return waiters, copiers
 }
 
+// waitQuiet waits (up to 5 s; a quiet copier hands over within two
+// socketGraces) until the pipes hold waitersWant parked socket waiters and
+// no copier.
+func waitQuiet(t *testing.T, what string, waitersWant int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		w, c := pipeGoroutines()
+		if w == waitersWant && c == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d socket waiters and %d copiers, want %d and 0", what, w, c, waitersWant)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // TestStartIdleGoroutines: Start between a socket and a secure stream
 // returns at once; while the connection is quiet it holds one goroutine
 // (the socket's waiter) and none for the stream; data either way is
@@ -474,21 +492,7 @@ func TestStartIdleGoroutines(t *testing.T) {
 		Start(context.Background(), a, st, 0, func(_ Stats, err error) { done <- err })
 		apps[i] = app
 	}
-	waitCount := func(what string, wantReaders int) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			r, d := pipeGoroutines()
-			if r == wantReaders && d == 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d socket waiters and %d copiers, want %d and 0", what, r, d, wantReaders)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	waitCount("before any data", n)
+	waitQuiet(t, "before any data", n)
 	for round := range byte(3) {
 		for i, app := range apps {
 			msg := bytes.Repeat([]byte{round, byte(i)}, 1000*int(round)+1)
@@ -501,7 +505,7 @@ func TestStartIdleGoroutines(t *testing.T) {
 				t.Fatalf("pipe %d round %d: echo %v", i, round, err)
 			}
 		}
-		waitCount(fmt.Sprintf("quiet after round %d", round), n)
+		waitQuiet(t, fmt.Sprintf("quiet after round %d", round), n)
 	}
 	for _, app := range apps {
 		app.CloseWrite() // the upstream echoes the EOF back
@@ -522,7 +526,7 @@ func TestStartIdleGoroutines(t *testing.T) {
 			t.Errorf("app %d after the end: %d bytes, %v; want a clean EOF", i, len(b), err)
 		}
 	}
-	waitCount("after the end", 0)
+	waitQuiet(t, "after the end", 0)
 	if n := buffersHeld.Load(); n != 0 {
 		t.Errorf("%d copy buffers held after every pipe ended", n)
 	}
@@ -587,13 +591,7 @@ func TestStartQuietEnds(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.idle == 0 { // quiet: the copier hands over to a waiter
-				deadline := time.Now().Add(5 * time.Second)
-				for w, c := pipeGoroutines(); w != 1 || c != 0; w, c = pipeGoroutines() {
-					if time.Now().After(deadline) {
-						t.Fatalf("%d waiters and %d copiers on a quiet pipe, want 1 and 0", w, c)
-					}
-					time.Sleep(5 * time.Millisecond)
-				}
+				waitQuiet(t, "quiet pipe", 1)
 			}
 			tc.end(cancel, up)
 			select {
@@ -611,13 +609,7 @@ func TestStartQuietEnds(t *testing.T) {
 			if !tc.wantErr && err != nil {
 				t.Errorf("app read %v, want EOF", err)
 			}
-			deadline := time.Now().Add(5 * time.Second)
-			for w, c := pipeGoroutines(); w != 0 || c != 0; w, c = pipeGoroutines() {
-				if time.Now().After(deadline) {
-					t.Fatalf("after the end: %d waiters, %d copiers", w, c)
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			waitQuiet(t, "after the end", 0)
 		})
 	}
 }
@@ -668,14 +660,7 @@ func TestPipeUnixSocket(t *testing.T) {
 		}
 	}
 	roundTrip("before")
-	// Quiet: both socket halves hand over to waiters.
-	deadline := time.Now().Add(5 * time.Second)
-	for w, c := pipeGoroutines(); w != 2 || c != 0; w, c = pipeGoroutines() {
-		if time.Now().After(deadline) {
-			t.Fatalf("quiet unix⇄tcp pipe: %d waiters, %d copiers; want 2 and 0", w, c)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitQuiet(t, "quiet unix⇄tcp pipe", 2) // both socket halves
 	roundTrip("after the hand-over")
 	app.(*net.UnixConn).CloseWrite()
 	select {
