@@ -200,8 +200,10 @@ func (st *Stream) NotifyReadable(f func()) {
 
 // WaitRead blocks until a Read would not block: stream data is buffered
 // (nil), the peer's FIN arrived (io.EOF), or Read would fail (the same
-// error). It consumes nothing and honours the read deadline. A proxy uses it
-// to take a copy buffer only once there is something to copy.
+// error). It consumes nothing and honours the read deadline. A copier that
+// blocks a goroutine per stream can use it to take a buffer only once
+// there is something to copy (package proxy uses NotifyReadable instead,
+// and holds no goroutine on a quiet stream).
 func (st *Stream) WaitRead() error {
 	_, err := st.Read(nil) // yamux: an empty Read waits for data and takes none
 	return err
