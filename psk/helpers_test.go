@@ -227,6 +227,32 @@ func sessionPair(tb testing.TB, cli, srv *Config) (*Session, *Session) {
 	return pr.cli, pr.srv
 }
 
+// streamPair opens a stream on cli and returns it with the Stream srv
+// accepted for it.
+func streamPair(t testing.TB, cli, srv *Session) (*Stream, *Stream) {
+	t.Helper()
+	ch := make(chan *Stream, 1)
+	go func() {
+		defer close(ch)
+		in, err := srv.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		if st, err := in.Accept(); err == nil {
+			ch <- st
+		}
+	}()
+	st, err := cli.Open(openCtx(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := <-ch
+	if ps == nil {
+		t.Fatal("server did not accept the stream")
+	}
+	return st, ps
+}
+
 // serveEcho accepts streams until the session ends and echoes each one,
 // half-closing after the client's EOF. It returns a wait function.
 func serveEcho(tb testing.TB, s *Session) func() {

@@ -231,25 +231,7 @@ func TestViolationAfterFIN(t *testing.T) {
 		t.Fatalf("session setup: client %v, server %v", pr.cliErr, pr.srvErr)
 	}
 	cli, srv := pr.cli, pr.srv
-	accepted := make(chan *Stream, 1)
-	go func() {
-		defer close(accepted)
-		in, err := srv.Accept(context.Background())
-		if err != nil {
-			return
-		}
-		if st, err := in.Accept(); err == nil {
-			accepted <- st
-		}
-	}()
-	st, err := cli.Open(openCtx(t), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sst := <-accepted
-	if sst == nil {
-		t.Fatal("server accepted no stream")
-	}
+	st, sst := streamPair(t, cli, srv)
 	if err := st.CloseWrite(); err != nil { // the client's FIN
 		t.Fatal(err)
 	}

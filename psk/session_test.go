@@ -611,29 +611,8 @@ func TestDeadlines(t *testing.T) {
 func TestWaitRead(t *testing.T) {
 	leakCheck(t)
 	cli, srv := sessionPair(t, nil, nil)
-	peer := make(chan *Stream, 1)
-	go func() {
-		in, err := srv.Accept(context.Background())
-		if err != nil {
-			close(peer)
-			return
-		}
-		st, err := in.Accept()
-		if err != nil {
-			close(peer)
-			return
-		}
-		peer <- st
-	}()
-	st, err := cli.Open(openCtx(t), "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, ps := streamPair(t, cli, srv)
 	defer st.Close()
-	ps := <-peer
-	if ps == nil {
-		t.Fatal("server did not accept the stream")
-	}
 	defer ps.Close()
 
 	_ = st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
@@ -804,29 +783,9 @@ func TestGoAway(t *testing.T) {
 func TestNotifyReadable(t *testing.T) {
 	leakCheck(t)
 	cli, srv := sessionPair(t, nil, nil)
-	peers := make(chan *Stream, 4)
-	go func() {
-		defer close(peers)
-		for {
-			in, err := srv.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			if st, err := in.Accept(); err == nil {
-				peers <- st
-			}
-		}
-	}()
 	open := func() (*Stream, *Stream, chan struct{}) {
 		t.Helper()
-		st, err := cli.Open(openCtx(t), "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ps := <-peers
-		if ps == nil {
-			t.Fatal("server did not accept the stream")
-		}
+		st, ps := streamPair(t, cli, srv)
 		kicks := make(chan struct{}, 1)
 		st.NotifyReadable(func() {
 			select {
