@@ -210,8 +210,7 @@ func TestTamperingIsFatal(t *testing.T) {
 			if pr.cliErr != nil || pr.srvErr != nil {
 				t.Fatal(pr.cliErr, pr.srvErr)
 			}
-			wait := serveEcho(t, pr.srv)
-			defer wait()
+			serveEcho(t, pr.srv)
 			st, err := pr.cli.Open(openCtx(t), "")
 			if err == nil {
 				_, _ = st.Write(make([]byte, 100000))

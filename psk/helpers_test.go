@@ -254,9 +254,14 @@ func streamPair(t testing.TB, cli, srv *Session) (*Stream, *Stream) {
 }
 
 // serveEcho accepts streams until the session ends and echoes each one,
-// half-closing after the client's EOF. It returns a wait function.
-func serveEcho(tb testing.TB, s *Session) func() {
+// half-closing after the client's EOF. At cleanup it closes s and waits
+// for its goroutines.
+func serveEcho(tb testing.TB, s *Session) {
 	var wg sync.WaitGroup
+	tb.Cleanup(func() {
+		_ = s.Close()
+		wg.Wait()
+	})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -284,7 +289,6 @@ func serveEcho(tb testing.TB, s *Session) func() {
 			}()
 		}
 	}()
-	return wg.Wait
 }
 
 // leakCheck records the goroutine count and, at cleanup (after the

@@ -63,9 +63,7 @@ func echoRoundTrip(t testing.TB, cli *Session, n int) {
 func TestDataIntegrity(t *testing.T) {
 	leakCheck(t)
 	cli, srv := sessionPair(t, nil, nil)
-	wait := serveEcho(t, srv)
-	defer wait()
-	defer srv.Close()
+	serveEcho(t, srv)
 	sizes := []int{1, 7999, 8000, 8001, 1 << 20}
 	if !testing.Short() {
 		sizes = append(sizes, 64<<20)
@@ -97,9 +95,7 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 func TestManyStreams(t *testing.T) {
 	leakCheck(t)
 	cli, srv := sessionPair(t, nil, nil)
-	wait := serveEcho(t, srv)
-	defer wait()
-	defer srv.Close()
+	serveEcho(t, srv)
 	var wg sync.WaitGroup
 	errs := make(chan error, 50)
 	for i := range 50 {
@@ -425,9 +421,7 @@ func TestMalformedHeader(t *testing.T) {
 		t.Errorf("BadStreams = %d, want 8", n)
 	}
 	// Still usable.
-	wait := serveEcho(t, srv)
-	defer wait()
-	defer srv.Close()
+	serveEcho(t, srv)
 	echoRoundTrip(t, cli, 100)
 }
 
@@ -435,9 +429,7 @@ func TestIdleTimeout(t *testing.T) {
 	leakCheck(t)
 	const idle = 300 * time.Millisecond
 	cli, srv := sessionPair(t, &Config{IdleTimeout: idle}, nil)
-	wait := serveEcho(t, srv)
-	defer wait()
-	defer srv.Close()
+	serveEcho(t, srv)
 
 	// A stream open (and silent) for longer than the idle timeout keeps
 	// the session; keepalive-free, so nothing else crosses it.
@@ -480,9 +472,7 @@ func TestKeepAlive(t *testing.T) {
 	leakCheck(t)
 	cfg := &Config{KeepAliveInterval: 50 * time.Millisecond, IdleTimeout: 200 * time.Millisecond}
 	cli, srv := sessionPair(t, cfg, cfg)
-	wait := serveEcho(t, srv)
-	defer wait()
-	defer srv.Close()
+	serveEcho(t, srv)
 	st, err := cli.Open(openCtx(t), "")
 	if err != nil {
 		t.Fatal(err)
@@ -583,9 +573,7 @@ func TestHandshakeTimeout(t *testing.T) {
 func TestDeadlines(t *testing.T) {
 	leakCheck(t)
 	cli, srv := sessionPair(t, nil, nil)
-	wait := serveEcho(t, srv)
-	defer wait()
-	defer srv.Close()
+	serveEcho(t, srv)
 	st, err := cli.Open(openCtx(t), "")
 	if err != nil {
 		t.Fatal(err)
@@ -752,9 +740,7 @@ func TestOpenContext(t *testing.T) {
 func TestGoAway(t *testing.T) {
 	leakCheck(t)
 	cli, srv := sessionPair(t, nil, nil)
-	wait := serveEcho(t, srv)
-	defer wait()
-	defer srv.Close()
+	serveEcho(t, srv)
 	st, err := cli.Open(openCtx(t), "")
 	if err != nil {
 		t.Fatal(err)
