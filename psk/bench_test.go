@@ -31,6 +31,30 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// sendBulk writes b.N chunks of bulkChunk random bytes with write, ends
+// with end (nil: nothing to end), checks that the receiver counted them all
+// (got) and reports the process CPU per chunk.
+func sendBulk(b *testing.B, write func([]byte) error, end func() error, got <-chan int64) {
+	buf := make([]byte, bulkChunk)
+	_, _ = rand.Read(buf)
+	b.SetBytes(bulkChunk)
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	for range b.N {
+		if err := write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if end != nil {
+		_ = end()
+	}
+	if n, want := <-got, int64(b.N)*bulkChunk; n != want {
+		b.Fatalf("receiver read %d bytes, want %d", n, want)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+}
+
 // sink accepts one stream, counts what it reads and reports the total.
 func sink(b *testing.B, srv *Session) <-chan int64 {
 	done := make(chan int64, 1)
@@ -61,23 +85,8 @@ func BenchmarkBulk(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	buf := make([]byte, bulkChunk)
-	_, _ = rand.Read(buf)
 	before := cli.Stats()
-	b.SetBytes(bulkChunk)
-	b.ResetTimer()
-	cpu0 := cpuTime()
-	for range b.N {
-		if _, err := st.Write(buf); err != nil {
-			b.Fatal(err)
-		}
-	}
-	_ = st.CloseWrite()
-	if n := <-done; n != int64(b.N)*bulkChunk {
-		b.Fatalf("sink read %d bytes, want %d", n, int64(b.N)*bulkChunk)
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+	sendBulk(b, func(p []byte) error { _, err := st.Write(p); return err }, st.CloseWrite, done)
 	after := cli.Stats()
 	b.ReportMetric(float64(after.RecordsOut-before.RecordsOut)/float64(b.N), "records/op")
 	b.ReportMetric(float64(after.TCPWrites-before.TCPWrites)/float64(b.N), "tcpwrites/op")
@@ -156,24 +165,16 @@ func BenchmarkBulkRawDTLS(b *testing.B) {
 			}
 		}
 	}()
-	buf := make([]byte, bulkChunk)
-	_, _ = rand.Read(buf)
-	b.SetBytes(bulkChunk)
-	b.ResetTimer()
-	cpu0 := cpuTime()
-	for range b.N {
-		for p := buf; len(p) > 0; {
+	sendBulk(b, func(p []byte) error {
+		for len(p) > 0 {
 			k := min(len(p), MaxRecordPlaintext)
 			if _, err := cli.Write(p[:k]); err != nil {
-				b.Fatal(err)
+				return err
 			}
 			p = p[k:]
 		}
-	}
-	if n := <-total; n != want {
-		b.Fatalf("read %d, want %d", n, want)
-	}
-	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+		return nil
+	}, nil, total)
 }
 
 // BenchmarkBulkTLS13 is crypto/tls 1.3 over loopback, for comparison.
@@ -209,22 +210,7 @@ func BenchmarkBulkTLS13(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	buf := make([]byte, bulkChunk)
-	_, _ = rand.Read(buf)
-	b.SetBytes(bulkChunk)
-	b.ResetTimer()
-	cpu0 := cpuTime()
-	for range b.N {
-		if _, err := c.Write(buf); err != nil {
-			b.Fatal(err)
-		}
-	}
-	_ = c.CloseWrite()
-	if n := <-done; n != int64(b.N)*bulkChunk {
-		b.Fatalf("read %d", n)
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+	sendBulk(b, func(p []byte) error { _, err := c.Write(p); return err }, c.CloseWrite, done)
 	c.Close()
 }
 
