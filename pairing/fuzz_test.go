@@ -30,112 +30,111 @@ func oneTypedError(t *testing.T, in []byte, err error) {
 	}
 }
 
+// decoded is what our decoder and both libraries made of one fuzz input,
+// for checkDecoded (G1 and G2 differ only in the types that produce it).
+type decoded struct {
+	size       int   // the compressed encoding's length
+	err        error // ours
+	ours       []byte
+	oursIdent  bool
+	cachedSame bool // our circl form equals circl's own decoding
+
+	circlOK, circlIdent bool
+	circl               []byte
+	gnarkOK, gnarkIdent bool
+	gnarkErr            error
+	gnark               []byte
+	// unchecked decodes with gnark-crypto without the subgroup check.
+	unchecked func() (onCurve bool, err error)
+}
+
+// checkDecoded: we accept exactly the compressed non-identity points both
+// libraries accept, with the same re-encoding; anything else fails with
+// exactly one typed error that the libraries agree with.
+func checkDecoded(t *testing.T, in []byte, d decoded) {
+	t.Helper()
+	compressed := len(in) == d.size && in[0]&0x80 != 0
+	if d.err == nil {
+		if !compressed {
+			t.Fatalf("%x: accepted without being a %d-byte compressed encoding", in, d.size)
+		}
+		if !d.circlOK || !d.gnarkOK {
+			t.Fatalf("%x: accepted, but circl ok=%v, gnark-crypto ok=%v (%v)", in, d.circlOK, d.gnarkOK, d.gnarkErr)
+		}
+		if d.circlIdent || d.gnarkIdent || d.oursIdent {
+			t.Fatalf("%x: accepted the identity", in)
+		}
+		if !bytes.Equal(d.ours, in) || !bytes.Equal(d.circl, in) || !bytes.Equal(d.gnark, in) {
+			t.Fatalf("%x: re-encodings differ: ours %x circl %x gnark %x", in, d.ours, d.circl, d.gnark)
+		}
+		if !d.cachedSame {
+			t.Fatalf("%x: circl form differs", in)
+		}
+		return
+	}
+	oneTypedError(t, in, d.err)
+
+	// Every compressed non-identity point a library accepts, we accept.
+	if compressed && d.circlOK && !d.circlIdent {
+		t.Fatalf("%x: circl accepts, we say %v", in, d.err)
+	}
+	if compressed && d.gnarkOK && !d.gnarkIdent {
+		t.Fatalf("%x: gnark-crypto accepts, we say %v", in, d.err)
+	}
+	switch {
+	case errors.Is(d.err, ErrIdentity):
+		if !compressed || !d.circlOK || !d.gnarkOK || !d.circlIdent || !d.gnarkIdent {
+			t.Fatalf("%x: ErrIdentity for something the libraries do not read as the identity", in)
+		}
+	case errors.Is(d.err, ErrNotInSubgroup):
+		onCurve, err := d.unchecked()
+		if err != nil || !onCurve || d.circlOK || d.gnarkOK {
+			t.Fatalf("%x: ErrNotInSubgroup, but unchecked decode %v, on curve %v, circl %v, gnark %v", in, err, onCurve, d.circlOK, d.gnarkOK)
+		}
+	}
+}
+
 func FuzzDecodeG1(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		p, err := DecodeG1(in)
-
 		var c cb.G1
-		circlOK := c.SetBytes(in) == nil
 		var g gb.G1Affine
 		n, gerr := g.SetBytes(in)
-		gnarkOK := gerr == nil && n == len(in)
-		compressed := len(in) == G1Size && in[0]&0x80 != 0
-
+		d := decoded{size: G1Size, err: err, circlOK: c.SetBytes(in) == nil, gnarkOK: gerr == nil && n == len(in), gnarkErr: gerr,
+			unchecked: func() (bool, error) {
+				var u gb.G1Affine
+				err := gb.NewDecoder(bytes.NewReader(in), gb.NoSubgroupChecks()).Decode(&u)
+				return u.IsOnCurve(), err
+			}}
+		d.circlIdent, d.gnarkIdent = c.IsIdentity(), g.IsInfinity()
 		if err == nil {
-			if !compressed {
-				t.Fatalf("%x: accepted without being a 48-byte compressed encoding", in)
-			}
-			if !circlOK || !gnarkOK {
-				t.Fatalf("%x: accepted, but circl ok=%v, gnark-crypto ok=%v (%v)", in, circlOK, gnarkOK, gerr)
-			}
-			if c.IsIdentity() || g.IsInfinity() || p.IsIdentity() {
-				t.Fatalf("%x: accepted the identity", in)
-			}
-			b := p.Bytes()
-			gnb := g.Bytes()
-			if !bytes.Equal(b[:], in) || !bytes.Equal(c.BytesCompressed(), in) || !bytes.Equal(gnb[:], in) {
-				t.Fatalf("%x: re-encodings differ: ours %x circl %x gnark %x", in, b, c.BytesCompressed(), gnb)
-			}
-			if cc := p.Cached(); !cc.c.IsEqual(&c) {
-				t.Fatalf("%x: circl form differs", in)
-			}
-			return
+			ob, gnb := p.Bytes(), g.Bytes()
+			cc := p.Cached()
+			d.ours, d.oursIdent, d.circl, d.gnark, d.cachedSame = ob[:], p.IsIdentity(), c.BytesCompressed(), gnb[:], cc.c.IsEqual(&c)
 		}
-		oneTypedError(t, in, err)
-
-		// Every compressed non-identity point a library accepts, we accept.
-		if compressed && circlOK && !c.IsIdentity() {
-			t.Fatalf("%x: circl accepts, we say %v", in, err)
-		}
-		if compressed && gnarkOK && !g.IsInfinity() {
-			t.Fatalf("%x: gnark-crypto accepts, we say %v", in, err)
-		}
-		switch {
-		case errors.Is(err, ErrIdentity):
-			if !compressed || !circlOK || !gnarkOK || !c.IsIdentity() || !g.IsInfinity() {
-				t.Fatalf("%x: ErrIdentity for something the libraries do not read as the identity", in)
-			}
-		case errors.Is(err, ErrNotInSubgroup):
-			var u gb.G1Affine
-			err := gb.NewDecoder(bytes.NewReader(in), gb.NoSubgroupChecks()).Decode(&u)
-			if err != nil || !u.IsOnCurve() || circlOK || gnarkOK {
-				t.Fatalf("%x: ErrNotInSubgroup, but unchecked decode %v, on curve %v, circl %v, gnark %v", in, err, u.IsOnCurve(), circlOK, gnarkOK)
-			}
-		}
+		checkDecoded(t, in, d)
 	})
 }
 
 func FuzzDecodeG2(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		p, err := DecodeG2(in)
-
 		var c cb.G2
-		circlOK := c.SetBytes(in) == nil
 		var g gb.G2Affine
 		n, gerr := g.SetBytes(in)
-		gnarkOK := gerr == nil && n == len(in)
-		compressed := len(in) == G2Size && in[0]&0x80 != 0
-
+		d := decoded{size: G2Size, err: err, circlOK: c.SetBytes(in) == nil, gnarkOK: gerr == nil && n == len(in), gnarkErr: gerr,
+			unchecked: func() (bool, error) {
+				var u gb.G2Affine
+				err := gb.NewDecoder(bytes.NewReader(in), gb.NoSubgroupChecks()).Decode(&u)
+				return u.IsOnCurve(), err
+			}}
+		d.circlIdent, d.gnarkIdent = c.IsIdentity(), g.IsInfinity()
 		if err == nil {
-			if !compressed {
-				t.Fatalf("%x: accepted without being a 96-byte compressed encoding", in)
-			}
-			if !circlOK || !gnarkOK {
-				t.Fatalf("%x: accepted, but circl ok=%v, gnark-crypto ok=%v (%v)", in, circlOK, gnarkOK, gerr)
-			}
-			if c.IsIdentity() || g.IsInfinity() || p.IsIdentity() {
-				t.Fatalf("%x: accepted the identity", in)
-			}
-			b := p.Bytes()
-			gnb := g.Bytes()
-			if !bytes.Equal(b[:], in) || !bytes.Equal(c.BytesCompressed(), in) || !bytes.Equal(gnb[:], in) {
-				t.Fatalf("%x: re-encodings differ: ours %x circl %x gnark %x", in, b, c.BytesCompressed(), gnb)
-			}
-			if cc := p.Cached(); !cc.c.IsEqual(&c) {
-				t.Fatalf("%x: circl form differs", in)
-			}
-			return
+			ob, gnb := p.Bytes(), g.Bytes()
+			cc := p.Cached()
+			d.ours, d.oursIdent, d.circl, d.gnark, d.cachedSame = ob[:], p.IsIdentity(), c.BytesCompressed(), gnb[:], cc.c.IsEqual(&c)
 		}
-		oneTypedError(t, in, err)
-
-		if compressed && circlOK && !c.IsIdentity() {
-			t.Fatalf("%x: circl accepts, we say %v", in, err)
-		}
-		if compressed && gnarkOK && !g.IsInfinity() {
-			t.Fatalf("%x: gnark-crypto accepts, we say %v", in, err)
-		}
-		switch {
-		case errors.Is(err, ErrIdentity):
-			if !compressed || !circlOK || !gnarkOK || !c.IsIdentity() || !g.IsInfinity() {
-				t.Fatalf("%x: ErrIdentity for something the libraries do not read as the identity", in)
-			}
-		case errors.Is(err, ErrNotInSubgroup):
-			var u gb.G2Affine
-			err := gb.NewDecoder(bytes.NewReader(in), gb.NoSubgroupChecks()).Decode(&u)
-			if err != nil || !u.IsOnCurve() || circlOK || gnarkOK {
-				t.Fatalf("%x: ErrNotInSubgroup, but unchecked decode %v, on curve %v, circl %v, gnark %v", in, err, u.IsOnCurve(), circlOK, gnarkOK)
-			}
-		}
+		checkDecoded(t, in, d)
 	})
 }
 
