@@ -101,23 +101,7 @@ func (c *cluster) writePolicy() {
 		c.tokenFiles[name] = filepath.Join(dir, name+".token")
 		writeFile(c.t, c.tokenFiles[name], []byte(c.tokens[name]+"\n"), 0o600)
 	}
-	policy := fmt.Sprintf(`requesters:
-  - name: workload
-    token_sha256: %q
-    identities: ["spiffe://test.example/**"]
-    kinds: [client, permit]
-    rate_per_minute: 6000
-  - name: server
-    token_sha256: %q
-    identities: ["spiffe://test.example/**"]
-    kinds: [server, domain]
-    server: true
-    rate_per_minute: 6000
-  - name: admin
-    token_sha256: %q
-    admin: true
-    rate_per_minute: 6000
-`, sha256Hex(c.tokens["workload"]), sha256Hex(c.tokens["server"]), sha256Hex(c.tokens["admin"]))
+	policy := testPolicy(c.tokens["workload"], c.tokens["server"], c.tokens["admin"])
 	c.policy = filepath.Join(c.base, "policy.yaml")
 	writeFile(c.t, c.policy, []byte(policy), 0o600)
 }
@@ -971,4 +955,27 @@ func waitHTTP(t *testing.T, p *proc, c *http.Client, url string, timeout time.Du
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// testPolicy is the D-TA policy of these tests: a workload requester
+// (client keys and permits), a server requester (server and domain keys)
+// and an admin, each known by the SHA-256 of its bearer token.
+func testPolicy(workloadToken, serverToken, adminToken string) string {
+	return fmt.Sprintf(`requesters:
+  - name: workload
+    token_sha256: %q
+    identities: ["spiffe://test.example/**"]
+    kinds: [client, permit]
+    rate_per_minute: 6000
+  - name: server
+    token_sha256: %q
+    identities: ["spiffe://test.example/**"]
+    kinds: [server, domain]
+    server: true
+    rate_per_minute: 6000
+  - name: admin
+    token_sha256: %q
+    admin: true
+    rate_per_minute: 6000
+`, sha256Hex(workloadToken), sha256Hex(serverToken), sha256Hex(adminToken))
 }

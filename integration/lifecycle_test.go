@@ -56,23 +56,7 @@ func lcNewCluster(t *testing.T, n, epochLen int) *lcCluster {
 			tok[r] = randomToken(t)
 			writeFile(t, filepath.Join(lc.tokenDirs[r], id), []byte(tok[r]+"\n"), 0o600)
 		}
-		policy := fmt.Sprintf(`requesters:
-  - name: workload
-    token_sha256: %q
-    identities: ["spiffe://test.example/**"]
-    kinds: [client, permit]
-    rate_per_minute: 6000
-  - name: server
-    token_sha256: %q
-    identities: ["spiffe://test.example/**"]
-    kinds: [server, domain]
-    server: true
-    rate_per_minute: 6000
-  - name: admin
-    token_sha256: %q
-    admin: true
-    rate_per_minute: 6000
-`, sha256Hex(tok["workload"]), sha256Hex(tok["server"]), sha256Hex(c.tokens["admin"]))
+		policy := testPolicy(tok["workload"], tok["server"], c.tokens["admin"])
 		lc.policies[id] = filepath.Join(c.base, id+"-policy.yaml")
 		writeFile(t, lc.policies[id], []byte(policy), 0o600)
 		c.dtas = append(c.dtas, d)
