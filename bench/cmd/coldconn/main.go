@@ -31,8 +31,6 @@ import (
 	"net"
 	"os"
 	"runtime/pprof"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -131,33 +129,14 @@ func main() {
 		defer pprof.StopCPUProfile()
 	}
 	self0, srv0 := selfCPU(), serverCPU(sp)
-	var ok, bad atomic.Int64
-	var firstErr benchutil.FirstError
-	start := time.Now()
-	end := start.Add(*duration)
-	var wg sync.WaitGroup
-	for range *workers {
-		wg.Go(func() {
-			for time.Now().Before(end) {
-				if err := one(); err != nil {
-					bad.Add(1)
-					firstErr.Set(err)
-					time.Sleep(time.Millisecond)
-					continue
-				}
-				ok.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	took := time.Since(start)
+	ok, bad, took, firstErr := benchutil.RunFor(*workers, *duration, func() func() error { return one })
 	self1, srv1 := selfCPU(), serverCPU(sp)
-	if err := firstErr.Err(); err != nil {
-		log.Printf("%d connections failed, first: %v", bad.Load(), err)
+	if firstErr != nil {
+		log.Printf("%d connections failed, first: %v", bad, firstErr)
 	}
 	row := benchutil.Unset()
 	row.Peer, row.Round = *peer, *round
-	row.Conns, row.ConnErrors = ok.Load(), bad.Load()
+	row.Conns, row.ConnErrors = ok, bad
 	row.ConnPerS = float64(row.Conns) / took.Seconds()
 	if row.Conns > 0 {
 		per := func(t time.Duration) float64 { return float64(t) / 1e6 / float64(row.Conns) }

@@ -251,40 +251,22 @@ func bulk(addr string, n int64) (time.Duration, error) {
 // conns runs workers that each connect, do one round trip and close,
 // for d. It returns completed and failed connections and the time taken.
 func conns(addr string, workers, size int, d time.Duration) (ok, bad int64, took time.Duration) {
-	var nOK, nBad atomic.Int64
-	var firstErr benchutil.FirstError
-	start := time.Now()
-	end := start.Add(d)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			out, in := make([]byte, size), make([]byte, size)
-			for time.Now().Before(end) {
-				err := func() error {
-					c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-					if err != nil {
-						return err
-					}
-					defer c.Close()
-					_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-					return roundTrip(c, out, in)
-				}()
-				if err != nil {
-					nBad.Add(1)
-					firstErr.Set(err)
-					time.Sleep(time.Millisecond)
-					continue
-				}
-				nOK.Add(1)
+	ok, bad, took, err := benchutil.RunFor(workers, d, func() func() error {
+		out, in := make([]byte, size), make([]byte, size)
+		return func() error {
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				return err
 			}
-		})
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			return roundTrip(c, out, in)
+		}
+	})
+	if err != nil {
+		log.Printf("%s: %d connections failed, first: %v", addr, bad, err)
 	}
-	wg.Wait()
-	took = time.Since(start)
-	if err := firstErr.Err(); err != nil {
-		log.Printf("%s: %d connections failed, first: %v", addr, nBad.Load(), err)
-	}
-	return nOK.Load(), nBad.Load(), took
+	return ok, bad, took
 }
 
 // pingPong does n round trips on one connection after a warm-up and

@@ -1,5 +1,6 @@
 // Package benchutil holds what the benchmark tools share: reading the CPU
-// time and RSS of other processes from /proc, and the per-round CSV row.
+// time and RSS of other processes from /proc, the per-round CSV row, and
+// the worker loop of the connection-rate measurements.
 package benchutil
 
 import (
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -150,4 +152,32 @@ func (f *FirstError) Err() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.err
+}
+
+// RunFor runs workers goroutines for d, each calling its op (from
+// newOp, called once per worker so that it can own buffers) until the
+// time is up, and counts the calls that succeeded and failed (a failure
+// pauses its worker 1 ms). firstErr is the first failure, if any.
+func RunFor(workers int, d time.Duration, newOp func() func() error) (ok, bad int64, took time.Duration, firstErr error) {
+	var nOK, nBad atomic.Int64
+	var first FirstError
+	start := time.Now()
+	end := start.Add(d)
+	var wg sync.WaitGroup
+	for range workers {
+		op := newOp()
+		wg.Go(func() {
+			for time.Now().Before(end) {
+				if err := op(); err != nil {
+					nBad.Add(1)
+					first.Set(err)
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				nOK.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return nOK.Load(), nBad.Load(), time.Since(start), first.Err()
 }
