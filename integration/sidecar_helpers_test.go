@@ -106,18 +106,21 @@ func (sc *scSidecar) logMatches(msg string, substrings ...string) int {
 		if json.Unmarshal([]byte(line), &m) != nil || m.Message != msg {
 			continue
 		}
-		ok := true
-		for _, s := range substrings {
-			if !strings.Contains(line, s) {
-				ok = false
-				break
-			}
-		}
-		if ok {
+		if containsAll(line, substrings...) {
 			n++
 		}
 	}
 	return n
+}
+
+// containsAll reports whether s contains every one of subs.
+func containsAll(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }
 
 // waitLog waits until at least n lines with message msg contain every

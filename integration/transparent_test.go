@@ -246,14 +246,7 @@ func tpAppRefused(ns, addr string) error {
 // tpLogHas reports whether one line of out contains every substring.
 func tpLogHas(out string, substrings ...string) bool {
 	for line := range strings.Lines(out) {
-		ok := true
-		for _, s := range substrings {
-			if !strings.Contains(line, s) {
-				ok = false
-				break
-			}
-		}
-		if ok {
+		if containsAll(line, substrings...) {
 			return true
 		}
 	}
