@@ -93,67 +93,76 @@ func BenchmarkBulk(b *testing.B) {
 	st.Close()
 }
 
-// rawDTLSPair runs mpinkex and the DTLS handshake only.
-func rawDTLSPair(b *testing.B) (cli, srv *dtls.Conn) {
-	d := sharedDomain(b)
+// handshakePair runs mpinkex and pion's DTLS handshake only, on loopback
+// TCP, and returns both sides' pion Conns and record connections. A side
+// with handover leaves the records after the handshake to takeOver; the
+// other keeps pion's Conn for the session.
+func handshakePair(tb testing.TB, cliHandover, srvHandover bool) (cli, srv *dtls.Conn, crc, src *recordConn) {
+	tb.Helper()
+	d := sharedDomain(tb)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	defer ln.Close()
 	cfg, _ := (*Config)(nil).withDefaults()
-	ch := make(chan *dtls.Conn, 1)
+	type side struct {
+		dc *dtls.Conn
+		rc *recordConn
+	}
+	ch := make(chan side, 1)
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
-			ch <- nil
+			ch <- side{}
 			return
 		}
 		res, err := mpinkex.Server(context.Background(), c, &mpinkex.ServerConfig{Keys: []*mpinkex.ServerKey{d.sk}, Authorize: func(string) error { return nil }})
 		if err != nil {
-			ch <- nil
+			ch <- side{}
 			return
 		}
-		dc, _, err := handshakeDTLS(context.Background(), false, c, res, &cfg)
+		dc, rc, err := handshakePion(context.Background(), false, c, res, &cfg, srvHandover)
 		if err != nil {
-			ch <- nil
+			ch <- side{}
 			return
 		}
-		ch <- dc
+		ch <- side{dc, rc}
 	}()
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	res, err := mpinkex.Client(context.Background(), c, &mpinkex.ClientConfig{Key: d.ck, ServerID: testServerID})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	cli, _, err = handshakeDTLS(context.Background(), true, c, res, &cfg)
+	cli, crc, err = handshakePion(context.Background(), true, c, res, &cfg, cliHandover)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	if srv = <-ch; srv == nil {
-		b.Fatal("server handshake failed")
+	s := <-ch
+	if s.dc == nil {
+		tb.Fatal("server handshake failed")
 	}
-	b.Cleanup(func() {
+	tb.Cleanup(func() {
 		cli.Close()
-		srv.Close()
+		s.dc.Close()
+		crc.Conn.Close()
+		s.rc.Conn.Close()
 	})
-	return cli, srv
+	return cli, s.dc, crc, s.rc
 }
 
-// BenchmarkBulkRawDTLS is pion's record layer alone over the record reader:
-// 8000-byte records, no yamux.
-func BenchmarkBulkRawDTLS(b *testing.B) {
-	cli, srv := rawDTLSPair(b)
+// bulkRecords sends b.N chunks with write in records of MaxRecordPlaintext
+// bytes while a receiver reads them with read.
+func bulkRecords(b *testing.B, write func([]byte) error, read func() (int, error)) {
 	total := make(chan int64, 1)
 	want := int64(b.N) * bulkChunk
 	go func() {
-		buf := make([]byte, maxRecordLen)
 		var n int64
 		for {
-			k, err := srv.Read(buf)
+			k, err := read()
 			if err != nil {
 				total <- n
 				return
@@ -168,13 +177,38 @@ func BenchmarkBulkRawDTLS(b *testing.B) {
 	sendBulk(b, func(p []byte) error {
 		for len(p) > 0 {
 			k := min(len(p), MaxRecordPlaintext)
-			if _, err := cli.Write(p[:k]); err != nil {
+			if err := write(p[:k]); err != nil {
 				return err
 			}
 			p = p[k:]
 		}
 		return nil
 	}, nil, total)
+}
+
+// BenchmarkBulkPionConn is pion's Conn alone over the record reader, as it
+// would carry the session without appRecords: 8000-byte records, no
+// yamux.
+func BenchmarkBulkPionConn(b *testing.B) {
+	cli, srv, _, _ := handshakePair(b, false, false)
+	buf := make([]byte, maxRecordLen)
+	bulkRecords(b, func(p []byte) error { _, err := cli.Write(p); return err },
+		func() (int, error) { return srv.Read(buf) })
+}
+
+// BenchmarkBulkRecords is the session's record layer (appRecords) alone:
+// the same records as BenchmarkBulkPionConn, no yamux.
+func BenchmarkBulkRecords(b *testing.B) {
+	cli, srv, crc, src := handshakePair(b, true, true)
+	ca, err := takeOver(cli, crc, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sa, err := takeOver(srv, src, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	bulkRecords(b, ca.write, func() (int, error) { p, err := sa.next(); return len(p), err })
 }
 
 // BenchmarkBulkTLS13 is crypto/tls 1.3 over loopback, for comparison.

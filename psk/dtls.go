@@ -91,14 +91,36 @@ func dtlsConfig(client bool, rc *recordConn, identity string, key []byte) *dtls.
 }
 
 // handshakeDTLS runs the DTLS 1.2 PSK handshake on raw (positioned right
-// after Msg4) and returns the DTLS connection and the record connection
-// under it. On failure raw is closed.
-func handshakeDTLS(ctx context.Context, client bool, raw net.Conn, res *mpinkex.Result, cfg *Config) (*dtls.Conn, *recordConn, error) {
-	role := "server"
-	if client {
-		role = "client"
+// after Msg4) with pion and returns the record layer that carries the
+// session from there, and the record connection under it. On failure raw
+// is closed.
+func handshakeDTLS(ctx context.Context, client bool, raw net.Conn, res *mpinkex.Result, cfg *Config) (*appRecords, *recordConn, error) {
+	dc, rc, err := handshakePion(ctx, client, raw, res, cfg, true)
+	if err != nil {
+		return nil, nil, err
 	}
+	app, err := takeOver(dc, rc, client)
+	if err != nil {
+		_ = raw.Close()
+		return nil, nil, &HandshakeError{Role: roleName(client), Err: err}
+	}
+	return app, rc, nil
+}
+
+func roleName(client bool) string {
+	if client {
+		return "client"
+	}
+	return "server"
+}
+
+// handshakePion is the handshake itself: pion's Conn, done, on the record
+// connection. With handover, pion reads nothing after the peer's Finished
+// (the records that follow are for appRecords). On failure raw is closed.
+func handshakePion(ctx context.Context, client bool, raw net.Conn, res *mpinkex.Result, cfg *Config, handover bool) (*dtls.Conn, *recordConn, error) {
+	role := roleName(client)
 	rc := newRecordConn(raw, cfg.WriteTimeout)
+	rc.handover = handover
 	// pion derives the pre-master secret from this copy during the
 	// handshake and never asks again (no renegotiation, no resumption).
 	key := bytes.Clone(res.PSK)

@@ -8,29 +8,28 @@ import (
 	"net"
 	"time"
 
-	"github.com/pion/dtls/v2"
+	"github.com/pion/dtls/v2/pkg/protocol/alert"
 )
 
 // closeGrace bounds the writes left when a session closes (close_notify,
 // or a writer blocked on a peer that stopped reading).
 const closeGrace = time.Second
 
-// plainConn is what yamux runs on: the DTLS connection with reads
-// buffered (pion returns one whole record per Read and fails a Read whose
-// buffer is smaller than the record) and writes split into records of at
-// most MaxRecordPlaintext bytes. The frame parsers follow yamux's frames
+// plainConn is what yamux runs on: the session's records with reads
+// buffered (a record's plaintext is served across as many Reads as yamux
+// makes) and writes packed into records of at most MaxRecordPlaintext
+// bytes. The frame parsers follow yamux's frames
 // in both directions for the stream table. Reads happen on yamux's receive
 // goroutine, writes on its send goroutine; Close may come from anywhere.
 type plainConn struct {
-	dc  *dtls.Conn
+	app *appRecords
 	rc  *recordConn
 	tab *streamTable
 
 	// setCause records why the session ended; the first cause wins.
 	setCause func(error)
 
-	rbuf []byte
-	r, w int
+	rest []byte // plaintext of the last record not yet read by yamux
 	in   frameParser
 	rerr error
 	// cur is the track of the inbound frame being parsed; ready are the
@@ -50,8 +49,8 @@ type readyFrame struct {
 	end bool   // FIN or RST
 }
 
-func newPlainConn(dc *dtls.Conn, rc *recordConn, tab *streamTable, setCause func(error)) *plainConn {
-	c := &plainConn{dc: dc, rc: rc, tab: tab, setCause: setCause, rbuf: make([]byte, maxRecordLen), pend: make([]byte, 0, MaxRecordPlaintext)}
+func newPlainConn(app *appRecords, rc *recordConn, tab *streamTable, setCause func(error)) *plainConn {
+	c := &plainConn{app: app, rc: rc, tab: tab, setCause: setCause, pend: make([]byte, 0, MaxRecordPlaintext)}
 	c.in.complete = c.frameDone
 	return c
 }
@@ -103,27 +102,15 @@ func (c *plainConn) Read(p []byte) (int, error) {
 	if c.rerr != nil {
 		return 0, c.rerr
 	}
-	for c.r == c.w {
-		// Read straight into p when it can hold any record.
-		direct := len(p) >= len(c.rbuf)
-		buf := c.rbuf
-		if direct {
-			buf = p
-		}
-		n, err := c.dc.Read(buf)
+	if len(c.rest) == 0 {
+		b, err := c.app.next()
 		if err != nil {
 			return 0, c.readFailed(err)
 		}
-		if n == 0 {
-			continue
-		}
-		if direct {
-			return c.track(p[:n])
-		}
-		c.r, c.w = 0, n
+		c.rest = b
 	}
-	n := copy(p, c.rbuf[c.r:c.w])
-	c.r += n
+	n := copy(p, c.rest)
+	c.rest = c.rest[n:]
 	return c.track(p[:n])
 }
 
@@ -189,7 +176,7 @@ func (c *plainConn) Write(b []byte) (int, error) {
 func (c *plainConn) writeRecords(b []byte) error {
 	for len(b) > 0 {
 		if len(c.pend) == 0 && len(b) >= MaxRecordPlaintext {
-			if _, err := c.dc.Write(b[:MaxRecordPlaintext]); err != nil {
+			if err := c.app.write(b[:MaxRecordPlaintext]); err != nil {
 				return err
 			}
 			b = b[MaxRecordPlaintext:]
@@ -214,7 +201,7 @@ func (c *plainConn) flushPending() error {
 	if len(c.pend) == 0 {
 		return nil
 	}
-	_, err := c.dc.Write(c.pend)
+	err := c.app.write(c.pend)
 	c.pend = c.pend[:0]
 	return err
 }
@@ -223,14 +210,12 @@ func (c *plainConn) flushPending() error {
 // connection.
 func (c *plainConn) Close() error {
 	c.rc.beginClose(closeGrace)
-	err := c.dc.Close()
-	if cerr := c.rc.Conn.Close(); err == nil && cerr != nil && !errors.Is(cerr, net.ErrClosed) {
-		err = cerr
+	// The peer may be gone already: its absence is no error of ours.
+	_ = c.app.writeAlert(alert.Warning, alert.CloseNotify)
+	if err := c.rc.Conn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
 	}
-	if errors.Is(err, dtls.ErrConnClosed) {
-		err = nil
-	}
-	return err
+	return nil
 }
 
 func (c *plainConn) LocalAddr() net.Addr  { return c.rc.LocalAddr() }

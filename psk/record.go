@@ -81,6 +81,9 @@ type recordReader struct {
 	enc   bool      // the peer's first encrypted record (Finished) was read
 	alert *AlertError
 	count atomic.Uint64
+	// finished is enc for other goroutines: once set, the records that
+	// follow are not for pion's handshake (see recordConn.Read).
+	finished atomic.Bool
 }
 
 func newRecordReader(r io.Reader) *recordReader {
@@ -179,7 +182,10 @@ func (r *recordReader) commit(h recordHeader, body []byte) {
 	case h.typ == ctChangeCipherSpec:
 		r.ccs = true
 	case h.epoch == 1:
-		r.enc = true
+		if !r.enc {
+			r.enc = true
+			r.finished.Store(true)
+		}
 	case h.typ == ctAlert && len(body) == 2:
 		r.alert = &AlertError{Level: body[0], Description: body[1]}
 	}
@@ -232,9 +238,11 @@ func (r *recordReader) readFailed(err error, got, want int) error {
 	return r.err
 }
 
-// recordConn is the net.Conn pion/dtls runs on: the TCP connection with
-// record-at-a-time reads. Writes pass through (pion writes whole records,
-// several per Write during the handshake), with a per-write deadline.
+// recordConn is the TCP connection with record-at-a-time reads and
+// per-write deadlines, batched writes and record counts. pion/dtls runs the
+// handshake on it (Read, Write, Close, SetReadDeadline: pion writes whole
+// records, several per Write); appRecords then carries the session on it
+// (readOwn, write).
 type recordConn struct {
 	net.Conn
 	rr *recordReader
@@ -251,14 +259,39 @@ type recordConn struct {
 	outEpoch     uint16
 
 	recordsOut, writesOut atomic.Uint64
+
+	// handover: pion's Conn is used for the handshake only (always, but
+	// for tests that run pion's Conn as the peer of appRecords).
+	handover bool
+	detached bool          // under wmu: appRecords has taken over
+	pionDone chan struct{} // closed by endPion
+	pionOnce sync.Once
 }
 
 func newRecordConn(c net.Conn, writeTimeout time.Duration) *recordConn {
-	return &recordConn{Conn: c, rr: newRecordReader(c), writeTimeout: writeTimeout}
+	return &recordConn{Conn: c, rr: newRecordReader(c), writeTimeout: writeTimeout, pionDone: make(chan struct{})}
 }
 
-// Read hands pion exactly one record.
+// Read hands pion exactly one record, until pion has read the peer's
+// Finished: what follows belongs to appRecords, which takes over once the
+// handshake returns. A Read after the Finished waits for that (or for
+// pion's own abort, which it signals with a past read deadline, or Close,
+// or a failure: pion may have rejected the Finished) and reports the
+// connection closed or the failure, so pion's read loop ends without
+// consuming a record.
 func (c *recordConn) Read(p []byte) (int, error) {
+	if c.handover && c.rr.finished.Load() {
+		<-c.pionDone
+		if err := c.failure(); err != nil {
+			return 0, err
+		}
+		return 0, net.ErrClosed
+	}
+	return c.readOwn(p)
+}
+
+// readOwn is Read without the hand-over: one whole record, checked.
+func (c *recordConn) readOwn(p []byte) (int, error) {
 	if err := c.failure(); err != nil {
 		return 0, err
 	}
@@ -272,6 +305,39 @@ func (c *recordConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// SetReadDeadline is how pion aborts a Read (a deadline in the past); it
+// also ends a Read waiting for the hand-over.
+func (c *recordConn) SetReadDeadline(t time.Time) error {
+	if !t.IsZero() && !t.After(time.Now()) {
+		c.endPion()
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+// detach makes pion's remaining writes (its close_notify on Close) no-ops
+// and its Close leave the TCP connection open: appRecords continues.
+func (c *recordConn) detach() {
+	c.wmu.Lock()
+	c.detached = true
+	c.wmu.Unlock()
+	c.endPion()
+}
+
+func (c *recordConn) endPion() { c.pionOnce.Do(func() { close(c.pionDone) }) }
+
+// Close is pion's Close of its connection (and the handshake's, on
+// failure): the TCP connection closes unless appRecords has taken over.
+func (c *recordConn) Close() error {
+	c.endPion()
+	c.wmu.Lock()
+	detached := c.detached
+	c.wmu.Unlock()
+	if detached {
+		return nil
+	}
+	return c.Conn.Close()
+}
+
 // fail makes every later Read return err and wakes a Read blocked on the
 // socket. It is how records pion discarded become fatal.
 func (c *recordConn) fail(err error) {
@@ -281,6 +347,7 @@ func (c *recordConn) fail(err error) {
 	}
 	c.failMu.Unlock()
 	_ = c.Conn.SetReadDeadline(time.Unix(1, 0))
+	c.endPion()
 }
 
 func (c *recordConn) failure() error {
@@ -293,9 +360,24 @@ func (c *recordConn) failure() error {
 // meaningful once reading has stopped (after a failed handshake).
 func (c *recordConn) peerAlert() *AlertError { return c.rr.alert }
 
+// Write is pion's: its records until appRecords takes over, then nothing.
 func (c *recordConn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if c.detached {
+		return len(b), nil
+	}
+	return c.writeRecordsLocked(b)
+}
+
+// write is appRecords' Write.
+func (c *recordConn) write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writeRecordsLocked(b)
+}
+
+func (c *recordConn) writeRecordsLocked(b []byte) (int, error) {
 	c.trackOut(b)
 	if !c.batching {
 		return c.writeLocked(b)

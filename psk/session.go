@@ -199,7 +199,7 @@ func newSession(ctx context.Context, client bool, conn net.Conn, res *mpinkex.Re
 	if err != nil {
 		return fail(err)
 	}
-	dc, rc, err := handshakeDTLS(ctx, client, conn, res, &cfg)
+	app, rc, err := handshakeDTLS(ctx, client, conn, res, &cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +214,7 @@ func newSession(ctx context.Context, client bool, conn net.Conn, res *mpinkex.Re
 		s.acceptDone = make(chan struct{})
 	}
 	s.tab = newStreamTable(client, cfg.IdleTimeout, func() { _ = s.closeWith(ErrIdleTimeout) })
-	s.pc = newPlainConn(dc, rc, s.tab, s.setCause)
+	s.pc = newPlainConn(app, rc, s.tab, s.setCause)
 	mc := muxConn{s.pc, s}
 	if client {
 		s.mux, err = yamux.Client(mc, cfg.yamux())

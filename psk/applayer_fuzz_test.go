@@ -1,0 +1,122 @@
+package psk
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/pion/dtls/v2/pkg/crypto/ciphersuite"
+	"github.com/pion/dtls/v2/pkg/protocol"
+	"github.com/pion/dtls/v2/pkg/protocol/alert"
+)
+
+// streamConn is a net.Conn whose reads come from r and whose writes are
+// dropped: the fuzzer's end of a session's TCP connection.
+type streamConn struct {
+	net.Conn // nil: only the methods below are called
+	r        io.Reader
+}
+
+func (c streamConn) Read(p []byte) (int, error)  { return c.r.Read(p) }
+func (c streamConn) Write(p []byte) (int, error) { return len(p), nil }
+
+func (streamConn) SetReadDeadline(time.Time) error  { return nil }
+func (streamConn) SetWriteDeadline(time.Time) error { return nil }
+func (streamConn) Close() error                     { return nil }
+
+// fuzzRecords is appRecords on input as the stream after the handshake
+// (the peer's Finished was epoch 1, sequence 0), with fixed keys; peer
+// seals records that authenticate under them.
+func fuzzRecords(tb testing.TB, input io.Reader) (ours, peer *appRecords) {
+	k1, k2 := bytes.Repeat([]byte{1}, 16), bytes.Repeat([]byte{2}, 16)
+	iv1, iv2 := []byte{1, 1, 1, 1}, []byte{2, 2, 2, 2}
+	g, err := ciphersuite.NewGCM(k1, iv1, k2, iv2)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pg, err := ciphersuite.NewGCM(k2, iv2, k1, iv1)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rc := newRecordConn(streamConn{r: input}, 0)
+	rc.rr.ccs, rc.rr.enc, rc.rr.next = true, true, [2]uint64{3, 1}
+	ours = &appRecords{rc: rc, gcm: g, seq: 1, rbuf: make([]byte, maxRecordLen)}
+	peer = &appRecords{rc: newRecordConn(streamConn{r: bytes.NewReader(nil)}, 0), gcm: pg, seq: 1}
+	return ours, peer
+}
+
+// FuzzAppRecords: on any byte stream after the handshake, appRecords
+// returns only plaintext that authenticated (never more than came in), and
+// ends with io.EOF or a typed, sticky error; it never panics.
+func FuzzAppRecords(f *testing.F) {
+	_, peer := fuzzRecords(f, nil)
+	var seed bytes.Buffer
+	for _, p := range [][]byte{[]byte("hello"), bytes.Repeat([]byte{7}, MaxRecordPlaintext), {1}} {
+		seed.Write(sealWith(f, peer, protocol.ContentTypeApplicationData, p))
+	}
+	data := bytes.Clone(seed.Bytes())
+	// The harness itself: the honest stream opens to what was sealed.
+	check, _ := fuzzRecords(f, bytes.NewReader(data))
+	for _, want := range []int{5, MaxRecordPlaintext, 1} {
+		if p, err := check.next(); err != nil || len(p) != want {
+			f.Fatalf("seed record: %d bytes, %v; want %d", len(p), err, want)
+		}
+	}
+	if _, err := check.next(); err != io.EOF {
+		f.Fatalf("after the seed records: %v, want io.EOF", err)
+	}
+	f.Add(data)
+	f.Add(append(bytes.Clone(data), sealWith(f, peer, protocol.ContentTypeAlert, []byte{byte(alert.Warning), byte(alert.CloseNotify)})...))
+	f.Add(append(bytes.Clone(data), sealWith(f, peer, protocol.ContentTypeAlert, []byte{byte(alert.Fatal), byte(alert.InternalError)})...))
+	tampered := bytes.Clone(data)
+	tampered[len(tampered)-1] ^= 0x80
+	f.Add(tampered)
+	f.Add(data[:len(data)-3])
+	f.Fuzz(func(t *testing.T, in []byte) {
+		ours, _ := fuzzRecords(t, bytes.NewReader(in))
+		total := 0
+		for range len(in) + 1 {
+			p, err := ours.next()
+			if err == nil {
+				total += len(p)
+				if total > len(in) {
+					t.Fatalf("%d bytes of plaintext from %d bytes of input", total, len(in))
+				}
+				continue
+			}
+			var ae *AlertError
+			switch {
+			case err == io.EOF, errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, ErrBadRecord),
+				errors.Is(err, ErrRecordRejected), errors.As(err, &ae):
+			default:
+				t.Fatalf("untyped error %v", err)
+			}
+			if _, err2 := ours.next(); err2 != err {
+				t.Fatalf("error not sticky: %v then %v", err, err2)
+			}
+			return
+		}
+		t.Fatal("more records than input bytes")
+	})
+}
+
+// sealWith seals p as a's next record and returns it.
+func sealWith(tb testing.TB, a *appRecords, typ protocol.ContentType, p []byte) []byte {
+	tb.Helper()
+	var out bytes.Buffer
+	a.rc.Conn = &captureConn{streamConn: streamConn{r: bytes.NewReader(nil)}, out: &out}
+	if err := a.seal(typ, p); err != nil {
+		tb.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+type captureConn struct {
+	streamConn
+	out *bytes.Buffer
+}
+
+func (c *captureConn) Write(p []byte) (int, error) { return c.out.Write(p) }
