@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pion/dtls/v2/pkg/crypto/ciphersuite"
 	"github.com/pion/dtls/v2/pkg/protocol"
 	"github.com/pion/dtls/v2/pkg/protocol/alert"
 )
@@ -33,18 +32,16 @@ func (streamConn) Close() error                     { return nil }
 func fuzzRecords(tb testing.TB, input io.Reader) (ours, peer *appRecords) {
 	k1, k2 := bytes.Repeat([]byte{1}, 16), bytes.Repeat([]byte{2}, 16)
 	iv1, iv2 := []byte{1, 1, 1, 1}, []byte{2, 2, 2, 2}
-	g, err := ciphersuite.NewGCM(k1, iv1, k2, iv2)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pg, err := ciphersuite.NewGCM(k2, iv2, k1, iv1)
-	if err != nil {
-		tb.Fatal(err)
-	}
 	rc := newRecordConn(streamConn{r: input}, 0)
 	rc.rr.ccs, rc.rr.enc, rc.rr.next = true, true, [2]uint64{3, 1}
-	ours = &appRecords{rc: rc, gcm: g, seq: 1, rbuf: make([]byte, maxRecordLen)}
-	peer = &appRecords{rc: newRecordConn(streamConn{r: bytes.NewReader(nil)}, 0), gcm: pg, seq: 1}
+	ours, err := newAppRecords(rc, k1, iv1, k2, iv2, 1)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	peer, err = newAppRecords(newRecordConn(streamConn{r: bytes.NewReader(nil)}, 0), k2, iv2, k1, iv1, 1)
+	if err != nil {
+		tb.Fatal(err)
+	}
 	return ours, peer
 }
 

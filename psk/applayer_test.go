@@ -3,6 +3,7 @@ package psk
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"io"
 	"runtime"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pion/dtls/v2"
+	"github.com/pion/dtls/v2/pkg/crypto/ciphersuite"
 	"github.com/pion/dtls/v2/pkg/protocol"
 	"github.com/pion/dtls/v2/pkg/protocol/alert"
 	"github.com/pion/dtls/v2/pkg/protocol/recordlayer"
@@ -269,5 +271,69 @@ func mustWrite(t *testing.T, a *appRecords, rec []byte) {
 	t.Helper()
 	if _, err := a.rc.write(rec); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSealOpensWithPion: every record seal writes is the DTLS 1.2 AES-GCM
+// record pion's ciphersuite.GCM opens — header, explicit nonce (epoch and
+// sequence number) and AAD — for every size and for alerts.
+func TestSealOpensWithPion(t *testing.T) {
+	k1, k2 := make([]byte, 16), make([]byte, 16)
+	iv1, iv2 := make([]byte, 4), make([]byte, 4)
+	for _, b := range [][]byte{k1, k2, iv1, iv2} {
+		_, _ = rand.Read(b)
+	}
+	var out bytes.Buffer
+	rc := newRecordConn(&captureConn{streamConn: streamConn{r: bytes.NewReader(nil)}, out: &out}, 0)
+	const first = 5
+	ours, err := newAppRecords(rc, k1, iv1, k2, iv2, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := ciphersuite.NewGCM(k2, iv2, k1, iv1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := uint64(first)
+	for _, tc := range []struct {
+		typ protocol.ContentType
+		n   int
+	}{
+		{protocol.ContentTypeApplicationData, 0}, {protocol.ContentTypeApplicationData, 1},
+		{protocol.ContentTypeApplicationData, 100}, {protocol.ContentTypeApplicationData, MaxRecordPlaintext},
+		{protocol.ContentTypeAlert, 2}, {protocol.ContentTypeApplicationData, 4096},
+	} {
+		p := make([]byte, tc.n)
+		_, _ = rand.Read(p)
+		out.Reset()
+		if err := ours.seal(tc.typ, p); err != nil {
+			t.Fatal(err)
+		}
+		rec := bytes.Clone(out.Bytes())
+		h, err := parseRecordHeader(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.typ != byte(tc.typ) || h.epoch != 1 || h.seq != seq || h.n != 8+tc.n+16 || len(rec) != recordHeaderLen+h.n {
+			t.Fatalf("%v/%d: header %+v, record of %d bytes", tc.typ, tc.n, h, len(rec))
+		}
+		if got, want := rec[13:21], binary.BigEndian.AppendUint64(nil, 1<<48|seq); !bytes.Equal(got, want) {
+			t.Fatalf("explicit nonce %x, want epoch and sequence %x", got, want)
+		}
+		opened, err := peer.Decrypt(rec)
+		if err != nil {
+			t.Fatalf("%v/%d: pion cannot open the record: %v", tc.typ, tc.n, err)
+		}
+		if !bytes.Equal(opened[recordlayer.HeaderSize:], p) {
+			t.Fatalf("%v/%d: pion opens other bytes", tc.typ, tc.n)
+		}
+		seq++
+	}
+	if err := ours.seal(protocol.ContentTypeApplicationData, make([]byte, MaxRecordPlaintext+1)); err == nil {
+		t.Fatal("sealed a record larger than MaxRecordPlaintext")
+	}
+	ours.seq = maxSeq + 1
+	if err := ours.seal(protocol.ContentTypeApplicationData, []byte{1}); err == nil {
+		t.Fatal("sealed past the last sequence number")
 	}
 }
