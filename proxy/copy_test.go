@@ -675,3 +675,34 @@ func TestPipeUnixSocket(t *testing.T) {
 		t.Errorf("app after the end: %q %v, want a clean EOF", b, err)
 	}
 }
+
+// TestBufferSizing: a read of a small buffer's size or more makes the next
+// read of that direction take a bulk buffer; a shorter read goes back to
+// the small ones.
+func TestBufferSizing(t *testing.T) {
+	for _, tc := range []struct {
+		bulk     bool
+		n        int
+		wantLen  int
+		wantFull bool
+	}{
+		{false, copyBufSize, copyBufSize, true},
+		{false, copyBufSize - 1, copyBufSize, false},
+		{false, 0, copyBufSize, false},
+		{true, bulkBufSize, bulkBufSize, true},
+		{true, copyBufSize, bulkBufSize, true},
+		{true, copyBufSize - 1, bulkBufSize, false},
+	} {
+		before := buffersHeld.Load()
+		bp := getBuf(tc.bulk)
+		if len(*bp) != tc.wantLen {
+			t.Errorf("getBuf(%v): %d bytes, want %d", tc.bulk, len(*bp), tc.wantLen)
+		}
+		if full := putBuf(bp, tc.n); full != tc.wantFull {
+			t.Errorf("bulk %v, read %d: full %v, want %v", tc.bulk, tc.n, full, tc.wantFull)
+		}
+		if buffersHeld.Load() != before {
+			t.Errorf("buffersHeld %d after get+put, want %d", buffersHeld.Load(), before)
+		}
+	}
+}
