@@ -248,3 +248,74 @@ func TestRecordConnTracksWrites(t *testing.T) {
 		t.Fatal("plaintext alert allowed after the cipher change")
 	}
 }
+
+// TestRecordConnHandover: with handover, pion reads the records up to the
+// peer's Finished and no more: its next Read waits, without consuming the
+// application data behind it, until the hand-over, pion's abort (a past
+// read deadline), Close or a failure ends it; after detach pion's writes go
+// nowhere and its Close leaves the TCP connection open for appRecords.
+func TestRecordConnHandover(t *testing.T) {
+	recs := handshakeRecords()
+	for _, tc := range []struct {
+		name    string
+		end     func(rc *recordConn)
+		wantErr error
+	}{
+		{"detach", (*recordConn).detach, net.ErrClosed},
+		{"past read deadline", func(rc *recordConn) { _ = rc.SetReadDeadline(time.Unix(1, 0)) }, net.ErrClosed},
+		{"close", func(rc *recordConn) { _ = rc.Close() }, net.ErrClosed},
+		{"failure", func(rc *recordConn) { rc.fail(ErrRecordRejected) }, ErrRecordRejected},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := net.Pipe()
+			defer a.Close()
+			defer b.Close()
+			go func() { _, _ = b.Write(bytes.Join(recs[:5], nil)) }() // up to the first application data
+			rc := newRecordConn(a, 0)
+			rc.handover = true
+			buf := make([]byte, maxRecordLen)
+			for i := range 4 { // handshake, handshake, ChangeCipherSpec, Finished
+				if n, err := rc.Read(buf); err != nil || !bytes.Equal(buf[:n], recs[i]) {
+					t.Fatalf("record %d: %d bytes, %v", i, n, err)
+				}
+			}
+			got := make(chan error, 1)
+			go func() {
+				_, err := rc.Read(buf)
+				got <- err
+			}()
+			select {
+			case err := <-got:
+				t.Fatalf("pion's Read after the Finished returned %v, want it to wait", err)
+			case <-time.After(50 * time.Millisecond):
+			}
+			tc.end(rc)
+			select {
+			case err := <-got:
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("pion's Read returned %v, want %v", err, tc.wantErr)
+				}
+			case <-time.After(2 * time.Second):
+				t.Fatal("pion's Read still waiting")
+			}
+			if tc.name != "detach" {
+				return
+			}
+			// The application data is still there for appRecords.
+			if n, err := rc.readOwn(buf); err != nil || !bytes.Equal(buf[:n], recs[4]) {
+				t.Fatalf("readOwn after the hand-over: %d bytes, %v", n, err)
+			}
+			// pion's goodbye is dropped; its Close keeps the connection.
+			if n, err := rc.Write(recs[5]); err != nil || n != len(recs[5]) || rc.recordsOut.Load() != 0 {
+				t.Fatalf("pion's Write after detach: %d, %v, %d records out", n, err, rc.recordsOut.Load())
+			}
+			if err := rc.Close(); err != nil {
+				t.Fatal(err)
+			}
+			go func() { _, _ = io.Copy(io.Discard, b) }()
+			if _, err := rc.write(recs[5]); err != nil {
+				t.Fatalf("appRecords' write after pion's Close: %v", err)
+			}
+		})
+	}
+}
