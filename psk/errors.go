@@ -17,11 +17,12 @@ var (
 	// library's receive buffer, a sequence-number gap or replay, a record in
 	// the wrong epoch or phase). Fatal to the session.
 	ErrBadRecord = errors.New("psk: bad DTLS record")
-	// ErrRecordRejected: the DTLS library discarded a record it received
-	// (failed authentication, replay or malformed content). pion/dtls drops
-	// such records silently, as DTLS over UDP must; over TCP that would be a
-	// silent loss of data, so this package makes it fatal. During the
-	// handshake it almost always means the two sides hold different PSKs.
+	// ErrRecordRejected: a record received did not authenticate (or, during
+	// the handshake, pion/dtls discarded it: failed authentication, replay
+	// or malformed content). DTLS over UDP drops such records silently;
+	// over TCP that would be a silent loss of data, so this package makes it
+	// fatal. During the handshake it almost always means the two sides hold
+	// different PSKs; after it, tampering.
 	ErrRecordRejected = errors.New("psk: DTLS record rejected by the record layer (authentication failed: PSK mismatch or tampering)")
 	// ErrUnknownIdentity: the client presented a PSK identity other than
 	// the one this connection's mpinkex handshake produced.
@@ -65,7 +66,8 @@ func (e *HandshakeError) Error() string {
 
 func (e *HandshakeError) Unwrap() error { return e.Err }
 
-// AlertError is a DTLS alert the peer sent during the handshake.
+// AlertError is a DTLS alert the peer sent: during the handshake, or after
+// it, ending the session (any alert but close_notify).
 type AlertError struct {
 	Level       uint8 // 1 warning, 2 fatal
 	Description uint8 // RFC 5246 §7.2 alert description
