@@ -28,7 +28,7 @@ FLOOR_BENCHTIME=${FLOOR_BENCHTIME:-1s}
 FLOOR_COUNT=${FLOOR_COUNT:-3}
 WAIT_LOAD=${WAIT_LOAD:-600}          # wait up to this many seconds for the load average to fall
 LOAD_MAX=${LOAD_MAX:-1.5}
-PROFILE=${PROFILE:-0}                # 1: perf profile of both milagro sidecars under one bulk transfer
+PROFILE=${PROFILE:-0}                # 1: perf profile of both milagro sidecars under one bulk transfer, and of the server under cold connections
 KEEP=${KEEP:-0}                      # 1: keep the work folder (logs, keys, configs)
 GO_PROXY_ENV=${GO_PROXY_ENV:-}       # extra environment of the Go proxies (milagro, go-relay, go-mtls), e.g. "GOMAXPROCS=1 GOGC=400"
 
@@ -334,6 +334,28 @@ if [[ $PROFILE == 1 && -n ${CPIDS[milagro]:-} ]]; then
 		echo
 		echo "# hottest symbols (self)"
 		perf report -i "$WORK/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 || true
+	} >"$PROF"
+	sed -n '/^category/,/^total/p' "$PROF" >&2
+	log "profile written to $PROF"
+fi
+if [[ $PROFILE == 1 && -n ${SPIDS[milagro-cold]:-} ]]; then
+	log "profiling the milagro server under ${DURATION} of cold connections from coldconn (perf)"
+	start perf-record perf record -F 499 -g -o "$WORK/perf-cold.data" -p "${SPIDS[milagro-cold]}"
+	PERF=$STARTED
+	sleep 1
+	"$BIN/coldconn" -addr "${ADDR[milagro-cold]}" -keys "$WORK/client-keys" -server-id "$SERVER_ID" \
+		-server-pids "${SPIDS[milagro-cold]}" -duration "$DURATION" -workers "$WORKERS" -size "$SIZE" -peer profile >"$WORK/profile-cold-row.csv" 2>>"$WORK/loadgen.log"
+	stop -INT "$PERF"
+	PROF=$OUT/profile-cold-$STAMP.txt
+	{
+		echo "# perf record -g of the milagro server (pid ${SPIDS[milagro-cold]}) during ${DURATION} of cold connections (coldconn, $WORKERS workers)"
+		echo "# coldconn row: $(cat "$WORK/profile-cold-row.csv")"
+		echo
+		perf script -F pid,tid,period,ip,sym -i "$WORK/perf-cold.data" 2>/dev/null |
+			"$BIN/perfsum" -pids "server=${SPIDS[milagro-cold]}" -s-per-gib 0 || true
+		echo
+		echo "# hottest symbols (self)"
+		perf report -i "$WORK/perf-cold.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 || true
 	} >"$PROF"
 	sed -n '/^category/,/^total/p' "$PROF" >&2
 	log "profile written to $PROF"

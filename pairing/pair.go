@@ -2,6 +2,7 @@ package pairing
 
 import (
 	"errors"
+	"sync"
 
 	cb "github.com/cloudflare/circl/ecc/bls12381"
 	gb "github.com/consensys/gnark-crypto/ecc/bls12-381"
@@ -41,6 +42,10 @@ func PairingCheck(ps []G1, qs []G2) (bool, error) {
 
 type lines = [2][len(gb.LoopCounter) - 1]gb.LineEvaluationAff
 
+// linesPool holds scratch copies of prepared lines for millerPrepared
+// (cleared before they go back).
+var linesPool = sync.Pool{New: func() any { b := make([]lines, 0, 2); return &b }}
+
 // G2Prepared is a G2 point with its Miller-loop lines precomputed, for points
 // paired many times (the generator Q and a server's SS and SK). It is safe
 // for concurrent use.
@@ -72,14 +77,21 @@ func millerPrepared(ps []G1, qs []*G2Prepared) (gb.GT, error) {
 	}
 	a := make([]gb.G1Affine, len(ps))
 	// MillerLoopFixedQ scales the lines it is given in place, so it must work
-	// on a copy: the prepared lines are shared between goroutines.
-	l := make([]lines, len(qs))
+	// on a copy: the prepared lines are shared between goroutines. The
+	// copies (24 KiB per point) come from a pool and are cleared after use:
+	// allocated per call they were most of a server handshake's garbage.
+	buf := linesPool.Get().(*[]lines)
+	if cap(*buf) < len(qs) {
+		*buf = make([]lines, len(qs))
+	}
+	l := (*buf)[:len(qs)]
 	for i := range ps {
 		a[i] = ps[i].gn()
 		l[i] = qs[i].lines
 	}
 	f, err := gb.MillerLoopFixedQ(a, l)
 	clear(l)
+	linesPool.Put(buf)
 	if err != nil {
 		return gb.GT{}, err
 	}

@@ -31,6 +31,7 @@ type rule struct {
 }
 
 var rules = []rule{
+	{name: "curve arithmetic (circl, gnark-crypto)", contains: []string{"cloudflare/circl", "consensys/gnark-crypto"}},
 	{name: "AES-GCM record encrypt/decrypt", leaf: true, contains: []string{"aes/gcm.", "/aes.", "gcmAes", "ghash"}},
 	{name: "pion connctx: a goroutine per Read/Write", contains: []string{"connctx.(*connCtx).ReadContext.func1", "connctx.(*connCtx).WriteContext.func1"}},
 	{name: "Go GC and allocation", prefixes: []string{"runtime.gc", "runtime.mallocgc", "runtime.bgsweep", "runtime.sweepone",
@@ -47,6 +48,9 @@ var rules = []rule{
 		"runtime.unlock", "runtime.sel", "sync.", "internal/sync.", "runtime.sema", "runtime.send", "runtime.recv"}},
 	{name: "pion DTLS (other)", contains: []string{"pion/dtls"}},
 	{name: "yamux (other)", contains: []string{"hashicorp/yamux"}},
+	{name: "logging (zerolog)", contains: []string{"rs/zerolog"}},
+	{name: "metrics (prometheus)", contains: []string{"prometheus/"}},
+	{name: "milagro mpinkex (other)", contains: []string{"milagro/mpinkex"}},
 	{name: "milagro psk (other)", contains: []string{"milagro/psk"}},
 	{name: "milagro proxy (other)", contains: []string{"milagro/proxy"}},
 }
