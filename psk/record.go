@@ -1,7 +1,6 @@
 package psk
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -73,7 +72,7 @@ func isTimeout(err error) bool {
 // Timeouts are not sticky (a partial record stays buffered); every other
 // error is.
 type recordReader struct {
-	br  *bufio.Reader
+	br  inBuffer
 	err error
 
 	next  [2]uint64 // next expected sequence number per epoch
@@ -87,8 +86,60 @@ type recordReader struct {
 }
 
 func newRecordReader(r io.Reader) *recordReader {
-	return &recordReader{br: bufio.NewReaderSize(r, readBufferSize)}
+	return &recordReader{br: inBuffer{src: r, buf: make([]byte, firstBufferSize)}}
 }
+
+// inBuffer is the record reader's read buffer (what bufio.Reader's Peek
+// and Discard would do), sized for the traffic: it starts at
+// firstBufferSize, which holds any record, and grows once to
+// readBufferSize when a read fills it, so a bulk transfer takes 64 KiB per
+// read(2) while a session that carries little never allocates that much
+// (a cold connection's garbage was mostly two 64 KiB buffers).
+type inBuffer struct {
+	src  io.Reader
+	buf  []byte
+	r, w int
+	err  error // returned once by peek, as bufio.Reader does
+	full bool  // the last read filled the buffer
+}
+
+const firstBufferSize = 16 << 10
+
+// peek returns the next n bytes (n ≤ firstBufferSize) without consuming
+// them, or fewer and the error that stopped the reads.
+func (b *inBuffer) peek(n int) ([]byte, error) {
+	for empty := 0; b.w-b.r < n; {
+		if b.err != nil {
+			err := b.err
+			b.err = nil
+			return b.buf[b.r:b.w], err
+		}
+		if b.full && len(b.buf) < readBufferSize {
+			nb := make([]byte, readBufferSize)
+			b.w = copy(nb, b.buf[b.r:b.w])
+			b.r, b.buf = 0, nb
+		} else if b.r > 0 {
+			b.w = copy(b.buf, b.buf[b.r:b.w])
+			b.r = 0
+		}
+		k, err := b.src.Read(b.buf[b.w:])
+		if k < 0 || k > len(b.buf)-b.w {
+			return b.buf[b.r:b.w], fmt.Errorf("psk: read returned %d", k)
+		}
+		b.full = k == len(b.buf)-b.w
+		b.w += k
+		b.err = err
+		if k == 0 && err == nil {
+			if empty++; empty == 100 {
+				return b.buf[b.r:b.w], io.ErrNoProgress
+			}
+		}
+	}
+	return b.buf[b.r : b.r+n], nil
+}
+
+// discard consumes n buffered bytes.
+func (b *inBuffer) discard(n int) { b.r += n }
 
 // recordHeader is a parsed DTLS record header.
 type recordHeader struct {
@@ -197,7 +248,7 @@ func (r *recordReader) readRecord(p []byte) (int, error) {
 	if r.err != nil {
 		return 0, r.err
 	}
-	hb, err := r.br.Peek(recordHeaderLen)
+	hb, err := r.br.peek(recordHeaderLen)
 	if err != nil {
 		return 0, r.readFailed(err, len(hb), recordHeaderLen)
 	}
@@ -214,12 +265,12 @@ func (r *recordReader) readRecord(p []byte) (int, error) {
 		r.err = fmt.Errorf("psk: record reader: %d-byte read buffer for a %d-byte record: %w", len(p), total, io.ErrShortBuffer)
 		return 0, r.err
 	}
-	b, err := r.br.Peek(total)
+	b, err := r.br.peek(total)
 	if err != nil {
 		return 0, r.readFailed(err, len(b), total)
 	}
 	n := copy(p, b)
-	_, _ = r.br.Discard(total) // cannot fail: the bytes are buffered
+	r.br.discard(total) // the bytes are buffered
 	r.commit(h, p[recordHeaderLen:n])
 	return n, nil
 }
