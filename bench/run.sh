@@ -315,50 +315,45 @@ done
 cp "$RAW" "$OUT/results-$STAMP-rounds.csv"
 
 # ---- profile (optional) ------------------------------------------------------------
-if [[ $PROFILE == 1 && -n ${CPIDS[milagro]:-} ]]; then
-	log "profiling both milagro sidecars under one ${BULK_MB} MiB bulk transfer (perf)"
-	start perf-record perf record -F 499 -g -o "$WORK/perf.data" -p "${CPIDS[milagro]},${SPIDS[milagro]}"
+# profile NAME PERF_PIDS PERFSUM_PIDS TITLE CMD…: perf record -g of PERF_PIDS while
+# CMD runs (its stdout is the load tool's CSV row), summarised by category with perfsum
+# (per GiB when the row carries the GiB moved, field 5) into $OUT/NAME-$STAMP.txt.
+profile() {
+	local name=$1 pids=$2 sumpids=$3 title=$4
+	shift 4
+	start perf-record perf record -F 499 -g -o "$WORK/$name.data" -p "$pids"
 	PERF=$STARTED
 	sleep 1
-	"$LG" bench -addr "${ADDR[milagro]}" -peer profile -bulk-mb "$BULK_MB" -duration 0 -pings 0 \
-		-client-pids "${CPIDS[milagro]}" -server-pids "${SPIDS[milagro]}" >"$WORK/profile-row.csv" 2>>"$WORK/loadgen.log"
+	"$@" >"$WORK/$name-row.csv" 2>>"$WORK/loadgen.log"
 	stop -INT "$PERF"
-	PROF=$OUT/profile-$STAMP.txt
-	GIB=$(cut -d, -f5 "$WORK/profile-row.csv")
+	local prof=$OUT/$name-$STAMP.txt gib
+	gib=$(cut -d, -f5 "$WORK/$name-row.csv")
 	{
-		echo "# perf record -g of milagro client (pid ${CPIDS[milagro]}) + server (pid ${SPIDS[milagro]}) during one ${BULK_MB} MiB bulk transfer"
-		echo "# loadgen row: $(cat "$WORK/profile-row.csv")"
+		echo "# perf record -g of $title"
+		echo "# load tool row: $(cat "$WORK/$name-row.csv")"
 		echo
-		perf script -F pid,tid,period,ip,sym -i "$WORK/perf.data" 2>/dev/null |
-			"$BIN/perfsum" -pids "client=${CPIDS[milagro]},server=${SPIDS[milagro]}" -s-per-gib "${GIB:-0}" || true
+		perf script -F pid,tid,period,ip,sym -i "$WORK/$name.data" 2>/dev/null |
+			"$BIN/perfsum" -pids "$sumpids" -s-per-gib "${gib:-0}" || true
 		echo
 		echo "# hottest symbols (self)"
-		perf report -i "$WORK/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 || true
-	} >"$PROF"
-	sed -n '/^category/,/^total/p' "$PROF" >&2
-	log "profile written to $PROF"
+		perf report -i "$WORK/$name.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 || true
+	} >"$prof"
+	sed -n '/^category/,/^total/p' "$prof" >&2
+	log "profile written to $prof"
+}
+if [[ $PROFILE == 1 && -n ${CPIDS[milagro]:-} ]]; then
+	log "profiling both milagro sidecars under one ${BULK_MB} MiB bulk transfer (perf)"
+	profile profile "${CPIDS[milagro]},${SPIDS[milagro]}" "client=${CPIDS[milagro]},server=${SPIDS[milagro]}" \
+		"milagro client (pid ${CPIDS[milagro]}) + server (pid ${SPIDS[milagro]}) during one ${BULK_MB} MiB bulk transfer" \
+		"$LG" bench -addr "${ADDR[milagro]}" -peer profile -bulk-mb "$BULK_MB" -duration 0 -pings 0 \
+		-client-pids "${CPIDS[milagro]}" -server-pids "${SPIDS[milagro]}"
 fi
 if [[ $PROFILE == 1 && -n ${SPIDS[milagro-cold]:-} ]]; then
 	log "profiling the milagro server under ${DURATION} of cold connections from coldconn (perf)"
-	start perf-record perf record -F 499 -g -o "$WORK/perf-cold.data" -p "${SPIDS[milagro-cold]}"
-	PERF=$STARTED
-	sleep 1
-	"$BIN/coldconn" -addr "${ADDR[milagro-cold]}" -keys "$WORK/client-keys" -server-id "$SERVER_ID" \
-		-server-pids "${SPIDS[milagro-cold]}" -duration "$DURATION" -workers "$WORKERS" -size "$SIZE" -peer profile >"$WORK/profile-cold-row.csv" 2>>"$WORK/loadgen.log"
-	stop -INT "$PERF"
-	PROF=$OUT/profile-cold-$STAMP.txt
-	{
-		echo "# perf record -g of the milagro server (pid ${SPIDS[milagro-cold]}) during ${DURATION} of cold connections (coldconn, $WORKERS workers)"
-		echo "# coldconn row: $(cat "$WORK/profile-cold-row.csv")"
-		echo
-		perf script -F pid,tid,period,ip,sym -i "$WORK/perf-cold.data" 2>/dev/null |
-			"$BIN/perfsum" -pids "server=${SPIDS[milagro-cold]}" -s-per-gib 0 || true
-		echo
-		echo "# hottest symbols (self)"
-		perf report -i "$WORK/perf-cold.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 || true
-	} >"$PROF"
-	sed -n '/^category/,/^total/p' "$PROF" >&2
-	log "profile written to $PROF"
+	profile profile-cold "${SPIDS[milagro-cold]}" "server=${SPIDS[milagro-cold]}" \
+		"the milagro server (pid ${SPIDS[milagro-cold]}) during ${DURATION} of cold connections (coldconn, $WORKERS workers)" \
+		"$BIN/coldconn" -addr "${ADDR[milagro-cold]}" -keys "$WORK/client-keys" -server-id "$SERVER_ID" \
+		-server-pids "${SPIDS[milagro-cold]}" -duration "$DURATION" -workers "$WORKERS" -size "$SIZE" -peer profile
 fi
 
 # ---- the floor ----------------------------------------------------------------------
