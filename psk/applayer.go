@@ -49,7 +49,6 @@ type appRecords struct {
 
 	rc   *recordConn
 	gcm  *ciphersuite.GCM
-	rbuf []byte
 	rerr error
 
 	wmu    sync.Mutex
@@ -149,7 +148,7 @@ func newAppRecords(rc *recordConn, localKey, localIV, remoteKey, remoteIV []byte
 	if err != nil {
 		return nil, err
 	}
-	a := &appRecords{rc: rc, gcm: gcm, sealer: aead, seq: seq, rbuf: make([]byte, maxRecordLen)}
+	a := &appRecords{rc: rc, gcm: gcm, sealer: aead, seq: seq}
 	copy(a.salt[:], localIV)
 	return a, nil
 }
@@ -162,15 +161,16 @@ func (a *appRecords) next() ([]byte, error) {
 		return nil, a.rerr
 	}
 	for {
-		n, err := a.rc.readOwn(a.rbuf)
+		// Opened in place, in the record reader's buffer.
+		rec, err := a.rc.readOwn(maxRecordLen)
 		if err != nil {
 			if !isTimeout(err) {
 				a.rerr = err
 			}
 			return nil, err
 		}
-		typ := a.rbuf[0]
-		out, err := a.gcm.Decrypt(a.rbuf[:n])
+		typ := rec[0]
+		out, err := a.gcm.Decrypt(rec)
 		if err != nil {
 			a.rerr = fmt.Errorf("%w: %s record %d does not authenticate", ErrRecordRejected, typeName(typ), a.rc.rr.count.Load())
 			a.rc.fail(a.rerr)

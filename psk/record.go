@@ -245,12 +245,20 @@ func (r *recordReader) commit(h recordHeader, body []byte) {
 // readRecord copies the next whole record into p (which must hold
 // maxRecordLen bytes) and returns its length.
 func (r *recordReader) readRecord(p []byte) (int, error) {
+	b, err := r.nextRecord(len(p))
+	return copy(p, b), err
+}
+
+// nextRecord returns the next whole record, of at most max bytes, in the
+// reader's buffer: the caller may change it (decrypt in place), and it is
+// valid until the next call.
+func (r *recordReader) nextRecord(max int) ([]byte, error) {
 	if r.err != nil {
-		return 0, r.err
+		return nil, r.err
 	}
 	hb, err := r.br.peek(recordHeaderLen)
 	if err != nil {
-		return 0, r.readFailed(err, len(hb), recordHeaderLen)
+		return nil, r.readFailed(err, len(hb), recordHeaderLen)
 	}
 	h, err := parseRecordHeader(hb)
 	if err == nil {
@@ -258,21 +266,20 @@ func (r *recordReader) readRecord(p []byte) (int, error) {
 	}
 	if err != nil {
 		r.err = err
-		return 0, err
+		return nil, err
 	}
 	total := recordHeaderLen + h.n
-	if len(p) < total {
-		r.err = fmt.Errorf("psk: record reader: %d-byte read buffer for a %d-byte record: %w", len(p), total, io.ErrShortBuffer)
-		return 0, r.err
+	if max < total {
+		r.err = fmt.Errorf("psk: record reader: %d-byte read buffer for a %d-byte record: %w", max, total, io.ErrShortBuffer)
+		return nil, r.err
 	}
 	b, err := r.br.peek(total)
 	if err != nil {
-		return 0, r.readFailed(err, len(b), total)
+		return nil, r.readFailed(err, len(b), total)
 	}
-	n := copy(p, b)
 	r.br.discard(total) // the bytes are buffered
-	r.commit(h, p[recordHeaderLen:n])
-	return n, nil
+	r.commit(h, b[recordHeaderLen:])
+	return b, nil
 }
 
 func (r *recordReader) readFailed(err error, got, want int) error {
@@ -338,22 +345,25 @@ func (c *recordConn) Read(p []byte) (int, error) {
 		}
 		return 0, net.ErrClosed
 	}
-	return c.readOwn(p)
+	b, err := c.readOwn(len(p))
+	return copy(p, b), err
 }
 
-// readOwn is Read without the hand-over: one whole record, checked.
-func (c *recordConn) readOwn(p []byte) (int, error) {
+// readOwn is Read without the hand-over and without the copy: the next
+// whole record of at most max bytes, checked, in the record reader's
+// buffer (see recordReader.nextRecord).
+func (c *recordConn) readOwn(max int) ([]byte, error) {
 	if err := c.failure(); err != nil {
-		return 0, err
+		return nil, err
 	}
-	n, err := c.rr.readRecord(p)
+	b, err := c.rr.nextRecord(max)
 	if err != nil {
 		if f := c.failure(); f != nil {
-			return 0, f
+			return nil, f
 		}
-		return 0, err
+		return nil, err
 	}
-	return n, nil
+	return b, nil
 }
 
 // SetReadDeadline is how pion aborts a Read (a deadline in the past); it
