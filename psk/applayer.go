@@ -35,7 +35,8 @@ import (
 // waits for it on every record read and every record write, and pion's
 // read loop hands each record to Read through a channel. Here a record is
 // opened on the goroutine that reads it (yamux's receive loop) and sealed on
-// the one that writes it (yamux's send loop).
+// the one that writes it (the writer of a stream, or yamux's send loop for
+// a frame that had to queue: internal/yamux's DirectWrites).
 //
 // Opening follows the record reader's checks (order, epoch, phase, size):
 // an epoch-1 record that does not authenticate is fatal (a fatal

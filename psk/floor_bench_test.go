@@ -6,7 +6,7 @@ import (
 	"net"
 	"testing"
 
-	"github.com/hashicorp/yamux"
+	"github.com/milagro-sc/milagro/psk/internal/yamux"
 	"github.com/pion/dtls/v2"
 )
 

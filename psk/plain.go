@@ -20,7 +20,10 @@ const closeGrace = time.Second
 // makes) and writes packed into records of at most MaxRecordPlaintext
 // bytes. The frame parsers follow yamux's frames
 // in both directions for the stream table. Reads happen on yamux's receive
-// goroutine, writes on its send goroutine; Close may come from anywhere.
+// goroutine; writes come one frame at a time (yamux's write lock) from the
+// goroutine that sends the frame (a stream's writer, or yamux's send loop
+// for a frame that queued: internal/yamux's DirectWrites); Close may come
+// from anywhere.
 type plainConn struct {
 	app *appRecords
 	rc  *recordConn

@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/milagro-sc/milagro/psk/internal/yamux"
 
 	"github.com/milagro-sc/milagro/mpinkex"
 )
@@ -109,6 +109,13 @@ func (c *Config) yamux() *yamux.Config {
 		y.KeepAliveInterval = c.KeepAliveInterval
 	}
 	y.ConnectionWriteTimeout = c.WriteTimeout
+	// recordConn bounds every TCP write by WriteTimeout, so frames may be
+	// written by their senders; and a Read never waits for a window
+	// update to be written, so that package proxy may read buffered data
+	// on the receive goroutine (Stream.Buffered). See
+	// internal/yamux/PATCHES.md.
+	y.DirectWrites = true
+	y.AsyncWindowUpdates = true
 	y.MaxStreamWindowSize = c.StreamWindow
 	y.StreamOpenTimeout = 0 // Open waits for the status with its own bound
 	y.StreamCloseTimeout = max(c.StreamCloseTimeout, 0)

@@ -222,7 +222,7 @@ func TestViolationAfterFIN(t *testing.T) {
 	leakCheck(t)
 	slow := &slowCloseConn{released: make(chan struct{}), delay: time.Second}
 	// No keepalive on the server: this test writes on its connection
-	// directly, which only yamux's send loop does otherwise.
+	// directly, which only yamux's frame writers do otherwise.
 	pr := dialPair(t, sharedDomain(t), pairOpts{srv: &Config{KeepAliveInterval: -1}, wrapCli: func(c net.Conn) net.Conn {
 		slow.Conn = c
 		return slow
@@ -235,8 +235,8 @@ func TestViolationAfterFIN(t *testing.T) {
 	if err := st.CloseWrite(); err != nil { // the client's FIN
 		t.Fatal(err)
 	}
-	// A write the test waits for: everything yamux's send loop wrote so
-	// far happens before the frames written below.
+	// A write the test waits for: everything yamux wrote so far happens
+	// before the frames written below.
 	if _, err := sst.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}

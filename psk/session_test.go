@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/milagro-sc/milagro/psk/internal/yamux"
 	"github.com/pion/dtls/v2"
 
 	"github.com/milagro-sc/milagro/mpinkex"

@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/milagro-sc/milagro/psk/internal/yamux"
 )
 
 // Stream is one proxied connection: a yamux stream whose header exchange
@@ -173,12 +173,28 @@ func (st *Stream) Readable() bool {
 	return done || tr == nil || tr.avail.Load() > 0 || tr.ended.Load()
 }
 
+// Buffered returns how many bytes a Read returns at once: stream data
+// received and not yet read (0 once the stream is closed here). Such a
+// Read waits for nothing, neither for data nor for the connection (a
+// window update it causes is queued, not written), so the f of
+// NotifyReadable may make it.
+func (st *Stream) Buffered() int {
+	st.mu.Lock()
+	closed := st.closed
+	st.mu.Unlock()
+	if closed || st.tr == nil {
+		return 0
+	}
+	return int(max(st.tr.avail.Load(), 0))
+}
+
 // NotifyReadable has f called whenever the stream may have become
 // readable (see Readable): after data, the peer's FIN or a reset reached
 // it, after Close, and when the session ends; and once now if it is
 // readable already. Calls may be spurious; check Readable. f runs on the
 // session's receive goroutine or the one closing, so it must not block
-// (start a goroutine, signal a channel). A later call replaces f; nil
+// (start a goroutine, signal a channel; a Read of at most Buffered bytes
+// and non-blocking writes elsewhere are fine). A later call replaces f; nil
 // stops the calls. With it a proxy needs no goroutine waiting in Read on
 // a quiet stream.
 func (st *Stream) NotifyReadable(f func()) {

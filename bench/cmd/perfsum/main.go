@@ -47,7 +47,7 @@ var rules = []rule{
 	{name: "sync: select, channels, locks", leaf: true, prefixes: []string{"runtime.selectgo", "runtime.chan", "runtime.lock",
 		"runtime.unlock", "runtime.sel", "sync.", "internal/sync.", "runtime.sema", "runtime.send", "runtime.recv"}},
 	{name: "pion DTLS (other)", contains: []string{"pion/dtls"}},
-	{name: "yamux (other)", contains: []string{"hashicorp/yamux"}},
+	{name: "yamux (other)", contains: []string{"hashicorp/yamux", "psk/internal/yamux"}},
 	{name: "logging (zerolog)", contains: []string{"rs/zerolog"}},
 	{name: "metrics (prometheus)", contains: []string{"prometheus/"}},
 	{name: "milagro mpinkex (other)", contains: []string{"milagro/mpinkex"}},

@@ -44,6 +44,18 @@ type Config struct {
 	// and send a RST to the remote side.
 	StreamCloseTimeout time.Duration
 
+	// DirectWrites (milagro patch, see PATCHES.md) has a frame written by
+	// its sender, on the sender's goroutine, when no other frame is queued
+	// or being written, instead of always through the send loop. The
+	// connection must then bound its own writes (a write deadline):
+	// ConnectionWriteTimeout bounds only the wait of a queued frame.
+	DirectWrites bool
+
+	// AsyncWindowUpdates (milagro patch) queues the window update a
+	// stream Read sends, without waiting for it to be written, so that a
+	// Read of buffered data never blocks.
+	AsyncWindowUpdates bool
+
 	// LogOutput is used to control the log destination. Either Logger or
 	// LogOutput can be set, not both.
 	LogOutput io.Writer

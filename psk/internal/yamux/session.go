@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"io/ioutil"
 	"log"
 	"math"
 	"net"
@@ -66,6 +65,14 @@ type Session struct {
 	// sendCh is used to mark a stream as ready to send,
 	// or to send a header out directly.
 	sendCh chan *sendReady
+
+	// directFrames counts the frames written by their senders (tests).
+	directFrames atomic.Uint64
+
+	// writeMu serialises the frames written to conn: the send loop holds
+	// it for each queued frame, and a frame sent while nothing is queued
+	// is written under it by its sender (milagro patch, see PATCHES.md).
+	writeMu sync.Mutex
 
 	// recvDoneCh is closed when recv() exits to avoid a race
 	// between stream registration and stream shutdown
@@ -389,6 +396,18 @@ func (s *Session) waitForSend(hdr header, body []byte) error {
 // potential shutdown. Since there's the expectation that sends can happen
 // in a timely manner, we enforce the connection write timeout here.
 func (s *Session) waitForSendErr(hdr header, body []byte, errCh chan error) error {
+	// milagro patch: with nothing queued and no write under way, the
+	// sender writes its frame itself instead of handing it to the send
+	// loop and waiting for the loop's answer. That hand-off costs two
+	// goroutine switches per frame and, with a CPU idle, a thread wake-up
+	// each (PATCHES.md). Order is kept: a frame goes direct only when the
+	// queue is empty, and every sender waits until its frame is written.
+	if s.config.DirectWrites && len(s.sendCh) == 0 && s.writeMu.TryLock() {
+		err := s.writeDirect(hdr, body)
+		s.writeMu.Unlock()
+		return err
+	}
+
 	t := timerPool.Get()
 	timer := t.(*time.Timer)
 	timer.Reset(s.config.ConnectionWriteTimeout)
@@ -468,6 +487,47 @@ func (s *Session) sendNoWait(hdr header) error {
 	}
 }
 
+// writeDirect writes one frame on the sender's goroutine; writeMu is held.
+// A failed write ends the session as it does in the send loop; the close
+// runs on its own goroutine, as the sender may be the receive loop, which
+// Close waits for, and the error is returned once the session is marked
+// closed.
+func (s *Session) writeDirect(hdr header, body []byte) error {
+	select {
+	case <-s.shutdownCh:
+		return ErrSessionShutdown
+	default:
+	}
+	s.directFrames.Add(1)
+	var err error
+	if hdr != nil {
+		_, err = s.conn.Write(hdr)
+	}
+	if err == nil && len(body) > 0 {
+		_, err = s.conn.Write(body)
+	}
+	if err != nil {
+		s.logger.Printf("[ERR] yamux: Failed to write frame: %v", err)
+		go s.exitErr(err)
+		// Close closes shutdownCh before it waits for anything: once the
+		// sender has its error, the session reports itself closed.
+		<-s.shutdownCh
+	}
+	return err
+}
+
+// sendAsync queues a header-only frame without waiting for it to be
+// written and without ever blocking: when the queue is full, a goroutine
+// waits to queue it (milagro patch, for window updates).
+func (s *Session) sendAsync(hdr header) {
+	select {
+	case s.sendCh <- &sendReady{Hdr: hdr}:
+	case <-s.shutdownCh:
+	default:
+		go func() { _ = s.sendNoWait(hdr) }()
+	}
+}
+
 // send is a long running goroutine that sends data
 func (s *Session) send() {
 	if err := s.sendLoop(); err != nil {
@@ -483,48 +543,59 @@ func (s *Session) sendLoop() error {
 
 		select {
 		case ready := <-s.sendCh:
-			// Send a header if ready
-			if ready.Hdr != nil {
-				_, err := s.conn.Write(ready.Hdr)
-				if err != nil {
-					s.logger.Printf("[ERR] yamux: Failed to write header: %v", err)
-					asyncSendErr(ready.Err, err)
-					return err
-				}
+			s.writeMu.Lock()
+			err := s.sendOne(ready, &bodyBuf)
+			s.writeMu.Unlock()
+			if err != nil {
+				return err
 			}
-
-			ready.mu.Lock()
-			if ready.Body != nil {
-				// Copy the body into the buffer to avoid
-				// holding a mutex lock during the write.
-				_, err := bodyBuf.Write(ready.Body)
-				if err != nil {
-					ready.Body = nil
-					ready.mu.Unlock()
-					s.logger.Printf("[ERR] yamux: Failed to copy body into buffer: %v", err)
-					asyncSendErr(ready.Err, err)
-					return err
-				}
-				ready.Body = nil
-			}
-			ready.mu.Unlock()
-
-			if bodyBuf.Len() > 0 {
-				// Send data from a body if given
-				_, err := s.conn.Write(bodyBuf.Bytes())
-				if err != nil {
-					s.logger.Printf("[ERR] yamux: Failed to write body: %v", err)
-					asyncSendErr(ready.Err, err)
-					return err
-				}
-			}
-
-			// No error, successful send
-			asyncSendErr(ready.Err, nil)
 		case <-s.shutdownCh:
 			return nil
 		}
 	}
+}
+
+// sendOne writes one queued frame; writeMu is held.
+func (s *Session) sendOne(ready *sendReady, bodyBuf *bytes.Buffer) error {
+	// Send a header if ready
+	if ready.Hdr != nil {
+		_, err := s.conn.Write(ready.Hdr)
+		if err != nil {
+			s.logger.Printf("[ERR] yamux: Failed to write header: %v", err)
+			asyncSendErr(ready.Err, err)
+			return err
+		}
+	}
+
+	ready.mu.Lock()
+	if ready.Body != nil {
+		// Copy the body into the buffer to avoid
+		// holding a mutex lock during the write.
+		_, err := bodyBuf.Write(ready.Body)
+		if err != nil {
+			ready.Body = nil
+			ready.mu.Unlock()
+			s.logger.Printf("[ERR] yamux: Failed to copy body into buffer: %v", err)
+			asyncSendErr(ready.Err, err)
+			return err
+		}
+		ready.Body = nil
+	}
+	ready.mu.Unlock()
+
+	if bodyBuf.Len() > 0 {
+		// Send data from a body if given
+		_, err := s.conn.Write(bodyBuf.Bytes())
+		if err != nil {
+			s.logger.Printf("[ERR] yamux: Failed to write body: %v", err)
+			asyncSendErr(ready.Err, err)
+			return err
+		}
+	}
+
+	// No error, successful send
+	asyncSendErr(ready.Err, nil)
+	return nil
 }
 
 // recv is a long running goroutine that accepts new data
@@ -595,7 +666,7 @@ func (s *Session) handleStreamMessage(hdr header) error {
 		// Drain any data on the wire
 		if hdr.MsgType() == typeData && hdr.Length() > 0 {
 			s.logger.Printf("[WARN] yamux: Discarding data for stream: %d", id)
-			if _, err := io.CopyN(ioutil.Discard, s.bufRead, int64(hdr.Length())); err != nil {
+			if _, err := io.CopyN(io.Discard, s.bufRead, int64(hdr.Length())); err != nil {
 				s.logger.Printf("[ERR] yamux: Failed to discard data: %v", err)
 				return nil
 			}

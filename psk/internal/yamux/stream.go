@@ -290,6 +290,17 @@ func (s *Stream) sendWindowUpdate() error {
 	s.recvWindow += delta
 	s.recvLock.Unlock()
 
+	// milagro patch: a bare window update is queued without waiting for
+	// it to be written, so that a Read never blocks on the connection's
+	// writes (the receive loop may Read, see PATCHES.md). The window is
+	// already ours: the update only tells the peer.
+	if flags == 0 && s.session.config.AsyncWindowUpdates {
+		hdr := header(make([]byte, headerSize))
+		hdr.encode(typeWindowUpdate, 0, s.id, delta)
+		s.session.sendAsync(hdr)
+		return nil
+	}
+
 	// Send the header
 	s.controlHdr.encode(typeWindowUpdate, flags, s.id, delta)
 	if err := s.session.waitForSendErr(s.controlHdr, nil, s.controlErr); err != nil {

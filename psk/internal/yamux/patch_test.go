@@ -1,0 +1,267 @@
+package yamux
+
+// Tests of the milagro patches (PATCHES.md): DirectWrites and
+// AsyncWindowUpdates.
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// patchedConf makes testConf turn the patches on (TestPatched).
+var patchedConf bool
+
+// TestPatched runs upstream's session tests again with both patches on.
+// Left out is the one test of what DirectWrites changes on purpose: a
+// frame written directly is bounded by the connection's own write
+// deadline, not by ConnectionWriteTimeout (upstream's test connection has
+// no deadline, so its blocked write would wait forever);
+// TestDirectWriteQueuedTimeout checks what ConnectionWriteTimeout still
+// bounds.
+func TestPatched(t *testing.T) {
+	tests := []struct {
+		name string
+		f    func(*testing.T)
+	}{
+		{"Ping", TestPing}, {"Ping_Timeout", TestPing_Timeout}, {"CloseBeforeAck", TestCloseBeforeAck},
+		{"Accept", TestAccept}, {"OpenStreamTimeout", TestOpenStreamTimeout},
+		{"Close_closeTimeout", TestClose_closeTimeout}, {"SendData_Small", TestSendData_Small},
+		{"SendData_Large", TestSendData_Large}, {"GoAway", TestGoAway}, {"ManyStreams", TestManyStreams},
+		{"ManyStreams_PingPong", TestManyStreams_PingPong}, {"HalfClose", TestHalfClose},
+		{"HalfCloseSessionShutdown", TestHalfCloseSessionShutdown}, {"ReadDeadline", TestReadDeadline},
+		{"ReadDeadline_BlockedRead", TestReadDeadline_BlockedRead}, {"WriteDeadline", TestWriteDeadline},
+		{"WriteDeadline_BlockedWrite", TestWriteDeadline_BlockedWrite}, {"BacklogExceeded", TestBacklogExceeded},
+		{"KeepAlive", TestKeepAlive}, {"KeepAlive_Timeout", TestKeepAlive_Timeout}, {"LargeWindow", TestLargeWindow},
+		{"SendData_VeryLarge", TestSendData_VeryLarge}, {"BacklogExceeded_Accept", TestBacklogExceeded_Accept},
+		{"Session_WindowUpdateWriteDuringRead", TestSession_WindowUpdateWriteDuringRead},
+		{"Session_PartialReadWindowUpdate", TestSession_PartialReadWindowUpdate},
+		{"Session_sendNoWait_Timeout", TestSession_sendNoWait_Timeout}, {"Session_PingOfDeath", TestSession_PingOfDeath},
+		{"CancelAccept", TestCancelAccept},
+	}
+	patchedConf = true
+	defer func() { patchedConf = false }()
+	for _, tt := range tests {
+		t.Run(tt.name, tt.f)
+	}
+}
+
+func patchedPair(t *testing.T, client, server io.ReadWriteCloser, direct bool) (*Session, *Session) {
+	t.Helper()
+	conf := testConfNoKeepAlive()
+	conf.ConnectionWriteTimeout = 5 * time.Second
+	conf.DirectWrites, conf.AsyncWindowUpdates = direct, direct
+	return testClientServerConfig(t, client, server, conf, conf.Clone())
+}
+
+// Many streams writing both ways at once over TCP: every byte arrives, in
+// order, whether its frame went direct or through the queue (contention
+// sends some through the queue). Without the patch no frame goes direct.
+func TestDirectWritesConcurrentStreams(t *testing.T) {
+	for _, direct := range []bool{true, false} {
+		c, s := testConnTCP(t)
+		client, server := patchedPair(t, c, s, direct)
+		const streams, size = 8, 1 << 20
+		var wg sync.WaitGroup
+		errs := make(chan error, 4*streams)
+		// The server echoes each stream.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range streams {
+				st, err := server.AcceptStream()
+				if err != nil {
+					errs <- err
+					return
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if _, err := io.Copy(st, st); err != nil {
+						errs <- err
+					}
+					_ = st.Close()
+				}()
+			}
+		}()
+		for range streams {
+			st, err := client.OpenStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			data := make([]byte, size)
+			_, _ = rand.Read(data)
+			want := sha256.Sum256(data)
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				// Odd sizes, so that frames of all lengths interleave.
+				for b := data; len(b) > 0; {
+					n := 1 + (len(b)-1)%7919 // yamux's min shadows the builtin
+					if _, err := st.Write(b[:n]); err != nil {
+						errs <- err
+						return
+					}
+					b = b[n:]
+				}
+				_ = st.Close() // FIN: the echo ends
+			}()
+			go func() {
+				defer wg.Done()
+				h := sha256.New()
+				if _, err := io.Copy(h, st); err != nil {
+					errs <- err
+					return
+				}
+				if !bytes.Equal(h.Sum(nil), want[:]) {
+					errs <- errors.New("echoed data differs")
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("direct=%v: %v", direct, err)
+		}
+		nd := client.directFrames.Load() + server.directFrames.Load()
+		if direct && nd == 0 || !direct && nd != 0 {
+			t.Errorf("direct=%v: %d frames written directly", direct, nd)
+		}
+		t.Logf("direct=%v: %d frames written directly", direct, nd)
+	}
+}
+
+// failConn fails every Write once failing is set.
+type failConn struct {
+	io.ReadWriteCloser
+	failing atomic.Bool
+}
+
+var errInjected = errors.New("injected write failure")
+
+func (c *failConn) Write(b []byte) (int, error) {
+	if c.failing.Load() {
+		return 0, errInjected
+	}
+	return c.ReadWriteCloser.Write(b)
+}
+
+// A direct write that fails ends the session, which reports itself closed
+// by the time the writer has its error (a session pool drops it then).
+func TestDirectWriteErrorClosesSession(t *testing.T) {
+	c, s := testConnTCP(t)
+	fc := &failConn{ReadWriteCloser: c}
+	client, server := patchedPair(t, fc, s, true)
+	st, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := server.AcceptStream(); err != nil {
+		t.Fatal(err)
+	}
+	fc.failing.Store(true)
+	if _, err := st.Write([]byte("hello")); !errors.Is(err, errInjected) {
+		t.Fatalf("Write: %v, want the connection's error", err)
+	}
+	if !client.IsClosed() {
+		t.Fatal("session not closed when the failed Write returned")
+	}
+	if _, err := st.Write([]byte("again")); err == nil {
+		t.Fatal("Write after the session ended succeeded")
+	}
+}
+
+// While a direct write is blocked in the connection, other frames queue,
+// and ConnectionWriteTimeout still bounds their wait.
+func TestDirectWriteQueuedTimeout(t *testing.T) {
+	c, s := testConnPipe(t)
+	conf := testConfNoKeepAlive()
+	conf.DirectWrites, conf.AsyncWindowUpdates = true, true
+	client, server := testClientServerConfig(t, c, s, conf, conf.Clone())
+	st1, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st2, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := server.AcceptStream(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn := c.(*pipeConn)
+	conn.writeBlocker.Lock()
+	blocked := make(chan error, 1)
+	go func() { _, err := st1.Write([]byte("blocked")); blocked <- err }()
+	// Wait until st1's frame holds the write lock.
+	for client.writeMu.TryLock() {
+		client.writeMu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+	start := time.Now()
+	if _, err := st2.Write([]byte("queued")); !errors.Is(err, ErrConnectionWriteTimeout) {
+		t.Fatalf("queued Write: %v, want ErrConnectionWriteTimeout", err)
+	}
+	if d := time.Since(start); d < conf.ConnectionWriteTimeout/2 {
+		t.Errorf("queued Write gave up after %v", d)
+	}
+	conn.writeBlocker.Unlock()
+	if err := <-blocked; err != nil {
+		t.Fatalf("blocked Write: %v", err)
+	}
+}
+
+// A Read that makes the stream send a window update returns at once even
+// while the connection cannot be written; the update reaches the peer once
+// it can.
+func TestAsyncWindowUpdateReadDoesNotBlock(t *testing.T) {
+	c, s := testConnPipe(t)
+	client, server := patchedPair(t, c, s, true)
+	cst, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sst, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	window := int(initialStreamWindow)
+	data := make([]byte, window) // the whole window: the client's writes then wait for an update
+	wrote := make(chan error, 1)
+	go func() { _, err := cst.Write(data); wrote <- err }()
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+
+	srv := s.(*pipeConn)
+	srv.writeBlocker.Lock()
+	read := make(chan error, 1)
+	go func() { _, err := io.ReadFull(sst, make([]byte, window)); read <- err }()
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Read blocked on the window update")
+	}
+	// The window is spent: this write waits for the update, which goes
+	// out once the server's connection takes writes again.
+	go func() { _, err := cst.Write([]byte("more")); wrote <- err }()
+	srv.writeBlocker.Unlock()
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(sst, buf); err != nil || string(buf) != "more" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+}
