@@ -255,9 +255,12 @@ var inlineCounts struct{ whole, rest atomic.Uint64 }
 // copyInline copies what src has buffered to the socket dst on the
 // notifying goroutine (the session's receive loop), and so spares the
 // hand-off to a copier goroutine that dominates the cost of small
-// messages: a thread wake-up and two goroutine switches for each (warm
-// ping-pong, see the package's benchmarks). It never blocks: it reads only
-// what Read returns at once and writes only what the socket takes now.
+// messages: a thread wake-up and two goroutine switches for each, when
+// the other CPU is idle (whole-process counts in
+// psk/internal/yamux/PATCHES.md; in one process, where both ends keep the
+// CPUs busy, BenchmarkPipePingPong cannot show it). It never blocks: it
+// reads only what Read returns at once and writes only what the socket
+// takes now.
 // Anything else — a socket that would block, a bulk amount, the end of
 // src, an error — goes to a copier goroutine, as without it. kick has set
 // running.
