@@ -841,3 +841,29 @@ func TestNotifyReadable(t *testing.T) {
 		t.Fatalf("NotifyReadable on an ended session: called %v, readable %v", called, st2.Readable())
 	}
 }
+
+func TestConfigStreamWindow(t *testing.T) {
+	for _, tc := range []struct {
+		set, want uint32
+		ok        bool
+	}{
+		{0, defaultStreamWindow, true},
+		{minStreamWindow, minStreamWindow, true},
+		{maxStreamWindow, maxStreamWindow, true},
+		{minStreamWindow - 1, 0, false},
+		{maxStreamWindow + 1, 0, false},
+	} {
+		cfg, err := (&Config{StreamWindow: tc.set}).withDefaults()
+		switch {
+		case tc.ok && (err != nil || cfg.StreamWindow != tc.want):
+			t.Errorf("StreamWindow %d: got %d, %v; want %d", tc.set, cfg.StreamWindow, err, tc.want)
+		case !tc.ok && !errors.Is(err, ErrConfig):
+			t.Errorf("StreamWindow %d: %v, want ErrConfig", tc.set, err)
+		}
+		if tc.ok {
+			if y := cfg.yamux(); y.MaxStreamWindowSize != tc.want {
+				t.Errorf("StreamWindow %d: yamux window %d", tc.set, y.MaxStreamWindowSize)
+			}
+		}
+	}
+}

@@ -55,6 +55,9 @@ func (c *Common) validate() error {
 	if c.MaxConns <= 0 {
 		return errors.New("--max-conns must be positive")
 	}
+	if c.StreamWindow < 256<<10 || c.StreamWindow > 16<<20 {
+		return fmt.Errorf("--stream-window %d: must be from 262144 (256 KiB) to 16777216 (16 MiB)", c.StreamWindow)
+	}
 	if c.EnablePprof && c.Status == "" {
 		return errors.New("--enable-pprof needs --status (the profiles are served there)")
 	}
@@ -126,6 +129,7 @@ func (c *Common) pskConfig() *psk.Config {
 		HandshakeTimeout:  c.HandshakeTO,
 		KeepAliveInterval: c.KeepAlive,
 		IdleTimeout:       c.SessionIdle,
+		StreamWindow:      uint32(c.StreamWindow),
 	}
 }
 

@@ -389,6 +389,8 @@ func TestNewServerConfigErrors(t *testing.T) {
 		{"http and proxy protocol", func(c *ServerConfig) { c.HTTP, c.ProxyProtocol = true, true }, "exclude each other"},
 		{"bad quiet", func(c *ServerConfig) { c.Quiet = []string{"everything"} }, "--quiet"},
 		{"max-handshakes", func(c *ServerConfig) { c.MaxHandshakes = 0 }, "--max-handshakes"},
+		{"stream window too small", func(c *ServerConfig) { c.StreamWindow = 65535 }, "--stream-window 65535"},
+		{"stream window too large", func(c *ServerConfig) { c.StreamWindow = 32 << 20 }, "--stream-window 33554432"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultServerConfig()
@@ -438,6 +440,7 @@ func TestNewClientConfigErrors(t *testing.T) {
 		{"factor file missing", func(c *ClientConfig) { c.FactorFile = "/nonexistent/factor" }, "factor file"},
 		{"no sessions", func(c *ClientConfig) { c.MaxSessions = 0 }, "--max-sessions (0)"},
 		{"negative streams", func(c *ClientConfig) { c.MaxStreams = -1 }, "--max-streams-per-session (-1)"},
+		{"stream window", func(c *ClientConfig) { c.StreamWindow = 0 }, "--stream-window 0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultClientConfig()
