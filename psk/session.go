@@ -61,9 +61,10 @@ type Config struct {
 	// StreamWindow is the per-stream flow-control window in bytes: what a
 	// stream may have in flight in each direction, and so the most this
 	// side buffers for it when its reader is slow. Default 1 MiB, minimum
-	// 256 KiB (yamux's initial window), maximum 16 MiB. 256 KiB limited a
-	// bulk transfer to ~0.8 of crypto/tls's throughput: the writer
-	// waited for a window update twice per window (bench/README.md).
+	// 256 KiB (yamux's initial window), maximum 16 MiB. 256 KiB held a
+	// bulk transfer to ~0.8 of a crypto/tls pair's throughput, the writer
+	// waiting for a window update twice per window; 1 MiB matches it
+	// (README, Performance).
 	StreamWindow uint32
 }
 
