@@ -265,3 +265,61 @@ func TestAsyncWindowUpdateReadDoesNotBlock(t *testing.T) {
 		t.Fatalf("read %q, %v", buf, err)
 	}
 }
+
+// The same while a FIN of the stream waits for the connection: the FIN
+// holds the stream's control header, which a Read's update does not need.
+func TestAsyncWindowUpdateReadDuringBlockedFIN(t *testing.T) {
+	c, s := testConnPipe(t)
+	client, server := patchedPair(t, c, s, true)
+	cst, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sst, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	window := int(initialStreamWindow)
+	if _, err := cst.Write(make([]byte, window)); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until all of it is buffered at the server.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		sst.recvLock.Lock()
+		n := 0
+		if sst.recvBuf != nil {
+			n = sst.recvBuf.Len()
+		}
+		sst.recvLock.Unlock()
+		if n == window {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d bytes buffered", n, window)
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	srv := s.(*pipeConn)
+	srv.writeBlocker.Lock()
+	fin := make(chan error, 1)
+	go func() { fin <- sst.Close() }() // its FIN blocks in the connection
+	for sst.controlHdrLock.TryLock() {
+		sst.controlHdrLock.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+	read := make(chan error, 1)
+	go func() { _, err := io.ReadFull(sst, make([]byte, window)); read <- err }()
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Read blocked behind the FIN")
+	}
+	srv.writeBlocker.Unlock()
+	if err := <-fin; err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}

@@ -265,6 +265,9 @@ func (s *Stream) sendFlags() uint16 {
 // sendWindowUpdate potentially sends a window update enabling
 // further writes to take place. Must be invoked with the lock.
 func (s *Stream) sendWindowUpdate() error {
+	if s.session.config.AsyncWindowUpdates && s.sendWindowUpdateAsync() {
+		return nil
+	}
 	s.controlHdrLock.Lock()
 	defer s.controlHdrLock.Unlock()
 
@@ -290,17 +293,6 @@ func (s *Stream) sendWindowUpdate() error {
 	s.recvWindow += delta
 	s.recvLock.Unlock()
 
-	// milagro patch: a bare window update is queued without waiting for
-	// it to be written, so that a Read never blocks on the connection's
-	// writes (the receive loop may Read, see PATCHES.md). The window is
-	// already ours: the update only tells the peer.
-	if flags == 0 && s.session.config.AsyncWindowUpdates {
-		hdr := header(make([]byte, headerSize))
-		hdr.encode(typeWindowUpdate, 0, s.id, delta)
-		s.session.sendAsync(hdr)
-		return nil
-	}
-
 	// Send the header
 	s.controlHdr.encode(typeWindowUpdate, flags, s.id, delta)
 	if err := s.session.waitForSendErr(s.controlHdr, nil, s.controlErr); err != nil {
@@ -311,6 +303,40 @@ func (s *Stream) sendWindowUpdate() error {
 		return err
 	}
 	return nil
+}
+
+// sendWindowUpdateAsync (milagro patch, AsyncWindowUpdates) is
+// sendWindowUpdate for a stream whose SYN or ACK is no longer pending: the
+// update, if one is due, is queued without waiting for it to be written,
+// and without taking controlHdrLock, which a FIN being sent holds while it
+// waits for the connection. So a Read never blocks on the connection's
+// writes (the receive loop may Read, see PATCHES.md). The window is
+// already ours: the update only tells the peer. It returns false, having
+// done nothing, when flags are pending: the caller goes the upstream way.
+func (s *Stream) sendWindowUpdateAsync() bool {
+	s.stateLock.Lock()
+	pending := s.state == streamInit || s.state == streamSYNReceived
+	s.stateLock.Unlock()
+	if pending {
+		return false
+	}
+	max := s.session.config.MaxStreamWindowSize
+	var bufLen uint32
+	s.recvLock.Lock()
+	if s.recvBuf != nil {
+		bufLen = uint32(s.recvBuf.Len())
+	}
+	delta := (max - bufLen) - s.recvWindow
+	if delta < max/2 {
+		s.recvLock.Unlock()
+		return true
+	}
+	s.recvWindow += delta
+	s.recvLock.Unlock()
+	hdr := header(make([]byte, headerSize))
+	hdr.encode(typeWindowUpdate, 0, s.id, delta)
+	s.session.sendAsync(hdr)
+	return true
 }
 
 // sendClose is used to send a FIN
