@@ -86,7 +86,21 @@ func (c *plainConn) frameDone(h *[yHeaderLen]byte) {
 // handled, frame by frame — everything the earlier Reads returned: so at
 // the start of a Read every whole frame returned before is in its
 // stream's buffer (or has closed it), and Stream.Readable may say so.
+//
+// A frame that ended before the one yamux is reading now may belong to the
+// same stream (a peer may pack frames into records as it likes): yamux
+// then holds that stream's receive lock while it waits for this Read, and
+// a Read of the stream from a notification here would wait for itself.
+// The stream is marked filling meanwhile, so that Stream.Buffered says 0
+// and a notified reader goes to another goroutine.
 func (c *plainConn) deliver() {
+	if len(c.ready) == 0 {
+		return
+	}
+	if c.cur != nil && c.in.skip > 0 {
+		c.cur.filling.Store(true)
+		defer c.cur.filling.Store(false)
+	}
 	for i, f := range c.ready {
 		if f.n > 0 {
 			f.tr.avail.Add(int64(f.n))

@@ -1,6 +1,7 @@
 package psk
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -287,5 +288,70 @@ func TestViolationAfterFIN(t *testing.T) {
 	}
 	if err := cli.Err(); !errors.Is(err, ErrProtocol) {
 		t.Errorf("client Err = %v, want ErrProtocol", err)
+	}
+}
+
+// TestBufferedWhileFilling: a peer may pack the end of one data frame and
+// the start of the next frame of the same stream into one record. While
+// yamux reads the second frame's body it holds the stream's receive lock
+// and waits for the record reader, which tells the stream about the first
+// frame: a reader notified then must not Read on that goroutine
+// (Buffered says 0), or it waits for itself. Once the second frame is in,
+// the notification's inline Read gets both.
+func TestBufferedWhileFilling(t *testing.T) {
+	cli, srv := sessionPair(t, &Config{KeepAliveInterval: -1}, &Config{KeepAliveInterval: -1})
+	st, _ := streamPair(t, cli, srv)
+
+	var mu sync.Mutex
+	var got []byte
+	done := make(chan struct{})
+	const lenA, lenB = 10, 20000
+	st.NotifyReadable(func() { // on the client's receive goroutine
+		n := st.Buffered()
+		if n == 0 {
+			return
+		}
+		b := make([]byte, n)
+		m, err := st.Read(b) // returns at once: n bytes are buffered
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			t.Errorf("inline Read: %v", err)
+		}
+		got = append(got, b[:m]...)
+		if len(got) == lenA+lenB {
+			close(done)
+		}
+	})
+
+	frame := func(n int, fill byte) []byte {
+		f := make([]byte, yHeaderLen+n)
+		f[1] = yTypeData
+		binary.BigEndian.PutUint32(f[4:8], st.StreamID())
+		binary.BigEndian.PutUint32(f[8:12], uint32(n))
+		for i := range n {
+			f[yHeaderLen+i] = fill
+		}
+		return f
+	}
+	a, b := frame(lenA, 'a'), frame(lenB, 'b')
+	// Frame A whole and the start of B in one Write: one record (the
+	// server's own yamux never packs two frames into a record).
+	if _, err := srv.pc.Write(append(a, b[:yHeaderLen+100]...)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.pc.Write(b[yHeaderLen+100:]); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stream's data did not arrive: its reader waits for itself?")
+	}
+	want := append(bytes.Repeat([]byte{'a'}, lenA), bytes.Repeat([]byte{'b'}, lenB)...)
+	mu.Lock()
+	defer mu.Unlock()
+	if !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes, not A then B", len(got))
 	}
 }

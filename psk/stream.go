@@ -174,15 +174,15 @@ func (st *Stream) Readable() bool {
 }
 
 // Buffered returns how many bytes a Read returns at once: stream data
-// received and not yet read (0 once the stream is closed here). Such a
-// Read waits for nothing, neither for data nor for the connection (a
-// window update it causes is queued, not written), so the f of
-// NotifyReadable may make it.
+// received and not yet read (0 once the stream is closed here, and while
+// the receive goroutine is filling the stream's buffer). Such a Read waits
+// for nothing, neither for data nor for the connection (a window update it
+// causes is queued, not written), so the f of NotifyReadable may make it.
 func (st *Stream) Buffered() int {
 	st.mu.Lock()
 	closed := st.closed
 	st.mu.Unlock()
-	if closed || st.tr == nil {
+	if closed || st.tr == nil || st.tr.filling.Load() {
 		return 0
 	}
 	return int(max(st.tr.avail.Load(), 0))

@@ -90,6 +90,11 @@ type streamTrack struct {
 	avail  atomic.Int64
 	ended  atomic.Bool
 	notify atomic.Pointer[func()] // Stream.NotifyReadable's f
+
+	// filling: yamux is reading the body of a data frame of the stream
+	// into its buffer on the receive goroutine, holding the stream's
+	// receive lock, while plainConn.deliver runs there (Stream.Buffered).
+	filling atomic.Bool
 }
 
 // readable calls the stream's NotifyReadable function, if any.
