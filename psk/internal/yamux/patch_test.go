@@ -1,7 +1,8 @@
 package yamux
 
 // Tests of the milagro patches (PATCHES.md): DirectWrites and
-// AsyncWindowUpdates.
+// AsyncWindowUpdates. Upstream's suite (session_test.go) runs with both on
+// as well (testConf).
 
 import (
 	"bytes"
@@ -14,43 +15,6 @@ import (
 	"testing"
 	"time"
 )
-
-// patchedConf makes testConf turn the patches on (TestPatched).
-var patchedConf bool
-
-// TestPatched runs upstream's session tests again with both patches on.
-// Left out is the one test of what DirectWrites changes on purpose: a
-// frame written directly is bounded by the connection's own write
-// deadline, not by ConnectionWriteTimeout (upstream's test connection has
-// no deadline, so its blocked write would wait forever);
-// TestDirectWriteQueuedTimeout checks what ConnectionWriteTimeout still
-// bounds.
-func TestPatched(t *testing.T) {
-	tests := []struct {
-		name string
-		f    func(*testing.T)
-	}{
-		{"Ping", TestPing}, {"Ping_Timeout", TestPing_Timeout}, {"CloseBeforeAck", TestCloseBeforeAck},
-		{"Accept", TestAccept}, {"OpenStreamTimeout", TestOpenStreamTimeout},
-		{"Close_closeTimeout", TestClose_closeTimeout}, {"SendData_Small", TestSendData_Small},
-		{"SendData_Large", TestSendData_Large}, {"GoAway", TestGoAway}, {"ManyStreams", TestManyStreams},
-		{"ManyStreams_PingPong", TestManyStreams_PingPong}, {"HalfClose", TestHalfClose},
-		{"HalfCloseSessionShutdown", TestHalfCloseSessionShutdown}, {"ReadDeadline", TestReadDeadline},
-		{"ReadDeadline_BlockedRead", TestReadDeadline_BlockedRead}, {"WriteDeadline", TestWriteDeadline},
-		{"WriteDeadline_BlockedWrite", TestWriteDeadline_BlockedWrite}, {"BacklogExceeded", TestBacklogExceeded},
-		{"KeepAlive", TestKeepAlive}, {"KeepAlive_Timeout", TestKeepAlive_Timeout}, {"LargeWindow", TestLargeWindow},
-		{"SendData_VeryLarge", TestSendData_VeryLarge}, {"BacklogExceeded_Accept", TestBacklogExceeded_Accept},
-		{"Session_WindowUpdateWriteDuringRead", TestSession_WindowUpdateWriteDuringRead},
-		{"Session_PartialReadWindowUpdate", TestSession_PartialReadWindowUpdate},
-		{"Session_sendNoWait_Timeout", TestSession_sendNoWait_Timeout}, {"Session_PingOfDeath", TestSession_PingOfDeath},
-		{"CancelAccept", TestCancelAccept},
-	}
-	patchedConf = true
-	defer func() { patchedConf = false }()
-	for _, tt := range tests {
-		t.Run(tt.name, tt.f)
-	}
-}
 
 func patchedPair(t *testing.T, client, server io.ReadWriteCloser, direct bool) (*Session, *Session) {
 	t.Helper()

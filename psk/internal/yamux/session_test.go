@@ -219,7 +219,9 @@ func testConf() *Config {
 	conf.AcceptBacklog = 64
 	conf.KeepAliveInterval = 100 * time.Millisecond
 	conf.ConnectionWriteTimeout = 250 * time.Millisecond
-	conf.DirectWrites, conf.AsyncWindowUpdates = patchedConf, patchedConf // milagro
+	// milagro: the suite runs with the patches on, as psk runs yamux
+	// (PATCHES.md, patch_test.go).
+	conf.DirectWrites, conf.AsyncWindowUpdates = true, true
 	return conf
 }
 
@@ -1267,6 +1269,7 @@ func TestKeepAlive_Timeout(t *testing.T) {
 
 func TestLargeWindow(t *testing.T) {
 	conf := DefaultConfig()
+	conf.DirectWrites, conf.AsyncWindowUpdates = true, true // milagro
 	conf.MaxStreamWindowSize *= 2
 
 	clientConn, serverConn := testConnTLS(t)
@@ -1675,6 +1678,11 @@ func TestSession_PingOfDeath(t *testing.T) {
 }
 
 func TestSession_ConnectionWriteTimeout(t *testing.T) {
+	// milagro: with DirectWrites the write below goes to the connection
+	// directly and waits for its (absent) write deadline, not for
+	// ConnectionWriteTimeout; TestDirectWriteQueuedTimeout tests what
+	// ConnectionWriteTimeout still bounds.
+	t.Skip("DirectWrites: a direct write is bounded by the connection (PATCHES.md)")
 	conf := testConfNoKeepAlive()
 
 	clientConn, serverConn := testConnPipe(t)
