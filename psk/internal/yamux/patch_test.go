@@ -183,20 +183,45 @@ func TestDirectWriteQueuedTimeout(t *testing.T) {
 	}
 }
 
-// A Read that makes the stream send a window update returns at once even
-// while the connection cannot be written; the update reaches the peer once
-// it can.
-func TestAsyncWindowUpdateReadDoesNotBlock(t *testing.T) {
+// patchedStreams returns a stream pair of patched sessions over pipes, and
+// the server's end of the pipe (its writeBlocker stops the server's
+// writes).
+func patchedStreams(t *testing.T) (server io.ReadWriteCloser, cst, sst *Stream) {
+	t.Helper()
 	c, s := testConnPipe(t)
-	client, server := patchedPair(t, c, s, true)
+	client, srv := patchedPair(t, c, s, true)
 	cst, err := client.OpenStream()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sst, err := server.AcceptStream()
+	sst, err = srv.AcceptStream()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s, cst, sst
+}
+
+// readWithin reads n bytes of st, failing the test if that takes 10 s
+// (a Read blocked what).
+func readWithin(t *testing.T, st *Stream, n int, what string) {
+	t.Helper()
+	read := make(chan error, 1)
+	go func() { _, err := io.ReadFull(st, make([]byte, n)); read <- err }()
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Read blocked %s", what)
+	}
+}
+
+// A Read that makes the stream send a window update returns at once even
+// while the connection cannot be written; the update reaches the peer once
+// it can.
+func TestAsyncWindowUpdateReadDoesNotBlock(t *testing.T) {
+	s, cst, sst := patchedStreams(t)
 	window := int(initialStreamWindow)
 	data := make([]byte, window) // the whole window: the client's writes then wait for an update
 	wrote := make(chan error, 1)
@@ -207,16 +232,7 @@ func TestAsyncWindowUpdateReadDoesNotBlock(t *testing.T) {
 
 	srv := s.(*pipeConn)
 	srv.writeBlocker.Lock()
-	read := make(chan error, 1)
-	go func() { _, err := io.ReadFull(sst, make([]byte, window)); read <- err }()
-	select {
-	case err := <-read:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Read blocked on the window update")
-	}
+	readWithin(t, sst, window, "on the window update")
 	// The window is spent: this write waits for the update, which goes
 	// out once the server's connection takes writes again.
 	go func() { _, err := cst.Write([]byte("more")); wrote <- err }()
@@ -233,16 +249,7 @@ func TestAsyncWindowUpdateReadDoesNotBlock(t *testing.T) {
 // The same while a FIN of the stream waits for the connection: the FIN
 // holds the stream's control header, which a Read's update does not need.
 func TestAsyncWindowUpdateReadDuringBlockedFIN(t *testing.T) {
-	c, s := testConnPipe(t)
-	client, server := patchedPair(t, c, s, true)
-	cst, err := client.OpenStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sst, err := server.AcceptStream()
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, cst, sst := patchedStreams(t)
 	window := int(initialStreamWindow)
 	if _, err := cst.Write(make([]byte, window)); err != nil {
 		t.Fatal(err)
@@ -272,16 +279,7 @@ func TestAsyncWindowUpdateReadDuringBlockedFIN(t *testing.T) {
 		sst.controlHdrLock.Unlock()
 		time.Sleep(time.Millisecond)
 	}
-	read := make(chan error, 1)
-	go func() { _, err := io.ReadFull(sst, make([]byte, window)); read <- err }()
-	select {
-	case err := <-read:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Read blocked behind the FIN")
-	}
+	readWithin(t, sst, window, "behind the FIN")
 	srv.writeBlocker.Unlock()
 	if err := <-fin; err != nil {
 		t.Fatalf("Close: %v", err)
