@@ -177,6 +177,16 @@ func (p *pipe) closeBoth() {
 	})
 }
 
+// rawConn returns c's syscall.RawConn if c is a socket, else nil.
+func rawConn(c net.Conn) syscall.RawConn {
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			return rc
+		}
+	}
+	return nil
+}
+
 // start starts both halves; with inline, the caller's goroutine runs one
 // that needs a goroutine of its own anyway.
 func (p *pipe) start(inline bool) {
@@ -186,24 +196,20 @@ func (p *pipe) start(inline bool) {
 		if rn, ok := h.src.(ReadNotifier); ok {
 			h.rn = rn
 			if br, ok := h.src.(bufferedReader); ok {
-				if sc, ok := h.dst.(syscall.Conn); ok {
-					if rc, err := sc.SyscallConn(); err == nil {
-						h.br, h.dstRC = br, rc
-					}
+				if rc := rawConn(h.dst); rc != nil {
+					h.br, h.dstRC = br, rc
 				}
 			}
 			rn.NotifyReadable(h.kick)
 			continue
 		}
-		if sc, ok := h.src.(syscall.Conn); ok {
-			if rc, err := sc.SyscallConn(); err == nil {
-				// A new goroutine's stack is small until it copies: it
-				// starts as the copier (a new connection's first data is
-				// usually on its way) and hands over after a quiet grace.
-				h.rc = rc
-				go h.copySocket()
-				continue
-			}
+		if rc := rawConn(h.src); rc != nil {
+			// A new goroutine's stack is small until it copies: it
+			// starts as the copier (a new connection's first data is
+			// usually on its way) and hands over after a quiet grace.
+			h.rc = rc
+			go h.copySocket()
+			continue
 		}
 		run = append(run, h)
 	}
@@ -282,7 +288,10 @@ func (h *half) copyInline() {
 		*h.n += int64(nw)
 		if werr != nil {
 			putBuf(bp, 0)
-			go h.end(h.writeError(werr))
+			if errno, ok := werr.(syscall.Errno); ok {
+				werr = sockError("write", h.dst, errno)
+			}
+			go h.end(werr)
 			return
 		}
 		if nw < nr {
@@ -293,6 +302,11 @@ func (h *half) copyInline() {
 		}
 		inlineCounts.whole.Add(1)
 		h.bulk = putBuf(bp, nr)
+		// Readable, not just again: notifications that came during the
+		// copy (from the receive goroutine while this one copies, say)
+		// collapse into again, which an earlier round may have taken;
+		// what they reported, such as the peer's FIN, is in Readable.
+		// (Dropping this check lost FINs: integration TestSidecarChannel.)
 		h.mu.Lock()
 		if !h.again && !h.rn.Readable() {
 			h.running = false
@@ -351,16 +365,6 @@ func writeNow(rc syscall.RawConn, b []byte) (n int, err error) {
 		return n, err
 	}
 	return n, serr
-}
-
-func (h *half) writeError(err error) error {
-	var errno syscall.Errno
-	if !errors.As(err, &errno) {
-		return err
-	}
-	dst := h.dst
-	return &net.OpError{Op: "write", Net: dst.LocalAddr().Network(), Source: dst.LocalAddr(),
-		Addr: dst.RemoteAddr(), Err: os.NewSyscallError("write", errno)}
 }
 
 // drain copies while src is readable, and again while notifications came
@@ -471,7 +475,7 @@ func (h *half) waitSocket() {
 	case perr != nil:
 		// The peek took the socket's pending error (a reset): it is this
 		// direction's end.
-		h.finish(h.readError(perr))
+		h.finish(sockError("read", h.src, perr))
 	default:
 		h.copySocket()
 	}
@@ -490,10 +494,11 @@ func peek(fd uintptr) error {
 	}
 }
 
-func (h *half) readError(errno error) error {
-	src := h.src
-	return &net.OpError{Op: "read", Net: src.LocalAddr().Network(), Source: src.LocalAddr(),
-		Addr: src.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
+// sockError is the error package net gives for a read or write (op) of
+// the socket c that failed with errno.
+func sockError(op string, c net.Conn, errno error) error {
+	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(),
+		Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
 }
 
 // socketGrace is how long a socket's copier, which has grown its stack
@@ -578,7 +583,7 @@ func (h *half) readSocket() (*[]byte, int, error) {
 		return nil, 0, err
 	case serr != nil:
 		putBuf(bp, 0)
-		return nil, 0, h.readError(serr)
+		return nil, 0, sockError("read", h.src, serr)
 	case n == 0:
 		return bp, 0, io.EOF
 	}

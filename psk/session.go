@@ -68,10 +68,11 @@ type Config struct {
 	StreamWindow uint32
 }
 
+// Config.StreamWindow's bounds and default.
 const (
-	minStreamWindow     = 256 << 10
-	defaultStreamWindow = 1 << 20
-	maxStreamWindow     = 16 << 20
+	MinStreamWindow     = 256 << 10
+	DefaultStreamWindow = 1 << 20
+	MaxStreamWindow     = 16 << 20
 )
 
 func (c *Config) withDefaults() (Config, error) {
@@ -97,17 +98,17 @@ func (c *Config) withDefaults() (Config, error) {
 		cfg.MaxStreams = 4096
 	}
 	if cfg.StreamWindow == 0 {
-		cfg.StreamWindow = defaultStreamWindow
+		cfg.StreamWindow = DefaultStreamWindow
 	}
 	switch {
 	case cfg.HandshakeTimeout < 0, cfg.WriteTimeout < 0, cfg.HeaderTimeout < 0, cfg.OpenTimeout < 0, cfg.IdleTimeout < 0:
 		return cfg, fmt.Errorf("%w: negative timeout", ErrConfig)
 	case cfg.AcceptBacklog < 0 || cfg.MaxStreams < 0:
 		return cfg, fmt.Errorf("%w: negative stream limit", ErrConfig)
-	case cfg.StreamWindow < minStreamWindow:
-		return cfg, fmt.Errorf("%w: stream window %d below yamux's minimum %d", ErrConfig, cfg.StreamWindow, minStreamWindow)
-	case cfg.StreamWindow > maxStreamWindow:
-		return cfg, fmt.Errorf("%w: stream window %d above the maximum %d", ErrConfig, cfg.StreamWindow, maxStreamWindow)
+	case cfg.StreamWindow < MinStreamWindow:
+		return cfg, fmt.Errorf("%w: stream window %d below yamux's minimum %d", ErrConfig, cfg.StreamWindow, MinStreamWindow)
+	case cfg.StreamWindow > MaxStreamWindow:
+		return cfg, fmt.Errorf("%w: stream window %d above the maximum %d", ErrConfig, cfg.StreamWindow, MaxStreamWindow)
 	}
 	return cfg, nil
 }

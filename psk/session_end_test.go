@@ -148,7 +148,7 @@ func TestSessionEndWakesStreams(t *testing.T) {
 			// A Write blocked on the peer's window: the server never reads.
 			sink := open("sink")
 			go func() {
-				_, err := sink.Write(make([]byte, 4*defaultStreamWindow))
+				_, err := sink.Write(make([]byte, 4*DefaultStreamWindow))
 				results <- endResult{op: "write", err: err, early: early()}
 			}()
 			// Data received but not read yet is still read first.

@@ -847,11 +847,11 @@ func TestConfigStreamWindow(t *testing.T) {
 		set, want uint32
 		ok        bool
 	}{
-		{0, defaultStreamWindow, true},
-		{minStreamWindow, minStreamWindow, true},
-		{maxStreamWindow, maxStreamWindow, true},
-		{minStreamWindow - 1, 0, false},
-		{maxStreamWindow + 1, 0, false},
+		{0, DefaultStreamWindow, true},
+		{MinStreamWindow, MinStreamWindow, true},
+		{MaxStreamWindow, MaxStreamWindow, true},
+		{MinStreamWindow - 1, 0, false},
+		{MaxStreamWindow + 1, 0, false},
 	} {
 		cfg, err := (&Config{StreamWindow: tc.set}).withDefaults()
 		switch {

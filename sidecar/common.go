@@ -55,8 +55,8 @@ func (c *Common) validate() error {
 	if c.MaxConns <= 0 {
 		return errors.New("--max-conns must be positive")
 	}
-	if c.StreamWindow < 256<<10 || c.StreamWindow > 16<<20 {
-		return fmt.Errorf("--stream-window %d: must be from 262144 (256 KiB) to 16777216 (16 MiB)", c.StreamWindow)
+	if c.StreamWindow < psk.MinStreamWindow || c.StreamWindow > psk.MaxStreamWindow {
+		return fmt.Errorf("--stream-window %d: must be from %d to %d", c.StreamWindow, psk.MinStreamWindow, psk.MaxStreamWindow)
 	}
 	if c.EnablePprof && c.Status == "" {
 		return errors.New("--enable-pprof needs --status (the profiles are served there)")

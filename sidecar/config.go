@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/milagro-sc/milagro/psk"
 )
 
 // stringList is a repeatable flag. The first value set (command line or
@@ -106,7 +108,7 @@ func commonDefaults(c *Common, listen string) {
 	c.SessionIdle = 10 * time.Minute
 	c.KeepAlive = 30 * time.Second
 	c.Grace = 300 * time.Second
-	c.StreamWindow = 1 << 20
+	c.StreamWindow = psk.DefaultStreamWindow
 }
 
 // DefaultServerConfig returns the server defaults.
@@ -140,7 +142,7 @@ func (c *Common) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.SessionIdle, "session-idle-timeout", c.SessionIdle, "close a secure session without streams this long")
 	fs.DurationVar(&c.KeepAlive, "keepalive", c.KeepAlive, "secure session keepalive interval (negative: none; TCP keep-alive then watches session connections instead)")
 	fs.DurationVar(&c.Grace, "epoch-grace", c.Grace, "accept the adjacent epoch's time permit this close to an epoch boundary")
-	fs.IntVar(&c.StreamWindow, "stream-window", c.StreamWindow, "per-connection flow-control window in bytes (262144 to 16777216): in flight per direction, and the most a sidecar buffers for a slow reader")
+	fs.IntVar(&c.StreamWindow, "stream-window", c.StreamWindow, fmt.Sprintf("per-connection flow-control window in bytes (%d to %d): in flight per direction, and the most a sidecar buffers for a slow reader", psk.MinStreamWindow, psk.MaxStreamWindow))
 }
 
 // RegisterFlags binds the server flags to c (defaults from c).
