@@ -162,6 +162,61 @@ func TestInlineCopyDestinationReset(t *testing.T) {
 	}
 }
 
+// A bulk amount (a 100 KiB frame) is copied inline while its stream has
+// the session to itself, and goes to a copier goroutine while another
+// stream shares the session (whose data would wait meanwhile). Both ways
+// every byte and the EOF arrive.
+func TestInlineCopyBulkOnlyAlone(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		name := map[bool]string{false: "alone", true: "shared"}[shared]
+		t.Run(name, func(t *testing.T) {
+			up := newEchoUpstream(t, "127.0.0.1:0")
+			pool := newTestPool(t, up.addr, PoolOptions{})
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if shared {
+				other, err := pool.Open(ctx, "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer other.Close()
+			}
+			app, sock := tcpPair(t)
+			before := inlineCounts.bulk.Load()
+			st, err := pool.Open(ctx, "burst")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Session().NumStreams() != map[bool]int{false: 1, true: 2}[shared] {
+				t.Fatalf("%d streams on the session", st.Session().NumStreams())
+			}
+			done := make(chan error, 1)
+			Start(context.Background(), sock, st, 0, func(_ Stats, err error) { done <- err })
+			_ = app.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(app)
+			if err != nil || !bytes.Equal(got, burst()) {
+				t.Fatalf("read %d of %d bytes (equal: %v), %v", len(got), burstLen, bytes.Equal(got, burst()), err)
+			}
+			_ = app.CloseWrite()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("Pipe: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("pipe did not end")
+			}
+			n := inlineCounts.bulk.Load() - before
+			if !shared && n == 0 {
+				t.Error("no bulk amount copied inline on a stream alone in its session")
+			}
+			if shared && n != 0 {
+				t.Errorf("%d bulk amounts copied inline while another stream shared the session", n)
+			}
+		})
+	}
+}
+
 // writeNow never waits: a full socket gives a short count and no error, a
 // reset one its error.
 func TestWriteNow(t *testing.T) {

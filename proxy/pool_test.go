@@ -161,6 +161,16 @@ func (u *echoUpstream) echo(s *psk.Session) {
 		if err != nil {
 			continue
 		}
+		if in.Target() == "burst" {
+			// burstLen bytes in one Write (one yamux frame), then FIN.
+			wg.Go(func() {
+				defer st.Close()
+				if _, err := st.Write(burst()); err == nil {
+					st.CloseWrite()
+				}
+			})
+			continue
+		}
 		wg.Go(func() {
 			defer st.Close()
 			if _, err := io.Copy(st, st); err == nil {
@@ -168,6 +178,18 @@ func (u *echoUpstream) echo(s *psk.Session) {
 			}
 		})
 	}
+}
+
+// burstLen is what the echo upstream sends on a "burst" stream: more than
+// copyInline's limit for a shared session, less than a bulk buffer.
+const burstLen = 100 << 10
+
+func burst() []byte {
+	b := make([]byte, burstLen)
+	for i := range b {
+		b[i] = byte(i % 251)
+	}
+	return b
 }
 
 // killSessions closes every server-side session (the client's sessions

@@ -867,3 +867,25 @@ func TestConfigStreamWindow(t *testing.T) {
 		}
 	}
 }
+
+// Shared tells each stream, on both sides, whether another stream is on
+// its session: it follows streams opened and finished.
+func TestStreamShared(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, nil)
+	c1, s1 := streamPair(t, cli, srv)
+	if c1.Shared() || s1.Shared() {
+		t.Fatalf("one stream: Shared %v (client), %v (server)", c1.Shared(), s1.Shared())
+	}
+	c2, s2 := streamPair(t, cli, srv)
+	for i, st := range []*Stream{c1, s1, c2, s2} {
+		if !st.Shared() {
+			t.Errorf("two streams: stream %d not shared", i)
+		}
+	}
+	_ = c2.Close()
+	_ = s2.Close()
+	waitFor(t, "second stream to finish", func() bool { return !c1.Shared() && !s1.Shared() })
+	_ = c1.Close()
+	_ = s1.Close()
+}

@@ -188,6 +188,12 @@ func (st *Stream) Buffered() int {
 	return int(max(st.tr.avail.Load(), 0))
 }
 
+// Shared reports whether other streams share st's session now. The f of
+// NotifyReadable runs on the session's receive goroutine, so the time it
+// takes delays every stream's data, not only st's: a caller may do more
+// there for a stream that has the session to itself.
+func (st *Stream) Shared() bool { return st.s.tab.len() > 1 }
+
 // NotifyReadable has f called whenever the stream may have become
 // readable (see Readable): after data, the peer's FIN or a reset reached
 // it, after Close, and when the session ends; and once now if it is
