@@ -431,13 +431,6 @@ func (c *recordConn) Write(b []byte) (int, error) {
 	return c.writeRecordsLocked(b)
 }
 
-// write is appRecords' Write.
-func (c *recordConn) write(b []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.writeRecordsLocked(b)
-}
-
 func (c *recordConn) writeRecordsLocked(b []byte) (int, error) {
 	c.trackOut(b)
 	if !c.batching {
@@ -448,12 +441,61 @@ func (c *recordConn) writeRecordsLocked(b []byte) (int, error) {
 			return 0, err
 		}
 	}
+	if c.wbuf == nil {
+		c.wbuf = getBatch()
+	}
 	c.wbuf = append(c.wbuf, b...)
 	return len(b), nil
 }
 
-// batchSize is the most a batch holds before it goes to the socket.
+// appendRecord is how appRecords writes a record: it seals the record
+// straight into the batch buffer, which appendRecord returns (locked, to
+// append at most n bytes to), and hands it back with doneRecord. Outside a
+// batch doneRecord writes the record at once.
+func (c *recordConn) appendRecord(n int) ([]byte, error) {
+	c.wmu.Lock()
+	if len(c.wbuf)+n > batchSize {
+		if err := c.flushLocked(); err != nil {
+			c.wmu.Unlock()
+			return nil, err
+		}
+	}
+	if c.wbuf == nil {
+		c.wbuf = getBatch()
+	}
+	return c.wbuf, nil
+}
+
+// doneRecord takes back the buffer of appendRecord with one record
+// appended at from, and unlocks.
+func (c *recordConn) doneRecord(b []byte, from int) error {
+	defer c.wmu.Unlock()
+	c.trackOut(b[from:])
+	c.wbuf = b
+	if !c.batching {
+		return c.flushLocked()
+	}
+	return nil
+}
+
+// batchSize is the most a batch holds before it goes to the socket. A
+// 128 KiB frame (the copier's bulk buffer) goes out in three writes, and
+// the peer opens the first records while the rest are sealed: measured
+// with whole processes, 256 KiB (one write per frame) took 40 instead of
+// 55 syscalls per MiB on the sending side but no less CPU.
 const batchSize = 64 << 10
+
+// batches holds batch buffers between writes, so that a session does not
+// keep one of its own while it sends nothing.
+var batches = sync.Pool{New: func() any { b := make([]byte, 0, batchSize); return &b }}
+
+func getBatch() []byte { return (*batches.Get().(*[]byte))[:0] }
+
+func putBatch(b []byte) {
+	if cap(b) == batchSize {
+		batches.Put(&b)
+	}
+}
 
 // beginBatch collects the records written until endBatch (by anyone: they
 // stay in order) into as few TCP writes as possible.
@@ -471,11 +513,15 @@ func (c *recordConn) endBatch() error {
 }
 
 func (c *recordConn) flushLocked() error {
-	if len(c.wbuf) == 0 {
+	if c.wbuf == nil {
 		return nil
 	}
-	_, err := c.writeLocked(c.wbuf)
-	c.wbuf = c.wbuf[:0]
+	var err error
+	if len(c.wbuf) > 0 {
+		_, err = c.writeLocked(c.wbuf)
+	}
+	putBatch(c.wbuf)
+	c.wbuf = nil
 	return err
 }
 

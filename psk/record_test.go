@@ -346,3 +346,11 @@ func TestInBufferGrows(t *testing.T) {
 		t.Fatalf("buffer of %d bytes after a full read, want %d", len(rr.br.buf), readBufferSize)
 	}
 }
+
+// write writes whole records as appRecords did before it sealed into the
+// batch buffer: tests use it to send records of their own making.
+func (c *recordConn) write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writeRecordsLocked(b)
+}
