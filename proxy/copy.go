@@ -149,8 +149,9 @@ type half struct {
 	again   bool
 
 	// For a ReadNotifier src that tells what it has buffered, to a socket
-	// dst: small amounts are copied inline by the notifying goroutine
-	// (copyInline), without a goroutine hand-off.
+	// dst: what it has buffered is copied inline by the notifying
+	// goroutine (copyInline), without a goroutine hand-off (bulk amounts
+	// only while no other connection shares that goroutine).
 	br    bufferedReader
 	dstRC syscall.RawConn
 
@@ -274,9 +275,9 @@ var inlineCounts struct{ whole, rest, bulk atomic.Uint64 }
 // CPUs busy, BenchmarkPipePingPong cannot show it). It never blocks: it
 // reads only what Read returns at once and writes only what the socket
 // takes now.
-// Anything else — a socket that would block, a bulk amount, the end of
-// src, an error — goes to a copier goroutine, as without it. kick has set
-// running.
+// Anything else — a socket that would block, a bulk amount while src is
+// Shared, the end of src, an error — goes to a copier goroutine, as
+// without it. kick has set running.
 func (h *half) copyInline() {
 	for range inlineRounds {
 		n := h.br.Buffered()
