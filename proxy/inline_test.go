@@ -190,21 +190,16 @@ func TestInlineCopyBulkOnlyAlone(t *testing.T) {
 			if st.Session().NumStreams() != map[bool]int{false: 1, true: 2}[shared] {
 				t.Fatalf("%d streams on the session", st.Session().NumStreams())
 			}
-			done := make(chan error, 1)
-			Start(context.Background(), sock, st, 0, func(_ Stats, err error) { done <- err })
+			r := &inlineRig{app: app, sock: sock, done: make(chan error, 1)}
+			Start(context.Background(), sock, st, 0, func(_ Stats, err error) { r.done <- err })
 			_ = app.SetReadDeadline(time.Now().Add(10 * time.Second))
 			got, err := io.ReadAll(app)
 			if err != nil || !bytes.Equal(got, burst()) {
 				t.Fatalf("read %d of %d bytes (equal: %v), %v", len(got), burstLen, bytes.Equal(got, burst()), err)
 			}
 			_ = app.CloseWrite()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatalf("Pipe: %v", err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("pipe did not end")
+			if err := r.wait(t); err != nil {
+				t.Fatalf("Pipe: %v", err)
 			}
 			n := inlineCounts.bulk.Load() - before
 			if !shared && n == 0 {
