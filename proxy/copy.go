@@ -279,18 +279,13 @@ var inlineCounts struct{ whole, rest, bulk atomic.Uint64 }
 // Shared, the end of src, an error — goes to a copier goroutine, as
 // without it. kick has set running.
 func (h *half) copyInline() {
+	shared := h.br.Shared()
 	for range inlineRounds {
 		n := h.br.Buffered()
-		if n == 0 {
-			break // nothing buffered: the end of src or an error (drain reports it)
+		if n == 0 || shared && n > inlineMax {
+			break // nothing buffered (the end of src or an error: drain reports it), or bulk
 		}
-		if h.br.Shared() {
-			if n > inlineMax {
-				break // bulk
-			}
-		} else {
-			n = min(n, bulkBufSize)
-		}
+		n = min(n, bulkBufSize)
 		if n > inlineMax {
 			inlineCounts.bulk.Add(1)
 		}

@@ -436,16 +436,26 @@ func (c *recordConn) writeRecordsLocked(b []byte) (int, error) {
 	if !c.batching {
 		return c.writeLocked(b)
 	}
-	if len(c.wbuf)+len(b) > batchSize {
+	if err := c.roomLocked(len(b)); err != nil {
+		return 0, err
+	}
+	c.wbuf = append(c.wbuf, b...)
+	return len(b), nil
+}
+
+// roomLocked makes the batch buffer ready for n more bytes: a buffer from
+// the pool if there is none, the batch written out first if n would
+// overflow it.
+func (c *recordConn) roomLocked(n int) error {
+	if len(c.wbuf)+n > batchSize {
 		if err := c.flushLocked(); err != nil {
-			return 0, err
+			return err
 		}
 	}
 	if c.wbuf == nil {
 		c.wbuf = getBatch()
 	}
-	c.wbuf = append(c.wbuf, b...)
-	return len(b), nil
+	return nil
 }
 
 // appendRecord is how appRecords writes a record: it seals the record
@@ -454,14 +464,9 @@ func (c *recordConn) writeRecordsLocked(b []byte) (int, error) {
 // batch doneRecord writes the record at once.
 func (c *recordConn) appendRecord(n int) ([]byte, error) {
 	c.wmu.Lock()
-	if len(c.wbuf)+n > batchSize {
-		if err := c.flushLocked(); err != nil {
-			c.wmu.Unlock()
-			return nil, err
-		}
-	}
-	if c.wbuf == nil {
-		c.wbuf = getBatch()
+	if err := c.roomLocked(n); err != nil {
+		c.wmu.Unlock()
+		return nil, err
 	}
 	return c.wbuf, nil
 }
@@ -486,14 +491,15 @@ func (c *recordConn) doneRecord(b []byte, from int) error {
 const batchSize = 64 << 10
 
 // batches holds batch buffers between writes, so that a session does not
-// keep one of its own while it sends nothing.
-var batches = sync.Pool{New: func() any { b := make([]byte, 0, batchSize); return &b }}
+// keep one of its own while it sends nothing. It holds array pointers, so
+// that giving a buffer back (every flush) allocates nothing.
+var batches = sync.Pool{New: func() any { return new([batchSize]byte) }}
 
-func getBatch() []byte { return (*batches.Get().(*[]byte))[:0] }
+func getBatch() []byte { return batches.Get().(*[batchSize]byte)[:0] }
 
 func putBatch(b []byte) {
-	if cap(b) == batchSize {
-		batches.Put(&b)
+	if cap(b) >= batchSize {
+		batches.Put((*[batchSize]byte)(b[:batchSize]))
 	}
 }
 
