@@ -102,6 +102,16 @@ type ClientConfig struct {
 	Rand io.Reader
 	// StepTimeout bounds each read and write (default 10 s).
 	StepTimeout time.Duration
+	// Pipeline makes Client return once Msg3 is written and the keys are
+	// derived, without waiting for the server's verdict, so that the
+	// caller's first DTLS flight follows Msg3 at once (PROTOCOL.md §5: the
+	// client MAY send it right behind Msg3) and the session is ready one
+	// round trip sooner. The Result then has VerdictPending set: the
+	// caller must read the verdict with ReadVerdict before any byte that
+	// follows it, and use the keys only if it is an acceptance (psk.Client
+	// does both). Nothing secret is sent before the verdict: a DTLS
+	// ClientHello carries no key material.
+	Pipeline bool
 
 	trace func(name string, v []byte)
 }
@@ -131,7 +141,8 @@ func (cfg *ClientConfig) permit() (*Permit, error) {
 
 // Client runs the client side of the handshake on rw. On success the server
 // has accepted (Msg4) and the result carries the PSK; the stream is
-// positioned right after Msg4.
+// positioned right after Msg4. With cfg.Pipeline it returns before Msg4,
+// with the stream positioned right after Msg3 (see ClientConfig.Pipeline).
 func Client(ctx context.Context, rw io.ReadWriter, cfg *ClientConfig) (*Result, error) {
 	st := newStepper(ctx, rw, cfg.StepTimeout)
 	defer func() { _ = st.close() }()
@@ -273,29 +284,55 @@ func Client(ctx context.Context, rw io.ReadWriter, cfg *ClientConfig) (*Result, 
 		return fail("derive key", err)
 	}
 
-	// Msg4.
-	raw4, err := st.read()
-	if err != nil {
-		res.Zeroize()
-		return fail("read Msg4", err)
-	}
-	m, err = ParseMessage(raw4)
-	if err != nil {
-		res.Zeroize()
-		return fail("parse Msg4", err)
-	}
-	switch v := m.(type) {
-	case *Msg4:
+	if cfg.Pipeline {
 		if err := st.close(); err != nil {
 			res.Zeroize()
 			return fail("finish", err)
 		}
+		res.VerdictPending = true
 		return res, nil
-	case *Alert:
+	}
+
+	// Msg4.
+	if err := readVerdict(st.read); err != nil {
 		res.Zeroize()
+		return nil, err
+	}
+	if err := st.close(); err != nil {
+		res.Zeroize()
+		return fail("finish", err)
+	}
+	return res, nil
+}
+
+// ReadVerdict reads the server's answer to Msg3 from r, for a client that
+// ran with ClientConfig.Pipeline: nil for Msg4 (accepted), an *Error
+// wrapping *AlertError when the server refused, and an *Error wrapping
+// ErrDecode (or the I/O error) otherwise — the errors Client returns for
+// the same step. It reads exactly the one frame. r carries no deadline of
+// its own here: bound it as the caller bounds the reads that follow.
+func ReadVerdict(r io.Reader) error {
+	return readVerdict(func() ([]byte, error) { return ReadFrame(r) })
+}
+
+func readVerdict(read func() ([]byte, error)) error {
+	fail := func(step string, err error) error {
+		return &Error{Role: "client", Step: step, Err: err}
+	}
+	raw4, err := read()
+	if err != nil {
+		return fail("read Msg4", err)
+	}
+	m, err := ParseMessage(raw4)
+	if err != nil {
+		return fail("parse Msg4", err)
+	}
+	switch v := m.(type) {
+	case *Msg4:
+		return nil
+	case *Alert:
 		return fail("read Msg4", &AlertError{Code: v.Code})
 	default:
-		res.Zeroize()
 		return fail("parse Msg4", decodeErr("got %T, want Msg4", m))
 	}
 }

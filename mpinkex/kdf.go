@@ -35,6 +35,10 @@ type Result struct {
 	PSK         []byte // 32 bytes
 	PSKIdentity string // lowercase hex of th[0:16]
 	Transcript  [32]byte
+	// VerdictPending is set by a client run with ClientConfig.Pipeline:
+	// the server's Msg4 or Alert is still on the stream, to be read with
+	// ReadVerdict before the keys are used.
+	VerdictPending bool
 
 	prk []byte
 }

@@ -121,6 +121,7 @@ func handshakePion(ctx context.Context, client bool, raw net.Conn, res *mpinkex.
 	role := roleName(client)
 	rc := newRecordConn(raw, cfg.WriteTimeout)
 	rc.handover = handover
+	rc.verdict = res.VerdictPending
 	// pion derives the pre-master secret from this copy during the
 	// handshake and never asks again (no renegotiation, no resumption).
 	key := bytes.Clone(res.PSK)
@@ -140,6 +141,12 @@ func handshakePion(ctx context.Context, client bool, raw net.Conn, res *mpinkex.
 	}
 	if err != nil {
 		cause := handshakeCause(ctx, hctx, rc, err)
+		if me := (*mpinkex.Error)(nil); errors.As(cause, &me) {
+			// A pipelined client's verdict: the mpinkex handshake failed
+			// (the server refused Msg3), not DTLS.
+			_ = raw.Close()
+			return nil, nil, me
+		}
 		if errors.Is(rc.failure(), ErrRecordRejected) {
 			// The peer's records do not authenticate under our keys: tell
 			// it, or it sees only a closed connection.

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"testing"
 	"testing/iotest"
+
+	"github.com/milagro-sc/milagro/mpinkex"
 )
 
 // FuzzRecordReader: on any byte stream the reader hands out whole records
@@ -183,6 +185,59 @@ func FuzzFrameTracker(f *testing.F) {
 		// whole headers), never all of it.
 		if cutUp.accepted >= whole.accepted+yHeaderLen && whole.err != "" {
 			t.Fatalf("in pieces %d bytes handed on; the rejected header spans %d to %d", cutUp.accepted, whole.accepted, whole.accepted+yHeaderLen)
+		}
+	})
+}
+
+// FuzzVerdictThenRecords: a pipelined client's stream starts with the
+// server's verdict frame, read through the record reader's buffer; the
+// verdict and the records after it come out the same whatever the
+// segmentation, and an accepted verdict leaves exactly the bytes after
+// its frame to the records.
+func FuzzVerdictThenRecords(f *testing.F) {
+	msg4 := []byte{0, 2, mpinkex.TypeMsg4, 0}
+	recs := bytes.Join(handshakeRecords(), nil)
+	f.Add(append(slices.Clone(msg4), recs...))
+	f.Add([]byte{0, 2, mpinkex.TypeAlert, 1})
+	f.Add(append([]byte{0, 2, mpinkex.TypeMsg4}, recs[:20]...))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		run := func(r io.Reader) (verdict error, recs [][]byte, end error) {
+			rr := newRecordReader(r)
+			if verdict = mpinkex.ReadVerdict(&rr.br); verdict != nil {
+				return verdict, nil, nil
+			}
+			buf := make([]byte, maxRecordLen)
+			for range len(data) + 1 {
+				n, err := rr.readRecord(buf)
+				if err != nil {
+					return nil, recs, err
+				}
+				recs = append(recs, bytes.Clone(buf[:n]))
+			}
+			t.Fatal("more records than input bytes")
+			return
+		}
+		v1, r1, e1 := run(bytes.NewReader(data))
+		v2, r2, e2 := run(iotest.OneByteReader(bytes.NewReader(data)))
+		if (v1 == nil) != (v2 == nil) || (e1 == nil) != (e2 == nil) || len(r1) != len(r2) {
+			t.Fatalf("segmentation changed the result: %v/%v, %v/%v, %d/%d records", v1, v2, e1, e2, len(r1), len(r2))
+		}
+		accepted := len(data) >= 4 && bytes.Equal(data[:4], msg4)
+		if (v1 == nil) != accepted {
+			t.Fatalf("verdict %v for %x", v1, data[:min(len(data), 4)])
+		}
+		if !accepted {
+			return
+		}
+		off := 4
+		for i, rec := range r1 {
+			if !bytes.Equal(rec, r2[i]) || !bytes.Equal(rec, data[off:off+len(rec)]) {
+				t.Fatalf("record %d is not the input at offset %d", i, off)
+			}
+			off += len(rec)
+		}
+		if e1 == io.EOF && off != len(data) {
+			t.Fatalf("io.EOF at offset %d of %d", off, len(data))
 		}
 	})
 }

@@ -113,6 +113,10 @@ type pairOpts struct {
 	relay func(c, s net.Conn)
 	// wrapCli, if set, wraps the client's TCP connection (before mpinkex).
 	wrapCli func(net.Conn) net.Conn
+	// pipeline runs the client's mpinkex with Pipeline (the sidecar's way).
+	pipeline bool
+	// authorize is the server's policy (default: everyone).
+	authorize func(string) error
 }
 
 type pairResult struct {
@@ -175,7 +179,11 @@ func dialPair(tb testing.TB, d *testDomain, o pairOpts) pairResult {
 			srvCh <- srvOut{nil, err}
 			return
 		}
-		res, err := mpinkex.Server(ctx, c, &mpinkex.ServerConfig{Keys: []*mpinkex.ServerKey{sk}, Authorize: func(string) error { return nil }})
+		authorize := o.authorize
+		if authorize == nil {
+			authorize = func(string) error { return nil }
+		}
+		res, err := mpinkex.Server(ctx, c, &mpinkex.ServerConfig{Keys: []*mpinkex.ServerKey{sk}, Authorize: authorize})
 		if err != nil {
 			c.Close()
 			srvCh <- srvOut{nil, err}
@@ -193,7 +201,7 @@ func dialPair(tb testing.TB, d *testDomain, o pairOpts) pairResult {
 	if o.wrapCli != nil {
 		c = o.wrapCli(c)
 	}
-	res, err := mpinkex.Client(ctx, c, &mpinkex.ClientConfig{Key: d.ck, ServerID: testServerID})
+	res, err := mpinkex.Client(ctx, c, &mpinkex.ClientConfig{Key: d.ck, ServerID: testServerID, Pipeline: o.pipeline})
 	if err != nil {
 		c.Close()
 		pr.cliErr = err

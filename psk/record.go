@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pion/dtls/v2/pkg/protocol/alert"
+
+	"github.com/milagro-sc/milagro/mpinkex"
 )
 
 // DTLS record constants (RFC 6347 §4.1) and the limits pion/dtls v2 imposes.
@@ -140,6 +142,20 @@ func (b *inBuffer) peek(n int) ([]byte, error) {
 
 // discard consumes n buffered bytes.
 func (b *inBuffer) discard(n int) { b.r += n }
+
+// Read makes the buffer an io.Reader, for the one mpinkex frame that may
+// come before the records (the verdict of a pipelined client).
+func (b *inBuffer) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if got, err := b.peek(1); len(got) == 0 {
+		return 0, err
+	}
+	n := copy(p, b.buf[b.r:b.w])
+	b.discard(n)
+	return n, nil
+}
 
 // recordHeader is a parsed DTLS record header.
 type recordHeader struct {
@@ -321,6 +337,10 @@ type recordConn struct {
 	// handover: pion's Conn is used for the handshake only (always, but
 	// for tests that run pion's Conn as the peer of appRecords).
 	handover bool
+	// verdict: the client ran mpinkex with Pipeline, so the server's Msg4
+	// or Alert comes before the first record (PROTOCOL.md §5). Read by the
+	// first readOwn, on pion's read goroutine.
+	verdict  bool
 	detached bool          // under wmu: appRecords has taken over
 	pionDone chan struct{} // closed by endPion
 	pionOnce sync.Once
@@ -355,6 +375,13 @@ func (c *recordConn) Read(p []byte) (int, error) {
 func (c *recordConn) readOwn(max int) ([]byte, error) {
 	if err := c.failure(); err != nil {
 		return nil, err
+	}
+	if c.verdict {
+		c.verdict = false
+		if err := mpinkex.ReadVerdict(&c.rr.br); err != nil {
+			c.fail(err)
+			return nil, err
+		}
 	}
 	b, err := c.rr.nextRecord(max)
 	if err != nil {

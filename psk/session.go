@@ -182,6 +182,11 @@ type acceptItem struct {
 // (mpinkex.Client reads no further). The DTLS client is the yamux client;
 // open streams with (*Session).Open.
 //
+// If res.VerdictPending (mpinkex.ClientConfig.Pipeline), the DTLS
+// ClientHello goes out at once, right behind Msg3, and the server's
+// verdict is read before its first record: a refusal is returned as the
+// *mpinkex.Error that mpinkex.Client would have returned.
+//
 // The session takes conn over: it is closed with the session, and on
 // error. res is only read (PSK, PSKIdentity, identities); the caller
 // should Zeroize it once Client returns. ctx bounds the handshake.
@@ -213,6 +218,8 @@ func newSession(ctx context.Context, client bool, conn net.Conn, res *mpinkex.Re
 		return fail(fmt.Errorf("%w: record layer %#02x, want dtls", ErrConfig, res.Layer))
 	case len(res.PSK) != mpinkex.PSKSize || res.PSKIdentity == "":
 		return fail(fmt.Errorf("%w: no PSK in the handshake result (zeroized?)", ErrConfig))
+	case res.VerdictPending && !client:
+		return fail(fmt.Errorf("%w: a server's handshake result has no pending verdict", ErrConfig))
 	}
 	cfg, err := c.withDefaults()
 	if err != nil {

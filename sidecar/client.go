@@ -131,11 +131,10 @@ func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
 	defer cancel()
 	start := time.Now()
 	d := net.Dialer{Timeout: c.cfg.ConnectTimeout, KeepAlive: c.cfg.sessionTCPKeepAlive()}
-	var conn net.Conn
-	var res *mpinkex.Result
+	var sess *psk.Session
+	var permitUsed bool
 	for attempt := 0; ; attempt++ {
-		var err error
-		conn, err = d.DialContext(ctx, "tcp", u.addr)
+		conn, err := d.DialContext(ctx, "tcp", u.addr)
 		if err != nil {
 			c.m.Handshakes.WithLabelValues("connect_failed").Inc()
 			return nil, fmt.Errorf("connect %s: %w", u.addr, err)
@@ -143,9 +142,12 @@ func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
 		conn = BufferedConn(conn)
 		k := c.keys.Current()
 		hsStart := time.Now()
-		res, err = mpinkex.Client(ctx, conn, &mpinkex.ClientConfig{
+		// Pipeline: the DTLS ClientHello follows Msg3 at once (PROTOCOL.md
+		// §5), one round trip less; the server's verdict on Msg3 comes
+		// back from psk.Client as mpinkex.Client would return it.
+		res, err := mpinkex.Client(ctx, conn, &mpinkex.ClientConfig{
 			Key: k.Client, Permits: k.Permits, ServerID: u.serverID, EpochLen: k.EpochLen, Grace: mpinkexGrace(c.cfg.Grace),
-			StepTimeout: c.cfg.HandshakeTO,
+			StepTimeout: c.cfg.HandshakeTO, Pipeline: true,
 			VerifyServerID: func(id string) error {
 				if !pattern.Match(u.verifyID, id) {
 					return fmt.Errorf("does not match --verify-id %q", u.verifyID)
@@ -154,9 +156,15 @@ func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
 			},
 		})
 		if err == nil {
+			permitUsed = res.PermitUsed
+			sess, err = psk.Client(ctx, conn, res, c.cfg.pskConfig())
+			res.Zeroize()
+		} else {
+			conn.Close()
+		}
+		if err == nil {
 			break
 		}
-		conn.Close()
 		c.m.Handshakes.WithLabelValues(handshakeResult(err)).Inc()
 		// The permit is chosen for the epoch at the start of the handshake
 		// and checked by the server a moment later: if a boundary passed in
@@ -168,12 +176,10 @@ func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
 			c.log.Info().Str("upstream", u.addr).Err(err).Msg("handshake refused across an epoch boundary; retrying")
 			continue
 		}
-		return nil, fmt.Errorf("handshake with %s: %w", u.addr, err)
-	}
-	sess, err := psk.Client(ctx, conn, res, c.cfg.pskConfig())
-	res.Zeroize()
-	if err != nil {
-		c.m.Handshakes.WithLabelValues(handshakeResult(err)).Inc()
+		var me *mpinkex.Error
+		if errors.As(err, &me) {
+			return nil, fmt.Errorf("handshake with %s: %w", u.addr, err)
+		}
 		return nil, fmt.Errorf("secure session with %s: %w", u.addr, err)
 	}
 	dur := time.Since(start)
@@ -181,7 +187,7 @@ func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
 	c.m.HandshakeDuration.Observe(dur.Seconds())
 	c.m.Sessions.Inc()
 	c.t.addSession(sess)
-	c.log.Info().Str("upstream", u.addr).Str("server", sess.PeerID()).Bool("permit", res.PermitUsed).Dur("handshake", dur).Msg("session open")
+	c.log.Info().Str("upstream", u.addr).Str("server", sess.PeerID()).Bool("permit", permitUsed).Dur("handshake", dur).Msg("session open")
 	go func() {
 		<-sess.Done()
 		c.t.removeSession(sess)

@@ -19,7 +19,7 @@
 // Usage:
 //
 //	coldconn -addr SERVER -keys CLIENT-KEYDIR -server-id ID -server-pids P \
-//	         [-duration 5s] [-workers 16] [-size 64] -peer NAME -round R
+//	         [-duration 5s] [-workers 16] [-size 64] [-pipeline=false] -peer NAME -round R
 package main
 
 import (
@@ -55,6 +55,7 @@ func main() {
 	peer := flag.String("peer", "milagro-cold", "peer name for the CSV row")
 	round := flag.Int("round", 0, "round number for the CSV row")
 	abrupt := flag.Bool("abrupt", false, "close the stream and session right after the echo, without the half-close exchange")
+	pipeline := flag.Bool("pipeline", true, "send the DTLS ClientHello right behind Msg3, as the client sidecar does (false: wait for Msg4 first)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the measured part to this file")
 	flag.Parse()
 	sp, err := benchutil.ParsePIDs(*spids)
@@ -75,7 +76,7 @@ func main() {
 		}
 		c = sidecar.BufferedConn(c)
 		res, err := mpinkex.Client(ctx, c, &mpinkex.ClientConfig{Key: k.Client, Permits: k.Permits, ServerID: *serverID,
-			EpochLen: k.EpochLen, Grace: 5 * time.Minute, StepTimeout: 10 * time.Second})
+			EpochLen: k.EpochLen, Grace: 5 * time.Minute, StepTimeout: 10 * time.Second, Pipeline: *pipeline})
 		if err != nil {
 			c.Close()
 			return fmt.Errorf("mpinkex: %w", err)
