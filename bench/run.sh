@@ -30,6 +30,8 @@ WAIT_LOAD=${WAIT_LOAD:-600}          # wait up to this many seconds for the load
 LOAD_MAX=${LOAD_MAX:-1.5}
 PROFILE=${PROFILE:-0}                # 1: perf profile of both milagro sidecars under one bulk transfer, and of the server under cold connections
 KEEP=${KEEP:-0}                      # 1: keep the work folder (logs, keys, configs)
+RTT_MS=${RTT_MS:-0}                  # >0: also time single new connections over this round trip (bench/cmd/delayline)
+RTT_PEERS=${RTT_PEERS:-"go-relay go-mtls milagro milagro-cold"}
 GO_PROXY_ENV=${GO_PROXY_ENV:-}       # extra environment of the Go proxies (milagro, go-relay, go-mtls), e.g. "GOMAXPROCS=1 GOGC=400"
 
 OUT=$ROOT/bench/out
@@ -433,6 +435,72 @@ if ((IDLE_CONNS > 0)); then
 	done
 fi
 
+# ---- latency over a long round trip (optional) ----------------------------------------------
+# RTT_MS > 0: a delay line (bench/cmd/delayline: a relay adding RTT_MS/2 to
+# each direction, and one round trip before the client's first bytes for
+# TCP's connect) sits between a fresh client side and the server side of
+# each peer in RTT_PEERS. One worker makes connections one after the other
+# for $DURATION; 1000 / (connections per second) is the time one new
+# connection takes from connect to the echo of its request, counted below
+# in round trips. milagro-cold (every connection a new session) is timed
+# with the client's pipelining of Msg3 and the ClientHello (PROTOCOL.md §5,
+# the sidecar's way) and without it.
+RTT_OUT=$OUT/rtt-$STAMP.txt
+measure_rtt() {
+	local p pc pd row cpid dpid half=$((RTT_MS * 500))us
+	rtt_row() { # rtt_row CSV-ROW LABEL
+		{ "$LG" header; echo "$1"; } | awk -F, -v c="$2" -v rtt="$RTT_MS" '
+			NR == 1 { for (i = 1; i <= NF; i++) if ($i == "conn_per_s") k = i }
+			NR == 2 { printf "  %-44s %7.1f ms  = %.2f round trips\n", c, 1000 / $k, 1000 / $k / rtt }'
+	}
+	echo "new connection over a ${RTT_MS} ms round trip (delay line), one at a time for $DURATION, $SIZE B request/echo:"
+	for p in $RTT_PEERS; do
+		[[ $p == milagro-cold ]] && continue
+		[[ -n ${SPIDS[$p]:-} ]] || start_peer "$p" 2>/dev/null || { echo "  $p: could not start"; continue; }
+		read -r pc pd < <("$LG" ports -n 2)
+		local srv
+		case $p in
+		go-relay) srv=$H:$P_RELAY_S ;;
+		go-mtls) srv=$H:$P_TLS_S ;;
+		milagro) srv=$H:$P_MI_S ;;
+		*) continue ;;
+		esac
+		start "rtt-delay-$p" "$BIN/delayline" -listen "$H:$pd" -target "$srv" -delay "$half"
+		dpid=$STARTED
+		case $p in
+		go-relay) start rtt-client-$p "$BIN/relay" -mode plain -listen "$H:$pc" -target "$H:$pd" ;;
+		go-mtls) start rtt-client-$p "$BIN/relay" -mode tls-client -listen "$H:$pc" -target "$H:$pd" -certs "$WORK/certs" ;;
+		milagro) start rtt-client-$p "$BIN/milagro" client --listen "$H:$pc" --target "$H:$pd" --keys "$WORK/client-keys" \
+			--verify-id "$SERVER_ID" --log-level warn ;;
+		esac
+		cpid=$STARTED
+		if "$LG" wait -addr "$H:$pc" 2>>"$WORK/loadgen.log" &&
+			row=$("$LG" bench -addr "$H:$pc" -peer "$p-rtt" -bulk-mb 0 -pings 0 -workers 1 -duration "$DURATION" -size "$SIZE" 2>>"$WORK/loadgen.log"); then
+			rtt_row "$row" "$p"
+		else
+			echo "  $p: FAILED"
+		fi
+		if [[ $p == milagro && " $RTT_PEERS " == *" milagro-cold "* ]]; then
+			local pl
+			for pl in true false; do
+				if row=$("$BIN/coldconn" -addr "$H:$pd" -keys "$WORK/client-keys" -server-id "$SERVER_ID" -server-pids "${SPIDS[milagro]}" \
+					-duration "$DURATION" -workers 1 -size "$SIZE" -pipeline="$pl" -peer milagro-cold-rtt 2>>"$WORK/loadgen.log"); then
+					rtt_row "$row" "milagro-cold (new session), pipeline=$pl"
+				else
+					echo "  milagro-cold pipeline=$pl: FAILED"
+				fi
+			done
+		fi
+		stop "$cpid" "$dpid"
+	done
+}
+if ((RTT_MS > 0)); then
+	log "latency over a ${RTT_MS} ms round trip"
+	[[ " $RTT_PEERS " != *" milagro"* || -d $WORK/server-keys ]] || setup_milagro_keys
+	measure_rtt >"$RTT_OUT"
+	cat "$RTT_OUT" >&2
+fi
+
 # ---- report -----------------------------------------------------------------------------
 LOAD_END=$(load1)
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
@@ -463,4 +531,5 @@ if [[ -n ${PROF:-} ]]; then
 	echo "profile of the sidecars under bulk: $PROF"
 	sed -n '/^category/,/^total/p' "$PROF"
 fi
+if [[ -s $RTT_OUT ]]; then echo; cat "$RTT_OUT"; fi
 echo "run time: ${ELAPSED}s"
