@@ -218,3 +218,23 @@ func ExampleAcceptEpoch() {
 	// 1000 true
 	// 1001 false
 }
+
+// A client run with ClientConfig.Pipeline returns after Msg3; whoever
+// sends the next bytes (psk.Client, in the sidecar) reads the server's
+// verdict with ReadVerdict before anything that follows it.
+func ExampleReadVerdict() {
+	var stream bytes.Buffer
+	_ = mpinkex.WriteFrame(&stream, (&mpinkex.Msg4{}).Marshal())
+	stream.WriteString("DTLS records follow")
+	fmt.Println("accepted:", mpinkex.ReadVerdict(&stream) == nil, "- next:", stream.String())
+
+	refused := bytes.NewReader([]byte{0x00, 0x02, mpinkex.TypeAlert, byte(mpinkex.AlertOverloaded)})
+	err := mpinkex.ReadVerdict(refused)
+	var alert *mpinkex.AlertError
+	if errors.As(err, &alert) && alert.Code == mpinkex.AlertOverloaded {
+		fmt.Println("refused:", err)
+	}
+	// Output:
+	// accepted: true - next: DTLS records follow
+	// refused: mpinkex client: read Msg4: peer sent alert overloaded
+}

@@ -15,6 +15,11 @@
 //
 //	TCP ── mpinkex Msg1..Msg4 ── DTLS records ── yamux frames ── streams
 //
+// A client that ran mpinkex with ClientConfig.Pipeline sends its first
+// DTLS flight right behind Msg3 (PROTOCOL.md §5); Client then reads the
+// server's Msg4 before the first record, and a refusal ends it with the
+// *mpinkex.Error mpinkex.Client would have returned.
+//
 // The DTLS layer uses exactly TLS_PSK_WITH_AES_128_GCM_SHA256 with the
 // extended master secret required, PSK identity Result.PSKIdentity and PSK
 // Result.PSK; the server accepts no other identity and sends no

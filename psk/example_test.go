@@ -72,7 +72,10 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	res, err := mpinkex.Client(ctx, conn, &mpinkex.ClientConfig{Key: clientKey, ServerID: "spiffe://example/api"})
+	// Pipeline: mpinkex returns after Msg3 and psk.Client sends the DTLS
+	// ClientHello at once, reading the server's Msg4 (or its refusal)
+	// before the first DTLS record: one round trip less.
+	res, err := mpinkex.Client(ctx, conn, &mpinkex.ClientConfig{Key: clientKey, ServerID: "spiffe://example/api", Pipeline: true})
 	if err != nil {
 		log.Fatal(err)
 	}
