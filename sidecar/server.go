@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -195,7 +196,12 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	<-s.hs
 	s.t.removeConn(c)
 	if err != nil {
-		c.Close()
+		var me *mpinkex.Error
+		if errors.As(err, &me) && me.Alert != 0 {
+			closeAfterAlert(c)
+		} else {
+			c.Close()
+		}
 		s.m.Handshakes.WithLabelValues(handshakeResult(err)).Inc()
 		if !s.cfg.quiet("handshake-errs") {
 			ev := s.log.Warn().Str("remote", remote).Err(err)
@@ -259,6 +265,31 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	s.m.Sessions.Dec()
 	log.Info().Int64("streams", streams.Load()).Int64("bytes_up", up.Load()).Int64("bytes_down", down.Load()).
 		Dur("duration", time.Since(start)).AnErr("reason", sess.Err()).Msg("session closed")
+}
+
+// Lingering after a refusal: how long and how much of what the client
+// still sends closeAfterAlert reads and discards.
+const (
+	alertLingerTime  = time.Second
+	alertLingerBytes = 64 << 10
+)
+
+// closeAfterAlert closes a connection whose handshake the server refused
+// with an Alert. A pipelined client (PROTOCOL.md §5) sends its DTLS
+// ClientHello right behind Msg3; closing with such bytes unread, or with
+// more arriving, makes the kernel answer with a reset, which on a real
+// network can overtake the Alert: the client would see "connection reset"
+// instead of the server's answer (and would not retry a permit refused at
+// an epoch boundary). So the Alert is followed by a FIN, and what the
+// client still sends is read and discarded until it closes, for at most
+// alertLingerTime and alertLingerBytes.
+func closeAfterAlert(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.SetReadDeadline(time.Now().Add(alertLingerTime))
+	_, _ = io.CopyN(io.Discard, c, alertLingerBytes)
+	_ = c.Close()
 }
 
 // handshake runs mpinkex then DTLS with the keys in force now.
