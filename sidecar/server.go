@@ -182,7 +182,9 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 		s.m.Handshakes.WithLabelValues("overloaded").Inc()
 		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 		_ = mpinkex.WriteAlert(c, mpinkex.AlertOverloaded)
-		c.Close()
+		// Msg1 has likely arrived: take it, or the close resets the
+		// connection; but linger only briefly while overloaded.
+		closeAfterAlert(c, overloadLingerTime)
 		if !s.cfg.quiet("handshake-errs") {
 			s.log.Warn().Str("remote", remote).Msg("handshake refused: overloaded")
 		}
@@ -198,7 +200,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	if err != nil {
 		var me *mpinkex.Error
 		if errors.As(err, &me) && me.Alert != 0 {
-			closeAfterAlert(c)
+			closeAfterAlert(c, alertLingerTime)
 		} else {
 			c.Close()
 		}
@@ -267,11 +269,13 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 		Dur("duration", time.Since(start)).AnErr("reason", sess.Err()).Msg("session closed")
 }
 
-// Lingering after a refusal: how long and how much of what the client
-// still sends closeAfterAlert reads and discards.
+// Lingering after a refusal (see closeAfterAlert): how long after an
+// authentication or policy refusal, how long after an overloaded answer,
+// and how much of what the client still sends is read and discarded.
 const (
-	alertLingerTime  = time.Second
-	alertLingerBytes = 64 << 10
+	alertLingerTime    = time.Second
+	overloadLingerTime = 20 * time.Millisecond
+	alertLingerBytes   = 64 << 10
 )
 
 // closeAfterAlert closes a connection whose handshake the server refused
@@ -282,12 +286,12 @@ const (
 // instead of the server's answer (and would not retry a permit refused at
 // an epoch boundary). So the Alert is followed by a FIN, and what the
 // client still sends is read and discarded until it closes, for at most
-// alertLingerTime and alertLingerBytes.
-func closeAfterAlert(c net.Conn) {
+// linger and alertLingerBytes.
+func closeAfterAlert(c net.Conn, linger time.Duration) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
-	_ = c.SetReadDeadline(time.Now().Add(alertLingerTime))
+	_ = c.SetReadDeadline(time.Now().Add(linger))
 	_, _ = io.CopyN(io.Discard, c, alertLingerBytes)
 	_ = c.Close()
 }
