@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ import (
 type verdictRelay struct {
 	hold      time.Duration
 	verdict   []byte
+	stall     bool // swallow the verdict and all that follows from the server
 	pipelined atomic.Bool
 	sawHello  chan struct{}
 }
@@ -64,6 +66,11 @@ func (v *verdictRelay) relay(c, s net.Conn) {
 		}
 		f, err = mpinkex.ReadFrame(s) // the verdict
 		if err != nil {
+			closeBoth()
+			return
+		}
+		if v.stall {
+			_, _ = io.Copy(io.Discard, s)
 			closeBoth()
 			return
 		}
@@ -171,11 +178,20 @@ func TestPipelineVerdictFailures(t *testing.T) {
 		{"closed before the verdict", nil, []byte{}, "read Msg4", func(err error) bool {
 			return errors.Is(err, io.EOF)
 		}},
+		{"no verdict within the handshake timeout", nil, nil, "read Msg4", func(err error) bool {
+			return errors.Is(err, os.ErrDeadlineExceeded)
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := pairOpts{pipeline: true, authorize: tc.authorize}
-			if tc.verdict != nil {
+			switch {
+			case tc.verdict != nil:
 				o.relay = newVerdictRelay(10*time.Second, tc.verdict).relay
+			case tc.authorize == nil:
+				v := newVerdictRelay(0, nil)
+				v.stall = true
+				o.relay = v.relay
+				o.cli = &Config{HandshakeTimeout: 300 * time.Millisecond}
 			}
 			pr := dialPair(t, sharedDomain(t), o)
 			if pr.cli != nil {
