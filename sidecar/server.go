@@ -182,12 +182,12 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 		s.m.Handshakes.WithLabelValues("overloaded").Inc()
 		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 		_ = mpinkex.WriteAlert(c, mpinkex.AlertOverloaded)
-		// Msg1 has likely arrived: take it, or the close resets the
-		// connection; but linger only briefly while overloaded.
-		closeAfterAlert(c, overloadLingerTime)
 		if !s.cfg.quiet("handshake-errs") {
 			s.log.Warn().Str("remote", remote).Msg("handshake refused: overloaded")
 		}
+		// Msg1 has likely arrived: take it, or the close resets the
+		// connection; but linger only briefly while overloaded.
+		closeAfterAlert(c, overloadLingerTime)
 		return
 	}
 	s.inflight.Add(1)
@@ -198,20 +198,20 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	<-s.hs
 	s.t.removeConn(c)
 	if err != nil {
-		var me *mpinkex.Error
-		if errors.As(err, &me) && me.Alert != 0 {
-			closeAfterAlert(c, alertLingerTime)
-		} else {
-			c.Close()
-		}
 		s.m.Handshakes.WithLabelValues(handshakeResult(err)).Inc()
+		var me *mpinkex.Error
+		isMpinkex := errors.As(err, &me)
 		if !s.cfg.quiet("handshake-errs") {
 			ev := s.log.Warn().Str("remote", remote).Err(err)
-			var me *mpinkex.Error
-			if errors.As(err, &me) && me.ClaimedID != "" {
+			if isMpinkex && me.ClaimedID != "" {
 				ev = ev.Str("claimed_client", me.ClaimedID) // unauthenticated
 			}
 			ev.Msg("handshake failed")
+		}
+		if isMpinkex && me.Alert != 0 {
+			closeAfterAlert(c, alertLingerTime)
+		} else {
+			c.Close()
 		}
 		return
 	}
