@@ -144,10 +144,25 @@ start backend "$BIN/backend" -listen "$BACKEND"
 "$LG" wait -addr "$BACKEND"
 ADDR[none]=$BACKEND CPIDS[none]="" SPIDS[none]=""
 
+# client_cmd PEER LISTEN TARGET sets CMD to the command of PEER's client
+# side (go-relay, go-mtls, milagro), listening on LISTEN, relaying to TARGET.
+client_cmd() {
+	local e
+	read -r -a e <<<"$GO_PROXY_ENV"
+	case $1 in
+	go-relay) CMD=(env "${e[@]}" "$BIN/relay" -mode plain -listen "$2" -target "$3") ;;
+	go-mtls) CMD=(env "${e[@]}" "$BIN/relay" -mode tls-client -listen "$2" -target "$3" -certs "$WORK/certs") ;;
+	milagro) CMD=(env "${e[@]}" "$BIN/milagro" client --listen "$2" --target "$3" --keys "$WORK/client-keys"
+		--verify-id "$SERVER_ID" --log-level warn --max-conns 30000 --max-streams-per-session "$MAX_STREAMS") ;;
+	*) return 1 ;;
+	esac
+}
+
 start_go_relay() {
 	start relay-server env $GO_PROXY_ENV "$BIN/relay" -mode plain -listen "$H:$P_RELAY_S" -target "$BACKEND"
 	SPIDS[go-relay]=$STARTED
-	start relay-client env $GO_PROXY_ENV "$BIN/relay" -mode plain -listen "$H:$P_RELAY_C" -target "$H:$P_RELAY_S"
+	client_cmd go-relay "$H:$P_RELAY_C" "$H:$P_RELAY_S"
+	start relay-client "${CMD[@]}"
 	CPIDS[go-relay]=$STARTED ADDR[go-relay]=$H:$P_RELAY_C
 }
 
@@ -155,7 +170,8 @@ start_go_mtls() {
 	[[ -f $WORK/certs/ca.pem ]] || "$BIN/relay" -gencerts "$WORK/certs"
 	start mtls-server env $GO_PROXY_ENV "$BIN/relay" -mode tls-server -listen "$H:$P_TLS_S" -target "$BACKEND" -certs "$WORK/certs"
 	SPIDS[go-mtls]=$STARTED
-	start mtls-client env $GO_PROXY_ENV "$BIN/relay" -mode tls-client -listen "$H:$P_TLS_C" -target "$H:$P_TLS_S" -certs "$WORK/certs"
+	client_cmd go-mtls "$H:$P_TLS_C" "$H:$P_TLS_S"
+	start mtls-client "${CMD[@]}"
 	CPIDS[go-mtls]=$STARTED ADDR[go-mtls]=$H:$P_TLS_C
 }
 
@@ -249,8 +265,8 @@ start_milagro() {
 	start milagro-server env $GO_PROXY_ENV "$BIN/milagro" server --listen "$H:$P_MI_S" --target "$BACKEND" --keys "$WORK/server-keys" \
 		--allow-all "${req[@]}" --log-level warn --max-conns 30000
 	SPIDS[milagro]=$STARTED SPIDS[milagro-cold]=$STARTED
-	start milagro-client env $GO_PROXY_ENV "$BIN/milagro" client --listen "$H:$P_MI_C" --target "$H:$P_MI_S" --keys "$WORK/client-keys" \
-		--verify-id "$SERVER_ID" --log-level warn --max-conns 30000 --max-streams-per-session "$MAX_STREAMS"
+	client_cmd milagro "$H:$P_MI_C" "$H:$P_MI_S"
+	start milagro-client "${CMD[@]}"
 	CPIDS[milagro]=$STARTED ADDR[milagro]=$H:$P_MI_C
 	CPIDS[milagro-cold]="" ADDR[milagro-cold]=$H:$P_MI_S
 }
@@ -465,14 +481,10 @@ measure_rtt() {
 		milagro) srv=$H:$P_MI_S ;;
 		*) continue ;;
 		esac
+		client_cmd "$p" "$H:$pc" "$H:$pd"
 		start "rtt-delay-$p" "$BIN/delayline" -listen "$H:$pd" -target "$srv" -delay "$half"
 		dpid=$STARTED
-		case $p in
-		go-relay) start rtt-client-$p "$BIN/relay" -mode plain -listen "$H:$pc" -target "$H:$pd" ;;
-		go-mtls) start rtt-client-$p "$BIN/relay" -mode tls-client -listen "$H:$pc" -target "$H:$pd" -certs "$WORK/certs" ;;
-		milagro) start rtt-client-$p "$BIN/milagro" client --listen "$H:$pc" --target "$H:$pd" --keys "$WORK/client-keys" \
-			--verify-id "$SERVER_ID" --log-level warn ;;
-		esac
+		start "rtt-client-$p" "${CMD[@]}"
 		cpid=$STARTED
 		if "$LG" wait -addr "$H:$pc" 2>>"$WORK/loadgen.log" &&
 			row=$("$LG" bench -addr "$H:$pc" -peer "$p-rtt" -bulk-mb 0 -pings 0 -workers 1 -duration "$DURATION" -size "$SIZE" 2>>"$WORK/loadgen.log"); then

@@ -152,33 +152,34 @@ func TestPipelineVerdictFailures(t *testing.T) {
 		name      string
 		authorize func(string) error
 		verdict   []byte // raw bytes in place of the server's Msg4
+		stall     bool   // no verdict at all: the client's handshake times out
 		step      string
 		check     func(error) bool
 	}{
-		{"refused by policy", refuse, nil, "read Msg4", func(err error) bool {
+		{"refused by policy", refuse, nil, false, "read Msg4", func(err error) bool {
 			var ae *mpinkex.AlertError
 			return errors.As(err, &ae) && ae.Code == mpinkex.AlertHandshakeFailure
 		}},
-		{"overloaded", nil, []byte{0, 2, 0x7f, 0x04}, "read Msg4", func(err error) bool {
+		{"overloaded", nil, []byte{0, 2, 0x7f, 0x04}, false, "read Msg4", func(err error) bool {
 			var ae *mpinkex.AlertError
 			return errors.As(err, &ae) && ae.Code == mpinkex.AlertOverloaded
 		}},
-		{"Msg4 with a bad status", nil, []byte{0, 2, 0x04, 0x01}, "parse Msg4", func(err error) bool {
+		{"Msg4 with a bad status", nil, []byte{0, 2, 0x04, 0x01}, false, "parse Msg4", func(err error) bool {
 			return errors.Is(err, mpinkex.ErrDecode)
 		}},
-		{"another message", nil, []byte{0, 1, 0x03}, "parse Msg4", func(err error) bool {
+		{"another message", nil, []byte{0, 1, 0x03}, false, "parse Msg4", func(err error) bool {
 			return errors.Is(err, mpinkex.ErrDecode)
 		}},
-		{"oversized frame", nil, []byte{0x04, 0x01, 0x04, 0x00}, "read Msg4", func(err error) bool {
+		{"oversized frame", nil, []byte{0x04, 0x01, 0x04, 0x00}, false, "read Msg4", func(err error) bool {
 			return errors.Is(err, mpinkex.ErrDecode)
 		}},
-		{"closed inside the frame", nil, []byte{0, 2, 0x04}, "read Msg4", func(err error) bool {
+		{"closed inside the frame", nil, []byte{0, 2, 0x04}, false, "read Msg4", func(err error) bool {
 			return errors.Is(err, mpinkex.ErrDecode)
 		}},
-		{"closed before the verdict", nil, []byte{}, "read Msg4", func(err error) bool {
+		{"closed before the verdict", nil, []byte{}, false, "read Msg4", func(err error) bool {
 			return errors.Is(err, io.EOF)
 		}},
-		{"no verdict within the handshake timeout", nil, nil, "read Msg4", func(err error) bool {
+		{"no verdict within the handshake timeout", nil, nil, true, "read Msg4", func(err error) bool {
 			return errors.Is(err, os.ErrDeadlineExceeded)
 		}},
 	} {
@@ -187,7 +188,7 @@ func TestPipelineVerdictFailures(t *testing.T) {
 			switch {
 			case tc.verdict != nil:
 				o.relay = newVerdictRelay(10*time.Second, tc.verdict).relay
-			case tc.authorize == nil:
+			case tc.stall:
 				v := newVerdictRelay(0, nil)
 				v.stall = true
 				o.relay = v.relay

@@ -338,8 +338,9 @@ type recordConn struct {
 	// for tests that run pion's Conn as the peer of appRecords).
 	handover bool
 	// verdict: the client ran mpinkex with Pipeline, so the server's Msg4
-	// or Alert comes before the first record (PROTOCOL.md §5). Read by the
-	// first readOwn, on pion's read goroutine.
+	// or Alert comes before the first record (PROTOCOL.md §5). Read by
+	// pion's first Read, on its read goroutine (appRecords' reads, which
+	// come later, never look at it).
 	verdict  bool
 	detached bool          // under wmu: appRecords has taken over
 	pionDone chan struct{} // closed by endPion
@@ -350,7 +351,8 @@ func newRecordConn(c net.Conn, writeTimeout time.Duration) *recordConn {
 	return &recordConn{Conn: c, rr: newRecordReader(c), writeTimeout: writeTimeout, pionDone: make(chan struct{})}
 }
 
-// Read hands pion exactly one record, until pion has read the peer's
+// Read hands pion exactly one record (a pipelined client's first Read
+// reads the server's verdict before it), until pion has read the peer's
 // Finished: what follows belongs to appRecords, which takes over once the
 // handshake returns. A Read after the Finished waits for that (or for
 // pion's own abort, which it signals with a past read deadline, or Close,
@@ -365,6 +367,13 @@ func (c *recordConn) Read(p []byte) (int, error) {
 		}
 		return 0, net.ErrClosed
 	}
+	if c.verdict {
+		c.verdict = false
+		if err := mpinkex.ReadVerdict(&c.rr.br); err != nil {
+			c.fail(err)
+			return 0, err
+		}
+	}
 	b, err := c.readOwn(len(p))
 	return copy(p, b), err
 }
@@ -375,13 +384,6 @@ func (c *recordConn) Read(p []byte) (int, error) {
 func (c *recordConn) readOwn(max int) ([]byte, error) {
 	if err := c.failure(); err != nil {
 		return nil, err
-	}
-	if c.verdict {
-		c.verdict = false
-		if err := mpinkex.ReadVerdict(&c.rr.br); err != nil {
-			c.fail(err)
-			return nil, err
-		}
 	}
 	b, err := c.rr.nextRecord(max)
 	if err != nil {

@@ -20,10 +20,7 @@ func TestHandshakeTimeouts(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		start := time.Now()
-		n, err := c.Read(make([]byte, 16))
-		took := time.Since(start)
+		n, took, err := readTimed(c, 10*time.Second)
 		if n != 0 || err != io.EOF {
 			t.Fatalf("silent client: %d bytes, %v; want the server to close", n, err)
 		}
@@ -63,10 +60,7 @@ func TestHandshakeTimeouts(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer app.Close()
-		_ = app.SetReadDeadline(time.Now().Add(20 * time.Second))
-		start := time.Now()
-		n, err := app.Read(make([]byte, 16))
-		took := time.Since(start)
+		n, took, err := readTimed(app, 20*time.Second)
 		if n != 0 || err == nil {
 			t.Fatalf("application connection: %d bytes, %v; want it closed", n, err)
 		}
@@ -77,4 +71,12 @@ func TestHandshakeTimeouts(t *testing.T) {
 			t.Errorf("client handshakes{result=timeout} = %v, want ≥ 1", v)
 		}
 	})
+}
+
+// readTimed is one Read of c (bounded by max) and how long it took.
+func readTimed(c net.Conn, max time.Duration) (int, time.Duration, error) {
+	_ = c.SetReadDeadline(time.Now().Add(max))
+	start := time.Now()
+	n, err := c.Read(make([]byte, 16))
+	return n, time.Since(start), err
 }
