@@ -327,7 +327,7 @@ type recordConn struct {
 	closing      atomic.Bool
 	wmu          sync.Mutex
 	writeTimeout time.Duration
-	batching     bool
+	batching     int // nesting depth of beginBatch
 	wbuf         []byte
 	outNext      [2]uint64 // next sequence number we send, per epoch
 	outEpoch     uint16
@@ -462,7 +462,7 @@ func (c *recordConn) Write(b []byte) (int, error) {
 
 func (c *recordConn) writeRecordsLocked(b []byte) (int, error) {
 	c.trackOut(b)
-	if !c.batching {
+	if c.batching == 0 {
 		return c.writeLocked(b)
 	}
 	if err := c.roomLocked(len(b)); err != nil {
@@ -506,7 +506,7 @@ func (c *recordConn) doneRecord(b []byte, from int) error {
 	defer c.wmu.Unlock()
 	c.trackOut(b[from:])
 	c.wbuf = b
-	if !c.batching {
+	if c.batching == 0 {
 		return c.flushLocked()
 	}
 	return nil
@@ -533,17 +533,23 @@ func putBatch(b []byte) {
 }
 
 // beginBatch collects the records written until endBatch (by anyone: they
-// stay in order) into as few TCP writes as possible.
+// stay in order) into as few TCP writes as possible. Batches nest: the
+// records go out when the outermost one ends (or when the batch buffer is
+// full). Nothing may wait for the peer between the two calls: what the
+// peer would answer is still in the batch.
 func (c *recordConn) beginBatch() {
 	c.wmu.Lock()
-	c.batching = true
+	c.batching++
 	c.wmu.Unlock()
 }
 
 func (c *recordConn) endBatch() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.batching = false
+	c.batching--
+	if c.batching > 0 {
+		return nil
+	}
 	return c.flushLocked()
 }
 

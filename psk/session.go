@@ -128,6 +128,8 @@ func (c *Config) yamux() *yamux.Config {
 	// internal/yamux/PATCHES.md.
 	y.DirectWrites = true
 	y.AsyncWindowUpdates = true
+	// The server acknowledges a stream with its status (Accept, Reject).
+	y.DeferAck = true
 	y.MaxStreamWindowSize = c.StreamWindow
 	y.StreamOpenTimeout = 0 // Open waits for the status with its own bound
 	y.StreamCloseTimeout = max(c.StreamCloseTimeout, 0)
@@ -352,6 +354,24 @@ func (s *Session) Stats() Stats {
 // session's goroutines. It returns once everything has stopped.
 func (s *Session) Close() error { return s.closeWith(ErrSessionClosed) }
 
+// batch runs f with the records written meanwhile (by f or anyone else)
+// collected into as few TCP writes as possible (recordConn.beginBatch): f
+// must not wait for the peer. A failed write ends the session, as a failed
+// frame write does, and is returned if f succeeded.
+func (s *Session) batch(f func() error) error {
+	s.rc.beginBatch()
+	err := f()
+	if ferr := s.rc.endBatch(); ferr != nil {
+		ferr = fmt.Errorf("psk: session write: %w", unwrapPion(ferr))
+		s.setCause(ferr)
+		_ = s.raw.Close() // yamux's receive loop ends the session
+		if err == nil {
+			err = ferr
+		}
+	}
+	return err
+}
+
 func (s *Session) closeWith(cause error) error {
 	s.setCause(cause)
 	s.closeOnce.Do(func() {
@@ -486,8 +506,18 @@ func (s *Session) Open(ctx context.Context, target string) (*Stream, error) {
 		return nil, s.closedErr()
 	}
 	release := sync.OnceFunc(func() { <-s.openSem })
-	ys, err := s.mux.OpenStream()
-	if err != nil {
+	// The SYN and the header go out in one TCP write.
+	var st *Stream
+	err = s.batch(func() error {
+		ys, err := s.mux.OpenStream()
+		if err != nil {
+			return err
+		}
+		st = s.wrap(ys)
+		_, err = ys.Write(hdr)
+		return err
+	})
+	if st == nil {
 		release()
 		switch {
 		case errors.Is(err, yamux.ErrSessionShutdown):
@@ -497,7 +527,6 @@ func (s *Session) Open(ctx context.Context, target string) (*Stream, error) {
 		}
 		return nil, fmt.Errorf("psk: open stream: %w", err)
 	}
-	st := s.wrap(ys)
 	fail := func(err error) (*Stream, error) {
 		_ = st.Close()
 		// Hold the slot until yamux forgets the stream, so that OpenStream
@@ -505,7 +534,7 @@ func (s *Session) Open(ctx context.Context, target string) (*Stream, error) {
 		s.tab.whenGone(st.tr, release)
 		return nil, err
 	}
-	if _, err := ys.Write(hdr); err != nil {
+	if err != nil {
 		return fail(st.writeErr(err))
 	}
 
@@ -575,7 +604,16 @@ func (in *IncomingStream) Accept() (*Stream, error) {
 	if !in.answered.CompareAndSwap(false, true) {
 		return nil, fmt.Errorf("%w: stream %d already answered", ErrConfig, in.StreamID())
 	}
-	if _, err := in.st.Write([]byte{byte(StatusOK)}); err != nil {
+	// yamux has not acknowledged the stream (DeferAck): the ACK, with the
+	// stream's receive window, and the status go out in one TCP write.
+	err := in.st.s.batch(func() error {
+		if err := in.st.ys.Ack(); err != nil {
+			return in.st.writeErr(in.st.sessionEnd(err))
+		}
+		_, err := in.st.Write([]byte{byte(StatusOK)})
+		return err
+	})
+	if err != nil {
 		_ = in.st.Close()
 		return nil, err
 	}
@@ -591,8 +629,12 @@ func (in *IncomingStream) Reject(status Status) error {
 	if !in.answered.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w: stream %d already answered", ErrConfig, in.StreamID())
 	}
-	_, err := in.st.Write([]byte{byte(status)})
-	cerr := in.st.Close()
+	var cerr error
+	err := in.st.s.batch(func() error { // the status and the FIN in one TCP write
+		_, err := in.st.Write([]byte{byte(status)})
+		cerr = in.st.Close()
+		return err
+	})
 	if err == nil {
 		err = cerr
 	}
@@ -618,9 +660,9 @@ func (s *Session) Accept(ctx context.Context) (*IncomingStream, error) {
 	}
 }
 
-// acceptLoop takes streams from yamux (which acknowledges them at once)
-// and reads each header on its own goroutine, so a slow header does not
-// hold up the others.
+// acceptLoop takes streams from yamux (unacknowledged: the status of Accept
+// or Reject carries the ACK) and reads each header on its own goroutine, so
+// a slow header does not hold up the others.
 func (s *Session) acceptLoop() {
 	defer close(s.acceptDone)
 	for {

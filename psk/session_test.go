@@ -889,3 +889,78 @@ func TestStreamShared(t *testing.T) {
 	_ = c1.Close()
 	_ = s1.Close()
 }
+
+// Opening a stream costs one TCP write each way: the client's SYN with the
+// stream header, the server's ACK (with the stream's receive window) with
+// the status — or with a refusal, the status with the FIN. Afterwards the
+// window is the configured one both ways.
+func TestOpenOneWriteEachWay(t *testing.T) {
+	cases := []struct {
+		name   string
+		answer func(*IncomingStream) (*Stream, error)
+		// cliWrites: a refused client also sends its FIN.
+		cliWrites uint64
+	}{
+		{"accept", func(in *IncomingStream) (*Stream, error) { return in.Accept() }, 1},
+		{"refuse", func(in *IncomingStream) (*Stream, error) { return nil, in.Reject(StatusRefused) }, 2},
+		{"unreachable", func(in *IncomingStream) (*Stream, error) { return nil, in.Reject(StatusUnreachable) }, 2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := &Config{KeepAliveInterval: -1}
+			cli, srv := sessionPair(t, cfg, cfg)
+			t.Cleanup(func() { _ = cli.Close(); _ = srv.Close() })
+			c0, s0 := cli.rc.writesOut.Load(), srv.rc.writesOut.Load()
+			type answered struct {
+				st  *Stream
+				err error
+			}
+			ch := make(chan answered, 1)
+			go func() {
+				in, err := srv.Accept(context.Background())
+				if err != nil {
+					ch <- answered{err: err}
+					return
+				}
+				st, err := tc.answer(in)
+				ch <- answered{st, err}
+			}()
+			st, err := cli.Open(openCtx(t), "")
+			a := <-ch
+			if a.err != nil {
+				t.Fatalf("server: %v", a.err)
+			}
+			if tc.name == "accept" {
+				if err != nil {
+					t.Fatal(err)
+				}
+			} else if _, ok := errors.AsType[*StreamRefusedError](err); !ok {
+				t.Fatalf("open: %v, want a *StreamRefusedError", err)
+			}
+			if c, s := cli.rc.writesOut.Load()-c0, srv.rc.writesOut.Load()-s0; c != tc.cliWrites || s != 1 {
+				t.Fatalf("TCP writes: client %d (want %d), server %d (want 1)", c, tc.cliWrites, s)
+			}
+			if st == nil {
+				return
+			}
+			// More than yamux's initial 256 KiB window each way, unread:
+			// the ACK carried the configured window.
+			for _, dir := range []struct{ w, r *Stream }{{st, a.st}, {a.st, st}} {
+				data := make([]byte, 512<<10)
+				done := make(chan error, 1)
+				go func() { _, err := dir.w.Write(data); done <- err }()
+				select {
+				case err := <-done:
+					if err != nil {
+						t.Fatal(err)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("write blocked: the stream's window was not granted")
+				}
+				if _, err := io.ReadFull(dir.r, data); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}

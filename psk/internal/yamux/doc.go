@@ -1,5 +1,5 @@
 // Package yamux is github.com/hashicorp/yamux v0.1.2, a stream multiplexer
-// over one reliable connection, with two opt-in patches for package psk:
-// Config.DirectWrites and Config.AsyncWindowUpdates (PATCHES.md). The wire
-// format is upstream's.
+// over one reliable connection, with three opt-in patches for package psk:
+// Config.DirectWrites, Config.AsyncWindowUpdates and Config.DeferAck
+// (PATCHES.md). The wire format is upstream's.
 package yamux

@@ -56,6 +56,14 @@ type Config struct {
 	// Read of buffered data never blocks.
 	AsyncWindowUpdates bool
 
+	// DeferAck (milagro patch) has AcceptStream return a stream without
+	// acknowledging it: the stream's first frame out carries the ACK —
+	// the window update of Stream.Ack, or its first data or FIN frame —
+	// so that a server can answer a new stream in one write. Until then
+	// its Reads send no window update, so the peer can send at most the
+	// initial 256 KiB window.
+	DeferAck bool
+
 	// LogOutput is used to control the log destination. Either Logger or
 	// LogOutput can be set, not both.
 	LogOutput io.Writer

@@ -285,3 +285,140 @@ func TestAsyncWindowUpdateReadDuringBlockedFIN(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 }
+
+// countConn counts the bytes written to a connection.
+type countConn struct {
+	io.ReadWriteCloser
+	n atomic.Int64
+}
+
+func (c *countConn) Write(b []byte) (int, error) {
+	n, err := c.ReadWriteCloser.Write(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func inflightSYNs(s *Session) int {
+	s.streamLock.Lock()
+	defer s.streamLock.Unlock()
+	return len(s.inflight)
+}
+
+// DeferAck: an accepted stream is acknowledged by its first frame out —
+// Ack's window update (with the whole receive window), a data frame or a
+// FIN — and its Reads send nothing before that; afterwards its window
+// updates flow as usual.
+func TestDeferAck(t *testing.T) {
+	const window = 1 << 20 // > the initial 256 KiB: only a window update grants the rest
+	cases := []struct {
+		name string
+		// answer is the server's first frame out; ackFrame is its size.
+		answer   func(*Stream) error
+		ackFrame int64
+	}{
+		{"Ack", func(st *Stream) error { return st.Ack() }, headerSize},
+		{"Write", func(st *Stream) error { _, err := st.Write([]byte{0}); return err }, headerSize + 1},
+		{"Close", func(st *Stream) error { return st.Close() }, headerSize},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, s := testConnTCP(t)
+			sc := &countConn{ReadWriteCloser: s}
+			conf := testConfNoKeepAlive()
+			conf.DirectWrites, conf.AsyncWindowUpdates = true, true
+			conf.MaxStreamWindowSize = window
+			sconf := conf.Clone()
+			sconf.DeferAck = true
+			client, server := testClientServerConfig(t, c, sc, conf, sconf)
+
+			cst, err := client.OpenStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// 200 KiB, read by the server before it answers: a Read would
+			// send a window update (more than half the initial window).
+			early := make([]byte, 200<<10)
+			if _, err := cst.Write(early); err != nil {
+				t.Fatal(err)
+			}
+			sst, err := server.AcceptStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			readWithin(t, sst, len(early), "before the ACK")
+			time.Sleep(50 * time.Millisecond) // a frame the server sent would have arrived
+			if n := sc.n.Load(); n != 0 {
+				t.Fatalf("server wrote %d bytes before answering", n)
+			}
+			if n := inflightSYNs(client); n != 1 {
+				t.Fatalf("client: %d streams unacknowledged, want 1", n)
+			}
+
+			if err := tc.answer(sst); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for inflightSYNs(client) != 0 {
+				if time.Now().After(deadline) {
+					t.Fatal("the client never saw the ACK")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			if n := sc.n.Load(); n != tc.ackFrame {
+				t.Fatalf("server's answer took %d bytes, want one %d-byte frame", n, tc.ackFrame)
+			}
+			if tc.name == "Close" {
+				if _, err := io.ReadAll(cst); err != nil {
+					t.Fatalf("client read after the FIN: %v", err)
+				}
+				return
+			}
+			// The window flows: with Ack the client may now send a whole
+			// window unread; without, the server's Reads grant it.
+			more := make([]byte, window)
+			wrote := make(chan error, 1)
+			go func() { _, err := cst.Write(more); wrote <- err }()
+			if tc.name == "Ack" {
+				select {
+				case err := <-wrote:
+					if err != nil {
+						t.Fatal(err)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("client blocked: Ack did not grant the receive window")
+				}
+			}
+			readWithin(t, sst, window, "after the ACK")
+			if tc.name != "Ack" {
+				if err := <-wrote; err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// Without DeferAck, AcceptStream acknowledges at once, and Ack sends
+// nothing more.
+func TestAckWithoutDeferAck(t *testing.T) {
+	c, s := testConnTCP(t)
+	sc := &countConn{ReadWriteCloser: s}
+	conf := testConfNoKeepAlive()
+	client, server := testClientServerConfig(t, c, sc, conf, conf.Clone())
+	if _, err := client.OpenStream(); err != nil {
+		t.Fatal(err)
+	}
+	sst, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := sc.n.Load(); n != headerSize {
+		t.Fatalf("AcceptStream wrote %d bytes, want its %d-byte ACK", n, headerSize)
+	}
+	if err := sst.Ack(); err != nil {
+		t.Fatal(err)
+	}
+	if n := sc.n.Load(); n != headerSize {
+		t.Fatalf("Ack after AcceptStream's ACK wrote %d more bytes", n-headerSize)
+	}
+}

@@ -249,6 +249,10 @@ func (s *Session) Accept() (net.Conn, error) {
 func (s *Session) AcceptStream() (*Stream, error) {
 	select {
 	case stream := <-s.acceptCh:
+		if s.config.DeferAck {
+			stream.holdAck()
+			return stream, nil
+		}
 		if err := stream.sendWindowUpdate(); err != nil {
 			return nil, err
 		}
@@ -265,6 +269,10 @@ func (s *Session) AcceptStreamWithContext(ctx context.Context) (*Stream, error) 
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case stream := <-s.acceptCh:
+		if s.config.DeferAck {
+			stream.holdAck()
+			return stream, nil
+		}
 		if err := stream.sendWindowUpdate(); err != nil {
 			return nil, err
 		}

@@ -221,6 +221,9 @@ func testConf() *Config {
 	conf.ConnectionWriteTimeout = 250 * time.Millisecond
 	// milagro: the suite runs with the patches on, as psk runs yamux
 	// (PATCHES.md, patch_test.go).
+	// DeferAck stays off: the suite's servers read streams they never
+	// answer, whose window would then never grow (patch_test.go tests it;
+	// psk answers every stream it accepts).
 	conf.DirectWrites, conf.AsyncWindowUpdates = true, true
 	return conf
 }

@@ -57,6 +57,10 @@ type Stream struct {
 	// closeTimer is set with stateLock held to honor the StreamCloseTimeout
 	// setting on Session.
 	closeTimer *time.Timer
+
+	// ackHeld (milagro patch, DeferAck; under stateLock): accepted, not
+	// yet acknowledged, and Ack not yet called.
+	ackHeld bool
 }
 
 // newStream is used to construct a new stream within
@@ -258,8 +262,42 @@ func (s *Stream) sendFlags() uint16 {
 	case streamSYNReceived:
 		flags |= flagACK
 		s.state = streamEstablished
+		s.ackHeld = false
+	default:
+		// milagro patch (DeferAck): closed (or half-closed by the peer)
+		// before it was acknowledged, the stream's FIN carries the ACK.
+		if s.ackHeld {
+			flags |= flagACK
+			s.ackHeld = false
+		}
 	}
 	return flags
+}
+
+// holdAck (milagro patch, DeferAck) marks a stream just accepted as not to
+// be acknowledged by its window updates until Ack.
+func (s *Stream) holdAck() {
+	s.stateLock.Lock()
+	s.ackHeld = s.state == streamSYNReceived
+	s.stateLock.Unlock()
+}
+
+// Ack (milagro patch, DeferAck) acknowledges a stream that AcceptStream
+// returned unacknowledged: it sends the window update AcceptStream would
+// have sent, with the ACK (unless a data or FIN frame already carried
+// it). Without DeferAck, and on an opened stream, it sends a window
+// update only if one is due.
+func (s *Stream) Ack() error {
+	s.stateLock.Lock()
+	s.ackHeld = false
+	s.stateLock.Unlock()
+	return s.sendWindowUpdate()
+}
+
+func (s *Stream) isAckHeld() bool {
+	s.stateLock.Lock()
+	defer s.stateLock.Unlock()
+	return s.ackHeld
 }
 
 // sendWindowUpdate potentially sends a window update enabling
@@ -267,6 +305,9 @@ func (s *Stream) sendFlags() uint16 {
 func (s *Stream) sendWindowUpdate() error {
 	if s.session.config.AsyncWindowUpdates && s.sendWindowUpdateAsync() {
 		return nil
+	}
+	if s.session.config.DeferAck && s.isAckHeld() {
+		return nil // Ack sends it
 	}
 	s.controlHdrLock.Lock()
 	defer s.controlHdrLock.Unlock()
