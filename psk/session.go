@@ -171,6 +171,9 @@ type Session struct {
 	// is closed), before the streams are woken (see endStreams).
 	ended atomic.Bool
 
+	sweepMu sync.Mutex
+	sweep   *time.Timer // releases drained receive buffers (sweepBuffers)
+
 	badStreams atomic.Uint64
 }
 
@@ -257,7 +260,33 @@ func newSession(ctx context.Context, client bool, conn net.Conn, res *mpinkex.Re
 		s.spawn(s.acceptLoop)
 	}
 	s.tab.startIdle()
+	s.sweepMu.Lock()
+	s.sweep = time.AfterFunc(recvBufSweep, s.sweepBuffers)
+	s.sweepMu.Unlock()
 	return s, nil
+}
+
+// recvBufSweep is how often a session releases the receive buffers of its
+// streams that hold no unread data. yamux keeps a stream's buffer at the
+// largest size it ever reached — up to the stream window, 1 MiB by
+// default — for as long as the stream lives: without the sweep, a pooled
+// connection that once received a burst faster than its reader took it
+// would hold that much for good. A busy stream pays one new buffer per
+// sweep.
+var recvBufSweep = 30 * time.Second
+
+func (s *Session) sweepBuffers() {
+	if s.ended.Load() {
+		return
+	}
+	for _, st := range s.tab.streams() {
+		st.ys.Shrink() // only if empty
+	}
+	s.sweepMu.Lock()
+	defer s.sweepMu.Unlock()
+	if !s.ended.Load() {
+		s.sweep.Reset(recvBufSweep)
+	}
 }
 
 // PeerID is the authenticated identity of the peer: the server identity
@@ -420,6 +449,11 @@ func (s *Session) endStreams() {
 	if !s.ended.CompareAndSwap(false, true) {
 		return
 	}
+	s.sweepMu.Lock()
+	if s.sweep != nil {
+		s.sweep.Stop()
+	}
+	s.sweepMu.Unlock()
 	for _, st := range s.tab.streams() {
 		st.wake()
 		if st.tr != nil {

@@ -964,3 +964,62 @@ func TestOpenOneWriteEachWay(t *testing.T) {
 		})
 	}
 }
+
+// A stream's receive buffer, grown by a burst its reader did not keep up
+// with, is released once drained (at the session's next sweep), and the
+// stream goes on working.
+func TestRecvBufferReleased(t *testing.T) {
+	old := recvBufSweep
+	recvBufSweep = 20 * time.Millisecond
+	t.Cleanup(func() { recvBufSweep = old })
+	cli, srv := sessionPair(t, nil, nil)
+	t.Cleanup(func() { _ = cli.Close(); _ = srv.Close() })
+	st, ps := streamPair(t, cli, srv)
+
+	const burst = 768 << 10 // unread: within the 1 MiB window
+	data := make([]byte, burst)
+	_, _ = rand.Read(data)
+	if _, err := st.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for ps.Buffered() < burst {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d bytes arrived", ps.Buffered(), burst)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Buffered data is never released.
+	time.Sleep(5 * recvBufSweep)
+	if c := ps.ys.RecvBufCap(); c < burst {
+		t.Fatalf("receive buffer of %d bytes holding %d unread", c, burst)
+	}
+	got := make([]byte, burst)
+	if _, err := io.ReadFull(ps, got); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read the burst: %v", err)
+	}
+	for ps.ys.RecvBufCap() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("drained receive buffer of %d bytes still held", ps.ys.RecvBufCap())
+		}
+		time.Sleep(recvBufSweep)
+	}
+	if err := sendOver(st, ps, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sendOver writes msg on w and reads it from r.
+func sendOver(w, r *Stream, msg []byte) error {
+	if _, err := w.Write(msg); err != nil {
+		return err
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(r, got); err != nil {
+		return err
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("read %q, want %q", got, msg)
+	}
+	return nil
+}

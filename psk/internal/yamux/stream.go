@@ -622,6 +622,17 @@ func (s *Stream) SetWriteDeadline(t time.Time) error {
 	return nil
 }
 
+// RecvBufCap (milagro patch) is the capacity of the receive buffer, 0 if
+// there is none: for tests of Shrink's callers.
+func (s *Stream) RecvBufCap() int {
+	s.recvLock.Lock()
+	defer s.recvLock.Unlock()
+	if s.recvBuf == nil {
+		return 0
+	}
+	return s.recvBuf.Cap()
+}
+
 // Shrink is used to compact the amount of buffers utilized
 // This is useful when using Yamux in a connection pool to reduce
 // the idle memory utilization.
