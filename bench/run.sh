@@ -469,6 +469,16 @@ measure_rtt() {
 			NR == 1 { for (i = 1; i <= NF; i++) if ($i == "conn_per_s") k = i }
 			NR == 2 { printf "  %-44s %7.1f ms  = %.2f round trips\n", c, 1000 / $k, 1000 / $k / rtt }'
 	}
+	why() { # why PEER: what the logs say about a failed measurement
+		local f
+		kill -0 "${SPIDS[$1]:-0}" 2>/dev/null || echo "    the $1 server (pid ${SPIDS[$1]:-none}) is not running"
+		local logs=("rtt-delay-$1" "rtt-client-$1" loadgen)
+		[[ $1 == milagro ]] && logs+=(milagro-server)
+		for f in "${logs[@]}"; do
+			[[ -s $WORK/$f.log ]] && tail -n 3 "$WORK/$f.log" | sed "s/^/    $f: /"
+		done
+		return 0
+	}
 	echo "new connection over a ${RTT_MS} ms round trip (delay line), one at a time for $DURATION, $SIZE B request/echo:"
 	for p in $RTT_PEERS; do
 		[[ $p == milagro-cold ]] && continue
@@ -491,6 +501,7 @@ measure_rtt() {
 			rtt_row "$row" "$p"
 		else
 			echo "  $p: FAILED"
+			why "$p"
 		fi
 		if [[ $p == milagro && " $RTT_PEERS " == *" milagro-cold "* ]]; then
 			local pl
@@ -500,6 +511,7 @@ measure_rtt() {
 					rtt_row "$row" "milagro-cold (new session), pipeline=$pl"
 				else
 					echo "  milagro-cold pipeline=$pl: FAILED"
+					why milagro
 				fi
 			done
 		fi
