@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1022,4 +1023,49 @@ func sendOver(w, r *Stream, msg []byte) error {
 		return fmt.Errorf("read %q, want %q", got, msg)
 	}
 	return nil
+}
+
+// failWritesConn fails every Write once failing is set.
+type failWritesConn struct {
+	net.Conn
+	failing atomic.Bool
+}
+
+func (c *failWritesConn) Write(b []byte) (int, error) {
+	if c.failing.Load() {
+		return 0, errors.New("test: write refused")
+	}
+	return c.Conn.Write(b)
+}
+
+// A stream is opened (and answered) in one batched TCP write; when that
+// write fails, Open fails with it and the session ends, as when any frame
+// cannot be written.
+func TestOpenBatchWriteFails(t *testing.T) {
+	fc := &failWritesConn{}
+	pr := dialPair(t, sharedDomain(t), pairOpts{
+		cli: &Config{KeepAliveInterval: -1}, srv: &Config{KeepAliveInterval: -1},
+		wrapCli: func(c net.Conn) net.Conn { fc.Conn = c; return fc },
+	})
+	if pr.cliErr != nil || pr.srvErr != nil {
+		t.Fatalf("session setup: client %v, server %v", pr.cliErr, pr.srvErr)
+	}
+	cli, srv := pr.cli, pr.srv
+	t.Cleanup(func() { _ = cli.Close(); _ = srv.Close() })
+	fc.failing.Store(true)
+	_, err := cli.Open(openCtx(t), "")
+	if err == nil || !strings.Contains(err.Error(), "write refused") {
+		t.Fatalf("Open with the connection refusing writes: %v", err)
+	}
+	select {
+	case <-cli.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session survived a failed write")
+	}
+	if err := cli.Err(); err == nil || !strings.Contains(err.Error(), "write refused") {
+		t.Errorf("session Err = %v, want the failed write", err)
+	}
+	if _, err := cli.Open(openCtx(t), ""); !errors.Is(err, ErrSessionClosed) {
+		t.Errorf("Open on the ended session: %v, want ErrSessionClosed", err)
+	}
 }
