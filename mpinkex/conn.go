@@ -74,7 +74,18 @@ func (s *stepper) arm() error {
 	if dl, ok := s.ctx.Deadline(); ok && dl.Before(t) {
 		t = dl
 	}
-	return s.d.SetDeadline(t)
+	if err := s.d.SetDeadline(t); err != nil {
+		return err
+	}
+	// A cancel between the check above and SetDeadline ran the watcher
+	// before it: its past deadline is gone, overwritten by t. The context
+	// reports the cancel before the watcher runs, so checking again covers
+	// that window.
+	if err := s.ctx.Err(); err != nil {
+		_ = s.d.SetDeadline(time.Unix(1, 0))
+		return err
+	}
+	return nil
 }
 
 // wrap turns an I/O error into a context error when the context ended.

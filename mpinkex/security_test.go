@@ -1057,6 +1057,34 @@ func TestContext(t *testing.T) {
 			t.Errorf("client error %v, want context.Canceled", cl.err)
 		}
 	})
+	t.Run("client-cancel-while-arming", func(t *testing.T) {
+		// The cancel lands while the client arms the read of Msg2: the
+		// watcher moves the deadline into the past, then the step's own
+		// deadline replaces it. The read must still end at once.
+		ctx, cancel := context.WithCancel(context.Background())
+		cfg := d.clientConfig()
+		cfg.StepTimeout = time.Minute
+		cc, sc := net.Pipe()
+		ac := &armingConn{Conn: cc, onArm: 2, cancel: cancel}
+		done := make(chan error, 1)
+		go func() {
+			_, err := Client(ctx, ac, cfg)
+			cc.Close()
+			done <- err
+		}()
+		t.Cleanup(func() { sc.Close() })
+		if _, err := ReadFrame(sc); err != nil { // Msg1
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("client error %v, want context.Canceled", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a cancel during arming did not interrupt the read")
+		}
+	})
 	t.Run("already-cancelled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
@@ -1662,4 +1690,45 @@ func TestConcurrentHandshakes(t *testing.T) {
 		}
 		seen[string(p)] = true
 	}
+}
+
+// armingConn cancels the handshake's context during its onArm-th future
+// SetDeadline, waits until the context's watcher has set its past
+// deadline, and only then applies the future one: the interleaving of a
+// cancel that lands between stepper.arm's check and its SetDeadline.
+type armingConn struct {
+	net.Conn
+	onArm  int
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	armed  int
+	pasted chan struct{}
+}
+
+func (c *armingConn) SetDeadline(t time.Time) error {
+	c.mu.Lock()
+	if c.pasted == nil {
+		c.pasted = make(chan struct{})
+	}
+	pasted := c.pasted
+	if !t.IsZero() && t.Before(time.Now()) {
+		select {
+		case <-pasted:
+		default:
+			close(pasted)
+		}
+		c.mu.Unlock()
+		return c.Conn.SetDeadline(t)
+	}
+	if !t.IsZero() {
+		c.armed++
+	}
+	hit := c.armed == c.onArm && !t.IsZero()
+	c.mu.Unlock()
+	if hit {
+		c.cancel()
+		<-pasted // the watcher has run
+	}
+	return c.Conn.SetDeadline(t)
 }
