@@ -540,7 +540,11 @@ func (s *Session) Open(ctx context.Context, target string) (*Stream, error) {
 		return nil, s.closedErr()
 	}
 	release := sync.OnceFunc(func() { <-s.openSem })
-	// The SYN and the header go out in one TCP write.
+	// The SYN and the header go out in one TCP write. Nothing in the batch
+	// waits for the server: OpenStream would wait only when yamux has
+	// AcceptBacklog streams unacknowledged, and each of those holds an
+	// openSem slot until its ACK (which comes with its status) or until
+	// yamux forgets it, so with our slot taken there is room.
 	var st *Stream
 	err = s.batch(func() error {
 		ys, err := s.mux.OpenStream()
