@@ -33,6 +33,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math/rand/v2"
 	"net"
 	"os"
 	"slices"
@@ -70,6 +71,13 @@ func main() {
 	}
 }
 
+// cmdPorts prints free loopback ports below the kernel's ephemeral range.
+// A port the kernel hands out for ":0" comes from that range, from which
+// it also takes the local port of every outgoing connection: between this
+// command and the listener that binds the port later, one of the run's
+// tens of thousands of connections can take it (a run once lost all its
+// milagro round-trip figures, most likely that way). Ports below the range
+// are never taken by a connect.
 func cmdPorts(args []string) error {
 	fs := flag.NewFlagSet("ports", flag.ExitOnError)
 	n := fs.Int("n", 1, "how many ports")
@@ -80,17 +88,38 @@ func cmdPorts(args []string) error {
 			l.Close()
 		}
 	}()
+	lo, hi := 20000, ephemeralLow()
 	var ports []string
-	for range *n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return err
+	for tries := 0; len(ports) < *n; tries++ {
+		addr := "127.0.0.1:0" // no room below the range: the kernel's choice
+		if hi-lo >= 1000 {
+			addr = fmt.Sprintf("127.0.0.1:%d", lo+rand.IntN(hi-lo))
 		}
-		lns = append(lns, l)
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			if tries > 1000 {
+				return fmt.Errorf("no free loopback port (last tried %s): %w", addr, err)
+			}
+			continue // in use
+		}
+		lns = append(lns, l) // held until all are picked: no duplicates
 		ports = append(ports, fmt.Sprint(l.Addr().(*net.TCPAddr).Port))
 	}
 	fmt.Println(strings.Join(ports, " "))
 	return nil
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil || lo <= 0 {
+		return 32768
+	}
+	return lo
 }
 
 // echo makes one connection to addr and does one size-byte round trip.
