@@ -398,6 +398,49 @@ func TestDeferAck(t *testing.T) {
 	}
 }
 
+// DeferAck: a stream the client half-closes before the server answers
+// still gets its ACK from Ack (upstream would send none: the state is no
+// longer SYN-received), which frees the client's count of unacknowledged
+// streams before the server closes its side.
+func TestDeferAckAfterPeerFIN(t *testing.T) {
+	c, s := testConnTCP(t)
+	conf := testConfNoKeepAlive()
+	conf.DirectWrites, conf.AsyncWindowUpdates = true, true
+	sconf := conf.Clone()
+	sconf.DeferAck = true
+	client, server := testClientServerConfig(t, c, s, conf, sconf)
+	cst, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cst.Write([]byte("header")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cst.Close(); err != nil { // FIN before any answer
+		t.Fatal(err)
+	}
+	sst, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(sst); err != nil || string(b) != "header" {
+		t.Fatalf("server read %q, %v", b, err)
+	}
+	if n := inflightSYNs(client); n != 1 {
+		t.Fatalf("client: %d streams unacknowledged before Ack, want 1", n)
+	}
+	if err := sst.Ack(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for inflightSYNs(client) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("Ack after the peer's FIN sent no ACK")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // Without DeferAck, AcceptStream acknowledges at once, and Ack sends
 // nothing more.
 func TestAckWithoutDeferAck(t *testing.T) {

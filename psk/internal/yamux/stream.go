@@ -275,10 +275,12 @@ func (s *Stream) sendFlags() uint16 {
 }
 
 // holdAck (milagro patch, DeferAck) marks a stream just accepted as not to
-// be acknowledged by its window updates until Ack.
+// be acknowledged by its window updates until Ack. Nothing of it has been
+// sent yet, so it is unacknowledged if it is still open — SYN received, or
+// half-closed by the peer already.
 func (s *Stream) holdAck() {
 	s.stateLock.Lock()
-	s.ackHeld = s.state == streamSYNReceived
+	s.ackHeld = s.state == streamSYNReceived || s.state == streamRemoteClose
 	s.stateLock.Unlock()
 }
 
@@ -288,9 +290,11 @@ func (s *Stream) holdAck() {
 // it). Without DeferAck, and on an opened stream, it sends a window
 // update only if one is due.
 func (s *Stream) Ack() error {
-	s.stateLock.Lock()
-	s.ackHeld = false
-	s.stateLock.Unlock()
+	if s.isAckHeld() {
+		// sendFlags gives the ACK (and clears ackHeld) whatever the
+		// stream's state now: the peer may have closed its side meanwhile.
+		return s.sendWindowUpdateSync()
+	}
 	return s.sendWindowUpdate()
 }
 
@@ -303,12 +307,18 @@ func (s *Stream) isAckHeld() bool {
 // sendWindowUpdate potentially sends a window update enabling
 // further writes to take place. Must be invoked with the lock.
 func (s *Stream) sendWindowUpdate() error {
-	if s.session.config.AsyncWindowUpdates && s.sendWindowUpdateAsync() {
-		return nil
-	}
 	if s.session.config.DeferAck && s.isAckHeld() {
 		return nil // Ack sends it
 	}
+	if s.session.config.AsyncWindowUpdates && s.sendWindowUpdateAsync() {
+		return nil
+	}
+	return s.sendWindowUpdateSync()
+}
+
+// sendWindowUpdateSync is upstream's sendWindowUpdate: the update, with any
+// pending SYN or ACK, written before it returns.
+func (s *Stream) sendWindowUpdateSync() error {
 	s.controlHdrLock.Lock()
 	defer s.controlHdrLock.Unlock()
 
