@@ -747,7 +747,7 @@ func (s *Session) readHeader(ys *yamux.Stream) {
 		return
 	}
 	if n := s.tab.len(); n > s.cfg.MaxStreams {
-		_, _ = st.Write([]byte{byte(StatusRefused)})
+		_ = (&IncomingStream{st: st}).Reject(StatusRefused) // the status with the FIN
 		drop(fmt.Errorf("%w (%d)", ErrTooManyStreams, n))
 		return
 	}

@@ -304,6 +304,36 @@ func inflightSYNs(s *Session) int {
 	return len(s.inflight)
 }
 
+// deferAckPair is a session pair over TCP, patched as psk runs it, the
+// server with DeferAck; it returns the server's connection, which counts
+// what the server writes.
+func deferAckPair(t *testing.T, window uint32) (client, server *Session, sc *countConn) {
+	t.Helper()
+	c, s := testConnTCP(t)
+	sc = &countConn{ReadWriteCloser: s}
+	conf := testConfNoKeepAlive()
+	conf.DirectWrites, conf.AsyncWindowUpdates = true, true
+	if window > 0 {
+		conf.MaxStreamWindowSize = window
+	}
+	sconf := conf.Clone()
+	sconf.DeferAck = true
+	client, server = testClientServerConfig(t, c, sc, conf, sconf)
+	return client, server, sc
+}
+
+// waitAcked waits until client has no stream waiting for its ACK.
+func waitAcked(t *testing.T, client *Session, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for inflightSYNs(client) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal(what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // DeferAck: an accepted stream is acknowledged by its first frame out —
 // Ack's window update (with the whole receive window), a data frame or a
 // FIN — and its Reads send nothing before that; afterwards its window
@@ -322,14 +352,7 @@ func TestDeferAck(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c, s := testConnTCP(t)
-			sc := &countConn{ReadWriteCloser: s}
-			conf := testConfNoKeepAlive()
-			conf.DirectWrites, conf.AsyncWindowUpdates = true, true
-			conf.MaxStreamWindowSize = window
-			sconf := conf.Clone()
-			sconf.DeferAck = true
-			client, server := testClientServerConfig(t, c, sc, conf, sconf)
+			client, server, sc := deferAckPair(t, window)
 
 			cst, err := client.OpenStream()
 			if err != nil {
@@ -357,13 +380,7 @@ func TestDeferAck(t *testing.T) {
 			if err := tc.answer(sst); err != nil {
 				t.Fatal(err)
 			}
-			deadline := time.Now().Add(5 * time.Second)
-			for inflightSYNs(client) != 0 {
-				if time.Now().After(deadline) {
-					t.Fatal("the client never saw the ACK")
-				}
-				time.Sleep(time.Millisecond)
-			}
+			waitAcked(t, client, "the client never saw the ACK")
 			if n := sc.n.Load(); n != tc.ackFrame {
 				t.Fatalf("server's answer took %d bytes, want one %d-byte frame", n, tc.ackFrame)
 			}
@@ -403,12 +420,7 @@ func TestDeferAck(t *testing.T) {
 // longer SYN-received), which frees the client's count of unacknowledged
 // streams before the server closes its side.
 func TestDeferAckAfterPeerFIN(t *testing.T) {
-	c, s := testConnTCP(t)
-	conf := testConfNoKeepAlive()
-	conf.DirectWrites, conf.AsyncWindowUpdates = true, true
-	sconf := conf.Clone()
-	sconf.DeferAck = true
-	client, server := testClientServerConfig(t, c, s, conf, sconf)
+	client, server, _ := deferAckPair(t, 0)
 	cst, err := client.OpenStream()
 	if err != nil {
 		t.Fatal(err)
@@ -432,13 +444,7 @@ func TestDeferAckAfterPeerFIN(t *testing.T) {
 	if err := sst.Ack(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for inflightSYNs(client) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("Ack after the peer's FIN sent no ACK")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitAcked(t, client, "Ack after the peer's FIN sent no ACK")
 }
 
 // Without DeferAck, AcceptStream acknowledges at once, and Ack sends

@@ -58,9 +58,10 @@ type Stream struct {
 	// setting on Session.
 	closeTimer *time.Timer
 
-	// ackHeld (milagro patch, DeferAck; under stateLock): accepted, not
-	// yet acknowledged, and Ack not yet called.
-	ackHeld bool
+	// ackHeld (milagro patch, DeferAck): accepted, not yet acknowledged,
+	// and Ack not yet called. Changed under stateLock; read without it by
+	// every Read (sendWindowUpdate).
+	ackHeld atomic.Bool
 }
 
 // newStream is used to construct a new stream within
@@ -262,13 +263,13 @@ func (s *Stream) sendFlags() uint16 {
 	case streamSYNReceived:
 		flags |= flagACK
 		s.state = streamEstablished
-		s.ackHeld = false
+		s.ackHeld.Store(false)
 	default:
 		// milagro patch (DeferAck): closed (or half-closed by the peer)
 		// before it was acknowledged, the stream's FIN carries the ACK.
-		if s.ackHeld {
+		if s.ackHeld.Load() {
 			flags |= flagACK
-			s.ackHeld = false
+			s.ackHeld.Store(false)
 		}
 	}
 	return flags
@@ -280,7 +281,7 @@ func (s *Stream) sendFlags() uint16 {
 // half-closed by the peer already.
 func (s *Stream) holdAck() {
 	s.stateLock.Lock()
-	s.ackHeld = s.state == streamSYNReceived || s.state == streamRemoteClose
+	s.ackHeld.Store(s.state == streamSYNReceived || s.state == streamRemoteClose)
 	s.stateLock.Unlock()
 }
 
@@ -290,7 +291,7 @@ func (s *Stream) holdAck() {
 // it). Without DeferAck, and on an opened stream, it sends a window
 // update only if one is due.
 func (s *Stream) Ack() error {
-	if s.isAckHeld() {
+	if s.ackHeld.Load() {
 		// sendFlags gives the ACK (and clears ackHeld) whatever the
 		// stream's state now: the peer may have closed its side meanwhile.
 		return s.sendWindowUpdateSync()
@@ -298,16 +299,10 @@ func (s *Stream) Ack() error {
 	return s.sendWindowUpdate()
 }
 
-func (s *Stream) isAckHeld() bool {
-	s.stateLock.Lock()
-	defer s.stateLock.Unlock()
-	return s.ackHeld
-}
-
 // sendWindowUpdate potentially sends a window update enabling
 // further writes to take place. Must be invoked with the lock.
 func (s *Stream) sendWindowUpdate() error {
-	if s.session.config.DeferAck && s.isAckHeld() {
+	if s.ackHeld.Load() {
 		return nil // Ack sends it
 	}
 	if s.session.config.AsyncWindowUpdates && s.sendWindowUpdateAsync() {
