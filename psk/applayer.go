@@ -1,12 +1,10 @@
 package psk
 
 import (
-	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/gob"
 	"errors"
 	"fmt"
 	"io"
@@ -62,31 +60,13 @@ type appRecords struct {
 // maxSeq is the last DTLS sequence number (48 bits).
 const maxSeq = 1<<48 - 1
 
-// exportedState holds the fields of pion's ConnectionState serialization
-// (dtls.State.MarshalBinary, a gob of its serializedState) that the record
-// keys come from; gob matches fields by name and ignores the others.
-type exportedState struct {
-	LocalEpoch     uint16
-	LocalRandom    [32]byte
-	RemoteRandom   [32]byte
-	CipherSuiteID  uint16
-	MasterSecret   []byte
-	SequenceNumber uint64
-	IsClient       bool
-}
-
 // takeOver ends pion's Conn after a successful handshake and returns the
 // record layer that continues from where it stopped: pion's goroutines are
 // gone, and the TCP connection stays open.
 func takeOver(dc *dtls.Conn, rc *recordConn, client bool) (*appRecords, error) {
 	st := dc.ConnectionState()
-	blob, err := st.MarshalBinary()
-	if err != nil {
-		return nil, fmt.Errorf("psk: export DTLS state: %w", err)
-	}
 	var es exportedState
-	err = gob.NewDecoder(bytes.NewReader(blob)).Decode(&es)
-	clear(blob)
+	err := exportState(&st, &es)
 	defer clear(es.MasterSecret)
 	switch {
 	case err != nil:
