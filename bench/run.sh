@@ -11,7 +11,7 @@ cd "$ROOT"
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
 	ROUNDS=${ROUNDS:-1} BULK_MB=${BULK_MB:-128} DURATION=${DURATION:-1s} PINGS=${PINGS:-500}
-	IDLE_CONNS=${IDLE_CONNS:-1000} FLOOR_BENCHTIME=${FLOOR_BENCHTIME:-30x} FLOOR_COUNT=${FLOOR_COUNT:-1}
+	IDLE_CONNS=${IDLE_CONNS:-1000} FLOOR_BENCHTIME=${FLOOR_BENCHTIME:-30x}
 	WAIT_LOAD=${WAIT_LOAD:-0}
 fi
 ROUNDS=${ROUNDS:-5}                  # rounds; every peer is measured once per round
@@ -25,7 +25,7 @@ IDLE_PEERS=${IDLE_PEERS:-"go-relay go-mtls milagro"}
 PEERS=${PEERS:-"none go-relay stunnel-psk spiped go-mtls milagro milagro-cold"}
 PERMIT=${PERMIT:-0}                  # 1: the client fetches time permits, the server requires them
 FLOOR_BENCHTIME=${FLOOR_BENCHTIME:-1s}
-FLOOR_COUNT=${FLOOR_COUNT:-3}
+FLOOR_COUNT=${FLOOR_COUNT:-0}          # rounds of the floor alone after the last round (one is measured in every round)
 WAIT_LOAD=${WAIT_LOAD:-600}          # wait up to this many seconds for the load average to fall
 LOAD_MAX=${LOAD_MAX:-1.5}
 PROFILE=${PROFILE:-0}                # 1: perf profile of both milagro sidecars under one bulk transfer, and of the server under cold connections
@@ -304,6 +304,40 @@ for p in $PEERS; do
 	fi
 done
 
+# ---- the floor ----------------------------------------------------------------------
+# The floor, the same cold session in one process, and the library floor are
+# measured once at the end of every round (floor_round), right after the
+# round's cold connections, so that the machine's drift over the run moves
+# both alike (on this shared host the pairing floor read 4.9 ms one day and
+# 6.3 ms the next); medians over the rounds, and FLOOR_COUNT more
+# rounds of the floor alone if asked.
+#   floor: BenchmarkFloor(Server|Client) in ./pairing, the bare curve
+#     arithmetic of one handshake per side, and BenchmarkFloorEncode, the
+#     six compressed point encodings it sends or hashes;
+#   session: BenchmarkSessionSetup in ./psk, TCP, mpinkex, DTLS-PSK, yamux
+#     and close, both sides, process CPU per session;
+#   library floor: BenchmarkFloorDTLS in ./psk, pion's DTLS-PSK handshake
+#     over UDP and yamux setup alone (added to the floor for the second
+#     reading).
+go test -c -o "$BIN/pairing.test" ./pairing
+go test -c -o "$BIN/psk.test" ./psk
+: >"$WORK/floor.txt"
+: >"$WORK/setup.txt"
+: >"$WORK/floordtls.txt"
+: >"$WORK/setup1.txt"
+floor_round() {
+	(cd pairing && "$BIN/pairing.test" -test.run '^$' -test.bench 'BenchmarkFloor(Server|Client|Encode)$' -test.benchtime "$FLOOR_BENCHTIME") >>"$WORK/floor.txt" 2>&1 ||
+		{ cat "$WORK/floor.txt" >&2; exit 1; }
+	(cd psk && "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkSessionSetup$' -test.benchtime 200x) >>"$WORK/setup.txt" 2>&1 ||
+		{ cat "$WORK/setup.txt" >&2; exit 1; }
+	(cd psk && "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkFloorDTLS$' -test.benchtime 200x) >>"$WORK/floordtls.txt" 2>&1 ||
+		{ cat "$WORK/floordtls.txt" >&2; exit 1; }
+	# Both again on one scheduler thread: with two, the runtime spins idle
+	# threads at every goroutine hand-off, CPU that varies from run to run.
+	(cd psk && GOMAXPROCS=1 "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkSessionSetup$|BenchmarkFloorDTLS$' -test.benchtime 200x) >>"$WORK/setup1.txt" 2>&1 ||
+		{ cat "$WORK/setup1.txt" >&2; exit 1; }
+}
+
 # ---- rounds -----------------------------------------------------------------------
 RAW=$WORK/rounds.csv
 "$LG" header >"$RAW"
@@ -329,6 +363,12 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			log "  $p round $r FAILED: $(tail -n1 "$WORK/loadgen.log")"
 		fi
 	done
+	log "  floor, in-process session and library floor (go test -bench in ./pairing and ./psk)"
+	floor_round
+done
+for ((i = 1; i <= FLOOR_COUNT; i++)); do
+	log "floor round $i of $FLOOR_COUNT more"
+	floor_round
 done
 cp "$RAW" "$OUT/results-$STAMP-rounds.csv"
 
@@ -374,41 +414,13 @@ if [[ $PROFILE == 1 && -n ${SPIDS[milagro-cold]:-} ]]; then
 		-server-pids "${SPIDS[milagro-cold]}" -duration "$DURATION" -workers "$WORKERS" -size "$SIZE" -peer profile
 fi
 
-# ---- the floor ----------------------------------------------------------------------
-# The floor, the same cold session in one process, and the library floor
-# are measured in turns (FLOOR_COUNT rounds of the three), so that the
-# machine's drift over minutes moves them alike; medians over the rounds.
-#   floor: BenchmarkFloor(Server|Client) in ./pairing, the bare curve
-#     operations of one handshake per side;
-#   session: BenchmarkSessionSetup in ./psk, TCP, mpinkex, DTLS-PSK, yamux
-#     and close, both sides, process CPU per session;
-#   library floor: BenchmarkFloorDTLS in ./psk, pion's DTLS-PSK handshake
-#     over UDP and yamux setup alone (the second floor reading).
-log "floor, in-process session and library floor: go test -bench in ./pairing and ./psk, $FLOOR_COUNT rounds"
-go test -c -o "$BIN/pairing.test" ./pairing
-go test -c -o "$BIN/psk.test" ./psk
-: >"$WORK/floor.txt"
-: >"$WORK/setup.txt"
-: >"$WORK/floordtls.txt"
-: >"$WORK/setup1.txt"
-for ((i = 1; i <= FLOOR_COUNT; i++)); do
-	(cd pairing && "$BIN/pairing.test" -test.run '^$' -test.bench 'BenchmarkFloor(Server|Client)' -test.benchtime "$FLOOR_BENCHTIME") >>"$WORK/floor.txt" 2>&1 ||
-		{ cat "$WORK/floor.txt" >&2; exit 1; }
-	(cd psk && "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkSessionSetup$' -test.benchtime 200x) >>"$WORK/setup.txt" 2>&1 ||
-		{ cat "$WORK/setup.txt" >&2; exit 1; }
-	(cd psk && "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkFloorDTLS$' -test.benchtime 200x) >>"$WORK/floordtls.txt" 2>&1 ||
-		{ cat "$WORK/floordtls.txt" >&2; exit 1; }
-	# Both again on one scheduler thread: with two, the runtime spins idle
-	# threads at every goroutine hand-off, CPU that varies from run to run.
-	(cd psk && GOMAXPROCS=1 "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkSessionSetup$|BenchmarkFloorDTLS$' -test.benchtime 200x) >>"$WORK/setup1.txt" 2>&1 ||
-		{ cat "$WORK/setup1.txt" >&2; exit 1; }
-done
 median() { # median FILE BENCHMARK UNIT: the median of one metric of one benchmark over the rounds
 	grep -E "^$2(-[0-9]+)?[[:space:]]" "$1" | awk -v u="$3" '{for(i=1;i<=NF;i++) if($(i+1)==u) print $i}' | sort -g |
 		awk '{v[NR]=$1} END{if(NR==0){print 0}else if(NR%2){print v[(NR+1)/2]}else{print (v[NR/2]+v[NR/2+1])/2}}'
 }
 FLOOR_S=$(median "$WORK/floor.txt" BenchmarkFloorServer ns/op)
 FLOOR_C=$(median "$WORK/floor.txt" BenchmarkFloorClient ns/op)
+FLOOR_E=$(median "$WORK/floor.txt" BenchmarkFloorEncode ns/op)
 SETUP_CPU=$(median "$WORK/setup.txt" BenchmarkSessionSetup cpu-ns/op)
 FLOOR_D=$(median "$WORK/floordtls.txt" BenchmarkFloorDTLS cpu-ns/op)
 SETUP_CPU1=$(median "$WORK/setup1.txt" BenchmarkSessionSetup cpu-ns/op)
@@ -537,7 +549,7 @@ echo "load average: $LOAD_START at start, $LOAD_END at end (1 min)"
 echo "rounds $ROUNDS, bulk ${BULK_MB} MiB one way to a sink, new connections ${DURATION} × $WORKERS workers with ${SIZE} B request/response, $PINGS pings of ${SIZE} B, idle $IDLE_CONNS connections, permits $PERMIT"
 [[ -n $GO_PROXY_ENV ]] && echo "Go proxies (milagro, go-relay, go-mtls) ran with: $GO_PROXY_ENV"
 echo
-"$BIN/report" -raw "$RAW" -idle "$IDLE" -floor-server-ns "$FLOOR_S" -floor-client-ns "$FLOOR_C" -floor-dtls-ns "$FLOOR_D" -session-cpu-ns "$SETUP_CPU" \
+"$BIN/report" -raw "$RAW" -idle "$IDLE" -floor-server-ns "$FLOOR_S" -floor-client-ns "$FLOOR_C" -floor-encode-ns "$FLOOR_E" -floor-dtls-ns "$FLOOR_D" -session-cpu-ns "$SETUP_CPU" \
 	-session-cpu-ns-1 "$SETUP_CPU1" -floor-dtls-ns-1 "$FLOOR_D1" -out "$RESULTS" \
 	-meta "date=$STAMP" -meta "nproc=$(nproc)" -meta "cpu=$CPU_MODEL" -meta "kernel=$(uname -r)" \
 	-meta "load_start=$LOAD_START" -meta "load_end=$LOAD_END" -meta "rounds=$ROUNDS" -meta "bulk_mb=$BULK_MB" \
@@ -546,7 +558,8 @@ echo
 echo "milagro-cold: each connection is a full TCP + mpinkex + DTLS-PSK + yamux handshake by bench/cmd/coldconn"
 echo "  (the client sidecar's pool reuses sessions), against the milagro server process; its client-side CPU is"
 echo "  the whole coldconn process. Floor: BenchmarkFloorServer $(printf '%.0f' "$FLOOR_S") ns + BenchmarkFloorClient $(printf '%.0f' "$FLOOR_C") ns"
-echo "  (+ psk BenchmarkFloorDTLS $(printf '%.0f' "$FLOOR_D") ns: pion's DTLS-PSK handshake and yamux setup alone, both sides)."
+echo "  (library floor + BenchmarkFloorEncode $(printf '%.0f' "$FLOOR_E") ns, the six compressed point encodings,"
+echo "  + psk BenchmarkFloorDTLS $(printf '%.0f' "$FLOOR_D") ns: pion's DTLS-PSK handshake and yamux setup alone, both sides)."
 for s in "${SKIPPED[@]}"; do echo "skipped: $s"; done
 for f in "${FAILED[@]}"; do echo "failed: $f"; done
 chmod a+r "$OUT"/*"$STAMP"* # the work folder's umask is for its secrets, not for the results
