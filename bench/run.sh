@@ -421,6 +421,13 @@ median() { # median FILE BENCHMARK UNIT: the median of one metric of one benchma
 FLOOR_S=$(median "$WORK/floor.txt" BenchmarkFloorServer ns/op)
 FLOOR_C=$(median "$WORK/floor.txt" BenchmarkFloorClient ns/op)
 FLOOR_E=$(median "$WORK/floor.txt" BenchmarkFloorEncode ns/op)
+metric() { # metric FILE BENCHMARK UNIT: that metric of every run of the benchmark, in order
+	grep -E "^$2(-[0-9]+)?[[:space:]]" "$1" | awk -v u="$3" '{for(i=1;i<=NF;i++) if($(i+1)==u) print $i}'
+}
+# the library floor of each round (the first ROUNDS floor rounds are the rounds')
+LIB_ROUNDS=$(paste -d' ' <(metric "$WORK/floor.txt" BenchmarkFloorServer ns/op) <(metric "$WORK/floor.txt" BenchmarkFloorClient ns/op) \
+	<(metric "$WORK/floor.txt" BenchmarkFloorEncode ns/op) <(metric "$WORK/floordtls.txt" BenchmarkFloorDTLS cpu-ns/op) |
+	head -n "$ROUNDS" | awk '{printf "%s%.0f", (NR > 1 ? "," : ""), $1 + $2 + $3 + $4}')
 SETUP_CPU=$(median "$WORK/setup.txt" BenchmarkSessionSetup cpu-ns/op)
 FLOOR_D=$(median "$WORK/floordtls.txt" BenchmarkFloorDTLS cpu-ns/op)
 SETUP_CPU1=$(median "$WORK/setup1.txt" BenchmarkSessionSetup cpu-ns/op)
@@ -549,7 +556,7 @@ echo "load average: $LOAD_START at start, $LOAD_END at end (1 min)"
 echo "rounds $ROUNDS, bulk ${BULK_MB} MiB one way to a sink, new connections ${DURATION} × $WORKERS workers with ${SIZE} B request/response, $PINGS pings of ${SIZE} B, idle $IDLE_CONNS connections, permits $PERMIT"
 [[ -n $GO_PROXY_ENV ]] && echo "Go proxies (milagro, go-relay, go-mtls) ran with: $GO_PROXY_ENV"
 echo
-"$BIN/report" -raw "$RAW" -idle "$IDLE" -floor-server-ns "$FLOOR_S" -floor-client-ns "$FLOOR_C" -floor-encode-ns "$FLOOR_E" -floor-dtls-ns "$FLOOR_D" -session-cpu-ns "$SETUP_CPU" \
+"$BIN/report" -raw "$RAW" -idle "$IDLE" -floor-server-ns "$FLOOR_S" -floor-client-ns "$FLOOR_C" -floor-encode-ns "$FLOOR_E" -lib-floor-rounds "$LIB_ROUNDS" -floor-dtls-ns "$FLOOR_D" -session-cpu-ns "$SETUP_CPU" \
 	-session-cpu-ns-1 "$SETUP_CPU1" -floor-dtls-ns-1 "$FLOOR_D1" -out "$RESULTS" \
 	-meta "date=$STAMP" -meta "nproc=$(nproc)" -meta "cpu=$CPU_MODEL" -meta "kernel=$(uname -r)" \
 	-meta "load_start=$LOAD_START" -meta "load_end=$LOAD_END" -meta "rounds=$ROUNDS" -meta "bulk_mb=$BULK_MB" \

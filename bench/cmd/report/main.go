@@ -57,6 +57,7 @@ func main() {
 	floorD1 := flag.Float64("floor-dtls-ns-1", 0, "psk BenchmarkFloorDTLS cpu-ns/op with GOMAXPROCS=1")
 	sessCPU := flag.Float64("session-cpu-ns", 0, "psk BenchmarkSessionSetup cpu-ns/op: a cold connection in one process, both sides")
 	out := flag.String("out", "", "results CSV to write")
+	libRounds := flag.String("lib-floor-rounds", "", "the library floor in ns (pairing + encodings + DTLS) measured at the end of each round, comma-separated in round order")
 	var meta metaFlag
 	flag.Var(&meta, "meta", "key=value written to every results row; repeatable")
 	flag.Parse()
@@ -76,8 +77,16 @@ func main() {
 	vals := map[string]map[string][]float64{} // peer → column → per-round values
 	rounds := map[string]int{}
 	errs := map[string]float64{}
+	coldByRound := map[int]float64{} // milagro-cold's conn_cpu_ms by round number
 	for _, r := range recs[1:] {
 		p := r[col["peer"]]
+		if p == "milagro-cold" {
+			n, err1 := strconv.Atoi(r[col["round"]])
+			v, err2 := strconv.ParseFloat(r[col["conn_cpu_ms"]], 64)
+			if err1 == nil && err2 == nil {
+				coldByRound[n] = v
+			}
+		}
 		if vals[p] == nil {
 			peers = append(peers, p)
 			vals[p] = map[string][]float64{}
@@ -181,6 +190,25 @@ func main() {
 	check("cold conn ≤ 1.15× floor", ratio <= 1.15, fmt.Sprintf("%.3f ms / pairing floor %.3f ms (server %.3f + client %.3f) = %.2f×", cc, floorMs, *floorS/1e6, *floorC/1e6, ratio), ratio)
 	if *floorD > 0 {
 		check("  … library floor", libRatio <= 1.15, fmt.Sprintf("%.3f ms / (pairing %.3f + point encodings %.3f + pion DTLS-PSK & yamux %.3f) = %.2f×", cc, floorMs, *floorE/1e6, *floorD/1e6, libRatio), libRatio)
+	}
+	if *libRounds != "" {
+		// Each round's cold figure against the library floor measured right
+		// after it: the host's drift over the run moves both alike.
+		var rs []float64
+		var txt []string
+		for i, f := range strings.Split(*libRounds, ",") {
+			lib, err := strconv.ParseFloat(f, 64)
+			cc, ok := coldByRound[i+1]
+			if err != nil || !ok || lib <= 0 {
+				continue
+			}
+			rs = append(rs, cc/(lib/1e6))
+			txt = append(txt, fmt.Sprintf("%.2f", cc/(lib/1e6)))
+		}
+		if len(rs) > 0 {
+			m := median(rs)
+			check("  … library floor, per round", m <= 1.15, fmt.Sprintf("median %.2f× (rounds %s)", m, strings.Join(txt, " ")), m)
+		}
 	}
 	if *sessCPU > 0 && floorMs > 0 {
 		r := *sessCPU / 1e6 / floorMs
