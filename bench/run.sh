@@ -32,7 +32,7 @@ PROFILE=${PROFILE:-0}                # 1: perf profile of both milagro sidecars 
 KEEP=${KEEP:-0}                      # 1: keep the work folder (logs, keys, configs)
 RTT_MS=${RTT_MS:-0}                  # >0: also time single new connections over this round trip (bench/cmd/delayline)
 RTT_PEERS=${RTT_PEERS:-"go-relay go-mtls milagro milagro-cold"}
-GO_PROXY_ENV=${GO_PROXY_ENV:-}       # extra environment of the Go proxies (milagro, go-relay, go-mtls), e.g. "GOMAXPROCS=1 GOGC=400"
+GO_PROXY_ENV=${GO_PROXY_ENV:-}       # extra environment of the Go proxies (milagro, go-relay, go-mtls, and coldconn as the cold client), e.g. "GOMAXPROCS=1 GOGC=400"
 
 OUT=$ROOT/bench/out
 mkdir -p "$OUT"
@@ -349,7 +349,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	for ((k = 0; k < NP; k++)); do
 		p=${PEER_LIST[(k + r - 1) % NP]} # rotate the order each round
 		if [[ $p == milagro-cold ]]; then
-			cmd=("$BIN/coldconn" -addr "${ADDR[$p]}" -keys "$WORK/client-keys" -server-id "$SERVER_ID"
+			# coldconn is the client sidecar here: it runs with the proxies' environment
+			read -r -a goenv <<<"$GO_PROXY_ENV"
+			cmd=(env "${goenv[@]}" "$BIN/coldconn" -addr "${ADDR[$p]}" -keys "$WORK/client-keys" -server-id "$SERVER_ID"
 				-server-pids "${SPIDS[$p]}" -duration "$DURATION" -workers "$WORKERS" -size "$SIZE" -peer "$p" -round "$r")
 		else
 			cmd=("$LG" bench -addr "${ADDR[$p]}" -peer "$p" -round "$r" -client-pids "${CPIDS[$p]}" -server-pids "${SPIDS[$p]}"
@@ -525,7 +527,8 @@ measure_rtt() {
 		if [[ $p == milagro && " $RTT_PEERS " == *" milagro-cold "* ]]; then
 			local pl
 			for pl in true false; do
-				if row=$("$BIN/coldconn" -addr "$H:$pd" -keys "$WORK/client-keys" -server-id "$SERVER_ID" -server-pids "${SPIDS[milagro]}" \
+				read -r -a goenv <<<"$GO_PROXY_ENV"
+				if row=$(env "${goenv[@]}" "$BIN/coldconn" -addr "$H:$pd" -keys "$WORK/client-keys" -server-id "$SERVER_ID" -server-pids "${SPIDS[milagro]}" \
 					-duration "$DURATION" -workers 1 -size "$SIZE" -pipeline="$pl" -peer milagro-cold-rtt 2>>"$WORK/loadgen.log"); then
 					rtt_row "$row" "milagro-cold (new session), pipeline=$pl"
 				else
