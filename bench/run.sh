@@ -33,6 +33,7 @@ KEEP=${KEEP:-0}                      # 1: keep the work folder (logs, keys, conf
 RTT_MS=${RTT_MS:-0}                  # >0: also time single new connections over this round trip (bench/cmd/delayline)
 RTT_PEERS=${RTT_PEERS:-"go-relay go-mtls milagro milagro-cold"}
 GO_PROXY_ENV=${GO_PROXY_ENV:-}       # extra environment of the Go proxies (milagro, go-relay, go-mtls, and coldconn as the cold client), e.g. "GOMAXPROCS=1 GOGC=400"
+read -r -a GO_ENV <<<"$GO_PROXY_ENV" # the same as words, for env "${GO_ENV[@]}"
 
 OUT=$ROOT/bench/out
 mkdir -p "$OUT"
@@ -147,12 +148,10 @@ ADDR[none]=$BACKEND CPIDS[none]="" SPIDS[none]=""
 # client_cmd PEER LISTEN TARGET sets CMD to the command of PEER's client
 # side (go-relay, go-mtls, milagro), listening on LISTEN, relaying to TARGET.
 client_cmd() {
-	local e
-	read -r -a e <<<"$GO_PROXY_ENV"
 	case $1 in
-	go-relay) CMD=(env "${e[@]}" "$BIN/relay" -mode plain -listen "$2" -target "$3") ;;
-	go-mtls) CMD=(env "${e[@]}" "$BIN/relay" -mode tls-client -listen "$2" -target "$3" -certs "$WORK/certs") ;;
-	milagro) CMD=(env "${e[@]}" "$BIN/milagro" client --listen "$2" --target "$3" --keys "$WORK/client-keys"
+	go-relay) CMD=(env "${GO_ENV[@]}" "$BIN/relay" -mode plain -listen "$2" -target "$3") ;;
+	go-mtls) CMD=(env "${GO_ENV[@]}" "$BIN/relay" -mode tls-client -listen "$2" -target "$3" -certs "$WORK/certs") ;;
+	milagro) CMD=(env "${GO_ENV[@]}" "$BIN/milagro" client --listen "$2" --target "$3" --keys "$WORK/client-keys"
 		--verify-id "$SERVER_ID" --log-level warn --max-conns 30000 --max-streams-per-session "$MAX_STREAMS") ;;
 	*) return 1 ;;
 	esac
@@ -350,8 +349,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 		p=${PEER_LIST[(k + r - 1) % NP]} # rotate the order each round
 		if [[ $p == milagro-cold ]]; then
 			# coldconn is the client sidecar here: it runs with the proxies' environment
-			read -r -a goenv <<<"$GO_PROXY_ENV"
-			cmd=(env "${goenv[@]}" "$BIN/coldconn" -addr "${ADDR[$p]}" -keys "$WORK/client-keys" -server-id "$SERVER_ID"
+			cmd=(env "${GO_ENV[@]}" "$BIN/coldconn" -addr "${ADDR[$p]}" -keys "$WORK/client-keys" -server-id "$SERVER_ID"
 				-server-pids "${SPIDS[$p]}" -duration "$DURATION" -workers "$WORKERS" -size "$SIZE" -peer "$p" -round "$r")
 		else
 			cmd=("$LG" bench -addr "${ADDR[$p]}" -peer "$p" -round "$r" -client-pids "${CPIDS[$p]}" -server-pids "${SPIDS[$p]}"
@@ -416,16 +414,15 @@ if [[ $PROFILE == 1 && -n ${SPIDS[milagro-cold]:-} ]]; then
 		-server-pids "${SPIDS[milagro-cold]}" -duration "$DURATION" -workers "$WORKERS" -size "$SIZE" -peer profile
 fi
 
+metric() { # metric FILE BENCHMARK UNIT: that metric of every run of the benchmark, in order
+	grep -E "^$2(-[0-9]+)?[[:space:]]" "$1" | awk -v u="$3" '{for(i=1;i<=NF;i++) if($(i+1)==u) print $i}'
+}
 median() { # median FILE BENCHMARK UNIT: the median of one metric of one benchmark over the rounds
-	grep -E "^$2(-[0-9]+)?[[:space:]]" "$1" | awk -v u="$3" '{for(i=1;i<=NF;i++) if($(i+1)==u) print $i}' | sort -g |
-		awk '{v[NR]=$1} END{if(NR==0){print 0}else if(NR%2){print v[(NR+1)/2]}else{print (v[NR/2]+v[NR/2+1])/2}}'
+	metric "$@" | sort -g | awk '{v[NR]=$1} END{if(NR==0){print 0}else if(NR%2){print v[(NR+1)/2]}else{print (v[NR/2]+v[NR/2+1])/2}}'
 }
 FLOOR_S=$(median "$WORK/floor.txt" BenchmarkFloorServer ns/op)
 FLOOR_C=$(median "$WORK/floor.txt" BenchmarkFloorClient ns/op)
 FLOOR_E=$(median "$WORK/floor.txt" BenchmarkFloorEncode ns/op)
-metric() { # metric FILE BENCHMARK UNIT: that metric of every run of the benchmark, in order
-	grep -E "^$2(-[0-9]+)?[[:space:]]" "$1" | awk -v u="$3" '{for(i=1;i<=NF;i++) if($(i+1)==u) print $i}'
-}
 # the library floor of each round (the first ROUNDS floor rounds are the rounds')
 LIB_ROUNDS=$(paste -d' ' <(metric "$WORK/floor.txt" BenchmarkFloorServer ns/op) <(metric "$WORK/floor.txt" BenchmarkFloorClient ns/op) \
 	<(metric "$WORK/floor.txt" BenchmarkFloorEncode ns/op) <(metric "$WORK/floordtls.txt" BenchmarkFloorDTLS cpu-ns/op) |
@@ -527,8 +524,7 @@ measure_rtt() {
 		if [[ $p == milagro && " $RTT_PEERS " == *" milagro-cold "* ]]; then
 			local pl
 			for pl in true false; do
-				read -r -a goenv <<<"$GO_PROXY_ENV"
-				if row=$(env "${goenv[@]}" "$BIN/coldconn" -addr "$H:$pd" -keys "$WORK/client-keys" -server-id "$SERVER_ID" -server-pids "${SPIDS[milagro]}" \
+					if row=$(env "${GO_ENV[@]}" "$BIN/coldconn" -addr "$H:$pd" -keys "$WORK/client-keys" -server-id "$SERVER_ID" -server-pids "${SPIDS[milagro]}" \
 					-duration "$DURATION" -workers 1 -size "$SIZE" -pipeline="$pl" -peer milagro-cold-rtt 2>>"$WORK/loadgen.log"); then
 					rtt_row "$row" "milagro-cold (new session), pipeline=$pl"
 				else
@@ -557,7 +553,7 @@ echo "milagro whole-process benchmark, $STAMP"
 echo "machine: $(nproc) CPUs, ${CPU_MODEL:-unknown CPU}, Linux $(uname -r)"
 echo "load average: $LOAD_START at start, $LOAD_END at end (1 min)"
 echo "rounds $ROUNDS, bulk ${BULK_MB} MiB one way to a sink, new connections ${DURATION} × $WORKERS workers with ${SIZE} B request/response, $PINGS pings of ${SIZE} B, idle $IDLE_CONNS connections, permits $PERMIT"
-[[ -n $GO_PROXY_ENV ]] && echo "Go proxies (milagro, go-relay, go-mtls) ran with: $GO_PROXY_ENV"
+[[ -n $GO_PROXY_ENV ]] && echo "Go proxies (milagro, go-relay, go-mtls) and coldconn ran with: $GO_PROXY_ENV"
 echo
 "$BIN/report" -raw "$RAW" -idle "$IDLE" -floor-server-ns "$FLOOR_S" -floor-client-ns "$FLOOR_C" -floor-encode-ns "$FLOOR_E" -lib-floor-rounds "$LIB_ROUNDS" -floor-dtls-ns "$FLOOR_D" -session-cpu-ns "$SETUP_CPU" \
 	-session-cpu-ns-1 "$SETUP_CPU1" -floor-dtls-ns-1 "$FLOOR_D1" -out "$RESULTS" \

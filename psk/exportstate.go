@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/gob"
 	"errors"
-	"io"
 	"sync"
 
 	"github.com/pion/dtls/v2"
@@ -55,54 +54,34 @@ type stateDecoder struct {
 	mu   sync.Mutex
 	defs []byte // the type definitions dec has seen
 	dec  *gob.Decoder
-	in   blobReader // dec's input: the blob being decoded, not a copy
+	// in is dec's input, the blob being decoded in place: a bytes.Reader is
+	// an io.ByteReader, so gob adds no bufio.Reader that would keep a copy.
+	in bytes.Reader
 }
 
 func (d *stateDecoder) decode(blob []byte, es *exportedState) error {
 	defs, value, framed := splitGob(blob)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	defer func() { d.in.b = nil }()
+	defer d.in.Reset(nil)
 	if framed && d.dec != nil && bytes.Equal(defs, d.defs) {
-		d.in.b = value
-		if err := d.dec.Decode(es); err == nil && len(d.in.b) == 0 {
+		d.in.Reset(value)
+		if err := d.dec.Decode(es); err == nil && d.in.Len() == 0 {
 			return nil
 		}
 		clear(es.MasterSecret)
 		*es = exportedState{}
 	}
 	d.dec, d.defs = nil, nil
-	d.in.b = blob
+	d.in.Reset(blob)
 	dec := gob.NewDecoder(&d.in)
 	if err := dec.Decode(es); err != nil {
 		return err
 	}
-	if framed && len(d.in.b) == 0 {
+	if framed && d.in.Len() == 0 {
 		d.dec, d.defs = dec, bytes.Clone(defs)
 	}
 	return nil
-}
-
-// blobReader reads b; it is an io.ByteReader so that gob reads it as it is
-// instead of through a bufio.Reader that would keep a copy.
-type blobReader struct{ b []byte }
-
-func (r *blobReader) Read(p []byte) (int, error) {
-	if len(r.b) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, r.b)
-	r.b = r.b[n:]
-	return n, nil
-}
-
-func (r *blobReader) ReadByte() (byte, error) {
-	if len(r.b) == 0 {
-		return 0, io.EOF
-	}
-	c := r.b[0]
-	r.b = r.b[1:]
-	return c, nil
 }
 
 // splitGob splits a gob stream of type definitions followed by one value

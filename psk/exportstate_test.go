@@ -89,7 +89,7 @@ func TestStateDecoder(t *testing.T) {
 		if !bytes.Equal(in, s.blob) {
 			t.Errorf("%s: the decoder changed its input", s.name)
 		}
-		if d.in.b != nil {
+		if d.in.Size() != 0 {
 			t.Errorf("%s: the decoder kept a reference to the blob", s.name)
 		}
 	}

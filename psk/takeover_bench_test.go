@@ -1,10 +1,6 @@
 package psk
 
-import (
-	"bytes"
-	"encoding/gob"
-	"testing"
-)
+import "testing"
 
 // BenchmarkExportState is the part of takeOver that reads pion's state:
 // ConnectionState, MarshalBinary (gob) and the decode of its fields, with
@@ -30,10 +26,7 @@ func BenchmarkExportState(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			var es exportedState
-			if err := gob.NewDecoder(bytes.NewReader(blob)).Decode(&es); err != nil {
-				b.Fatal(err)
-			}
+			_ = freshDecode(b, blob)
 		}
 	})
 }
