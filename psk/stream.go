@@ -134,11 +134,14 @@ func (st *Stream) Read(p []byte) (int, error) {
 		st.readDone = true
 	}
 	st.mu.Unlock()
+	if closed {
+		// Close ran while this Read waited: whatever the wake-up brought
+		// (data that arrived before the reader ran again, too) is
+		// discarded, as everything after Close is.
+		return 0, errStreamClosed("read")
+	}
 	if err == nil {
 		return n, nil
-	}
-	if closed {
-		return n, errStreamClosed("read")
 	}
 	return n, st.readErr(err)
 }
