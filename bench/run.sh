@@ -25,7 +25,7 @@ IDLE_PEERS=${IDLE_PEERS:-"go-relay go-mtls milagro"}
 PEERS=${PEERS:-"none go-relay stunnel-psk spiped go-mtls milagro milagro-cold"}
 PERMIT=${PERMIT:-0}                  # 1: the client fetches time permits, the server requires them
 FLOOR_BENCHTIME=${FLOOR_BENCHTIME:-1s}
-FLOOR_COUNT=${FLOOR_COUNT:-0}          # rounds of the floor alone after the last round (one is measured in every round)
+FLOOR_COUNT=${FLOOR_COUNT:-0}          # rounds of the floor alone after the last round (one is measured in every round that measures milagro-cold)
 WAIT_LOAD=${WAIT_LOAD:-600}          # wait up to this many seconds for the load average to fall
 LOAD_MAX=${LOAD_MAX:-1.5}
 PROFILE=${PROFILE:-0}                # 1: perf profile of both milagro sidecars under one bulk transfer, and of the server under cold connections
@@ -363,8 +363,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			log "  $p round $r FAILED: $(tail -n1 "$WORK/loadgen.log")"
 		fi
 	done
-	log "  floor, in-process session and library floor (go test -bench in ./pairing and ./psk)"
-	floor_round
+	if [[ " $PEERS " == *" milagro-cold "* ]]; then # only the cold connection is compared with the floors
+		log "  floor, in-process session and library floor (go test -bench in ./pairing and ./psk)"
+		floor_round
+	fi
 done
 for ((i = 1; i <= FLOOR_COUNT; i++)); do
 	log "floor round $i of $FLOOR_COUNT more"
@@ -415,7 +417,7 @@ if [[ $PROFILE == 1 && -n ${SPIDS[milagro-cold]:-} ]]; then
 fi
 
 metric() { # metric FILE BENCHMARK UNIT: that metric of every run of the benchmark, in order
-	grep -E "^$2(-[0-9]+)?[[:space:]]" "$1" | awk -v u="$3" '{for(i=1;i<=NF;i++) if($(i+1)==u) print $i}'
+	{ grep -E "^$2(-[0-9]+)?[[:space:]]" "$1" || true; } | awk -v u="$3" '{for(i=1;i<=NF;i++) if($(i+1)==u) print $i}'
 }
 median() { # median FILE BENCHMARK UNIT: the median of one metric of one benchmark over the rounds
 	metric "$@" | sort -g | awk '{v[NR]=$1} END{if(NR==0){print 0}else if(NR%2){print v[(NR+1)/2]}else{print (v[NR/2]+v[NR/2+1])/2}}'
@@ -524,7 +526,7 @@ measure_rtt() {
 		if [[ $p == milagro && " $RTT_PEERS " == *" milagro-cold "* ]]; then
 			local pl
 			for pl in true false; do
-					if row=$(env "${GO_ENV[@]}" "$BIN/coldconn" -addr "$H:$pd" -keys "$WORK/client-keys" -server-id "$SERVER_ID" -server-pids "${SPIDS[milagro]}" \
+				if row=$(env "${GO_ENV[@]}" "$BIN/coldconn" -addr "$H:$pd" -keys "$WORK/client-keys" -server-id "$SERVER_ID" -server-pids "${SPIDS[milagro]}" \
 					-duration "$DURATION" -workers 1 -size "$SIZE" -pipeline="$pl" -peer milagro-cold-rtt 2>>"$WORK/loadgen.log"); then
 					rtt_row "$row" "milagro-cold (new session), pipeline=$pl"
 				else
@@ -561,11 +563,13 @@ echo
 	-meta "load_start=$LOAD_START" -meta "load_end=$LOAD_END" -meta "rounds=$ROUNDS" -meta "bulk_mb=$BULK_MB" \
 	-meta "duration=$DURATION" -meta "workers=$WORKERS" -meta "size=$SIZE" -meta "permit=$PERMIT"
 echo
-echo "milagro-cold: each connection is a full TCP + mpinkex + DTLS-PSK + yamux handshake by bench/cmd/coldconn"
-echo "  (the client sidecar's pool reuses sessions), against the milagro server process; its client-side CPU is"
-echo "  the whole coldconn process. Floor: BenchmarkFloorServer $(printf '%.0f' "$FLOOR_S") ns + BenchmarkFloorClient $(printf '%.0f' "$FLOOR_C") ns"
-echo "  (library floor + BenchmarkFloorEncode $(printf '%.0f' "$FLOOR_E") ns, the six compressed point encodings,"
-echo "  + psk BenchmarkFloorDTLS $(printf '%.0f' "$FLOOR_D") ns: pion's DTLS-PSK handshake and yamux setup alone, both sides)."
+if [[ -s $WORK/floor.txt ]]; then
+	echo "milagro-cold: each connection is a full TCP + mpinkex + DTLS-PSK + yamux handshake by bench/cmd/coldconn"
+	echo "  (the client sidecar's pool reuses sessions), against the milagro server process; its client-side CPU is"
+	echo "  the whole coldconn process. Floor: BenchmarkFloorServer $(printf '%.0f' "$FLOOR_S") ns + BenchmarkFloorClient $(printf '%.0f' "$FLOOR_C") ns"
+	echo "  (library floor + BenchmarkFloorEncode $(printf '%.0f' "$FLOOR_E") ns, the six compressed point encodings,"
+	echo "  + psk BenchmarkFloorDTLS $(printf '%.0f' "$FLOOR_D") ns: pion's DTLS-PSK handshake and yamux setup alone, both sides)."
+fi
 for s in "${SKIPPED[@]}"; do echo "skipped: $s"; done
 for f in "${FAILED[@]}"; do echo "failed: $f"; done
 chmod a+r "$OUT"/*"$STAMP"* # the work folder's umask is for its secrets, not for the results
