@@ -113,6 +113,23 @@ func (sc *scSidecar) logMatches(msg string, substrings ...string) int {
 	return n
 }
 
+// logCount waits until at least atLeast lines with message msg contain every
+// substring, for up to 5 s, and returns how many do. A line the process
+// wrote before an event the test saw may not be in sc.stderr yet: it
+// reaches the buffer through a pipe and exec's copying goroutine, which
+// lags under load. So a count that must equal n is read with logCount(n,
+// ...), never with logMatches right after the event.
+func (sc *scSidecar) logCount(atLeast int, msg string, substrings ...string) int {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := sc.logMatches(msg, substrings...)
+		if n >= atLeast || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // containsAll reports whether s contains every one of subs.
 func containsAll(s string, subs ...string) bool {
 	for _, sub := range subs {

@@ -234,7 +234,7 @@ func TestSidecarChannel(t *testing.T) {
 			t.Errorf("client /_status: %+v", cs)
 		}
 		// Every connection so far rode one session.
-		if n := srv.logMatches("session open", clientID); n != 1 {
+		if n := srv.logCount(1, "session open", clientID); n != 1 {
 			t.Errorf("server logged %d sessions, want 1", n)
 		}
 		// Runtime profiles only with --enable-pprof.
@@ -288,7 +288,7 @@ func TestSidecarChannel(t *testing.T) {
 			t.Fatalf("no traffic 10 s after the server came back: %v", err)
 		}
 		t.Logf("traffic flows again %v after the restarted server was ready", time.Since(start).Round(time.Millisecond))
-		if n := s2.logMatches("session open", clientID); n != 1 {
+		if n := s2.logCount(1, "session open", clientID); n != 1 {
 			t.Errorf("restarted server logged %d sessions, want 1", n)
 		}
 	})
@@ -338,7 +338,7 @@ func TestSidecarChannel(t *testing.T) {
 		s.waitLog(t, 5*time.Second, 1, "session closed", clientID)
 		c2 := c.restart(t)
 		mustExchange(t, c2.listen, 4, 100<<10)
-		if n := s.logMatches("session open", clientID); n != 2 {
+		if n := s.logCount(2, "session open", clientID); n != 2 {
 			t.Errorf("server logged %d sessions, want 2", n)
 		}
 	})
@@ -435,7 +435,7 @@ func TestSidecarChannel(t *testing.T) {
 			t.Errorf("server answered the replay with %v, want %v", kinds, want)
 		}
 		s.waitLog(t, 5*time.Second, failedBefore+1, "handshake failed", "verify client", "authentication failed")
-		if n := s.logMatches("session open"); n != 1 {
+		if n := s.logCount(1, "session open"); n != 1 {
 			t.Errorf("server logged %d sessions, want only the genuine one", n)
 		}
 	})
@@ -732,7 +732,7 @@ func TestSidecarTrust(t *testing.T) {
 		c.waitLog(t, 5*time.Second, 1, "connection refused: no secure stream", "handshake_failure")
 		good := e.client(t, "client (domain A)", s.listen)
 		mustExchange(t, good.listen, 9, 10<<10)
-		if n := s.logMatches("session open"); n != 1 {
+		if n := s.logCount(1, "session open"); n != 1 {
 			t.Errorf("server opened %d sessions, want 1 (domain A's client)", n)
 		}
 	})
