@@ -139,15 +139,11 @@ func lcSessionsByEpoch(t *testing.T, srv *scSidecar, client string, epochLen int
 	return n
 }
 
-// lcWaitFor polls cond every 50 ms until it holds or timeout passes.
+// lcWaitFor polls cond until it holds, failing the test if timeout passes.
 func lcWaitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !eventually(timeout, cond) {
+		t.Fatalf("%s: not within %v", what, timeout)
 	}
 }
 
@@ -327,11 +323,11 @@ func lcNoFailedHandshakes(t *testing.T, srv *scSidecar, expected int, clients ..
 	t.Helper()
 	// Both counts come from logs that reach the test with a lag (see
 	// logCount): wait up to 5 s for them to agree.
-	n, r := srv.logMatches("handshake failed"), lcRetried(clients...)
-	for deadline := time.Now().Add(5 * time.Second); n != expected+r && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
+	var n, r int
+	eventually(5*time.Second, func() bool {
 		n, r = srv.logMatches("handshake failed"), lcRetried(clients...)
-	}
+		return n == expected+r
+	})
 	if n != expected+r {
 		t.Errorf("server: %d failed handshakes, want %d (+ %d retried by the clients across an epoch boundary)", n, expected, r)
 	}

@@ -120,14 +120,25 @@ func (sc *scSidecar) logMatches(msg string, substrings ...string) int {
 // lags under load. So a count that must equal n is read with logCount(n,
 // ...), never with logMatches right after the event.
 func (sc *scSidecar) logCount(atLeast int, msg string, substrings ...string) int {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n := sc.logMatches(msg, substrings...)
-		if n >= atLeast || time.Now().After(deadline) {
-			return n
+	var n int
+	eventually(5*time.Second, func() bool {
+		n = sc.logMatches(msg, substrings...)
+		return n >= atLeast
+	})
+	return n
+}
+
+// eventually polls cond every 20 ms until it holds or timeout passes, and
+// reports whether it held.
+func eventually(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return true
 }
 
 // containsAll reports whether s contains every one of subs.
@@ -144,12 +155,8 @@ func containsAll(s string, subs ...string) bool {
 // substring.
 func (sc *scSidecar) waitLog(t *testing.T, timeout time.Duration, n int, msg string, substrings ...string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for sc.logMatches(msg, substrings...) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not log %d× %q with %q within %v\nstderr:\n%s", sc.name, n, msg, substrings, timeout, sc.stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !eventually(timeout, func() bool { return sc.logMatches(msg, substrings...) >= n }) {
+		t.Fatalf("%s did not log %d× %q with %q within %v\nstderr:\n%s", sc.name, n, msg, substrings, timeout, sc.stderr.String())
 	}
 }
 
