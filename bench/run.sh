@@ -331,8 +331,9 @@ floor_round() {
 		{ cat "$WORK/setup.txt" >&2; exit 1; }
 	(cd psk && "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkFloorDTLS$' -test.benchtime 200x) >>"$WORK/floordtls.txt" 2>&1 ||
 		{ cat "$WORK/floordtls.txt" >&2; exit 1; }
-	# Both again on one scheduler thread: with two, the runtime spins idle
-	# threads at every goroutine hand-off, CPU that varies from run to run.
+	# Both again on one scheduler thread: with two, the same session costs
+	# 5-15% more (context switches, goroutines resuming on the other core's
+	# cold cache; bench/RESULTS.md), by an amount that varies from run to run.
 	(cd psk && GOMAXPROCS=1 "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkSessionSetup$|BenchmarkFloorDTLS$' -test.benchtime 200x) >>"$WORK/setup1.txt" 2>&1 ||
 		{ cat "$WORK/setup1.txt" >&2; exit 1; }
 }

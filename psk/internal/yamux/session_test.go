@@ -939,10 +939,8 @@ func TestHalfClose(t *testing.T) {
 }
 
 func TestHalfCloseSessionShutdown(t *testing.T) {
-	// milagro: without keepalives, and see the exchange below: a ping
-	// reaching the client's socket unread when it closes would make the
-	// kernel answer with RST instead of FIN, discarding the data not yet
-	// sent (PATCHES.md, "Upstream's suite").
+	// milagro: without keepalives, for the reason of the exchange below
+	// (a ping could sit unread in the client's socket too).
 	clientConn, serverConn := testConnTLS(t)
 	client, server := testClientServerConfig(t, clientConn, serverConn,
 		testConfNoKeepAlive(), testConfNoKeepAlive())
