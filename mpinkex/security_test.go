@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -1731,4 +1732,55 @@ func (c *armingConn) SetDeadline(t time.Time) error {
 		<-pasted // the watcher has run
 	}
 	return c.Conn.SetDeadline(t)
+}
+
+// TestClientServerCache: the client keeps B and K = e(CS, B) per server
+// identity. Handshakes that alternate between two servers each use that
+// server's K (a wrong K would give different PSKs), and the cache stays
+// bounded and correct when it rolls over.
+func TestClientServerCache(t *testing.T) {
+	d := sharedDomain(t)
+	ck, err := NewClientKey(d.clientID, d.cs) // a cache of its own
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := "spiffe://test.example/ns/pay/sa/cache-second"
+	k2 := d.serverKey(t, second)
+	for i, id := range []string{d.serverID, second, d.serverID, second} {
+		scfg := d.serverConfig()
+		scfg.Keys = []*ServerKey{d.key, k2}
+		ccfg := d.clientConfig()
+		ccfg.Key, ccfg.ServerID = ck, id
+		r := handshake(t, ccfg, scfg)
+		r.mustSucceed(t)
+		if r.cres.ServerID != id {
+			t.Fatalf("handshake %d proved %q, want %q", i, r.cres.ServerID, id)
+		}
+	}
+	if n := len(ck.peers); n != 2 {
+		t.Fatalf("%d cached servers, want 2", n)
+	}
+	for i := range maxPeers + 2 {
+		id := fmt.Sprintf("spiffe://test.example/ns/x/sa/s%d", i)
+		e, err := ck.server(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := HashServerID(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !e.b.Equal(b) || !e.k.Equal(pairing.PairSecret(d.cs, b)) {
+			t.Fatalf("server %d: cached B or K wrong", i)
+		}
+		if again, _ := ck.server(id); !again.k.Equal(e.k) {
+			t.Fatalf("server %d: second lookup differs", i)
+		}
+		if n := len(ck.peers); n > maxPeers {
+			t.Fatalf("cache holds %d servers, bound %d", n, maxPeers)
+		}
+	}
+	if _, err := ck.server(""); err == nil {
+		t.Error("empty server identity accepted")
+	}
 }

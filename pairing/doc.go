@@ -41,8 +41,9 @@
 //     value. Line precomputation itself (once per key load) is variable time.
 //     MillerLoopFixedQ scales the lines it is given in place, so every call
 //     works on a copy (the prepared lines are shared between goroutines).
-//   - Pairings with a secret G1 argument (the client's e((z+h)·CS, B)) use
-//     circl (PairSecret).
+//   - Pairings with a secret G1 argument use circl (PairSecret). The client
+//     computes one per server identity, K = e(CS, B), which mpinkex caches;
+//     each handshake then raises K to the secret z+h (GT.ExpSecret).
 //
 // Points carry whichever library form they were made in and convert on
 // demand; Cached returns a point holding both, for values used repeatedly.

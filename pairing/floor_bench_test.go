@@ -66,9 +66,12 @@ func BenchmarkFloorServer(b *testing.B) {
 }
 
 // BenchmarkFloorClient is the same for the client side without a permit:
-// 5 constant-time G1 mults (x·A', z·A, (x+y)·CS, (z+h)·CS, x·W), one
-// checked G1 decode (W) and one constant-time pairing e((z+h)·CS, B) in circl
-// (B is cached per server identity, so its hash is not in the floor).
+// 4 constant-time G1 mults (x·A', z·A, (x+y)·CS, x·W), one checked G1
+// decode (W) and one constant-time exponentiation K^(z+h) in circl's GT,
+// where K = e(CS, B) is computed once per server identity and cached with B
+// (so neither the pairing nor H_B is in the floor). Until 2026-11-24 the
+// client computed e((z+h)·CS, B) instead, a fifth constant-time mult and a
+// constant-time pairing: 0.22 + 1.48 ms where the exponentiation is 1.27.
 func BenchmarkFloorClient(b *testing.B) {
 	dst := []byte("BLS12381G1_XMD:SHA-256_SSWU_NU_MPIN")
 	var p cb.G1
@@ -76,6 +79,7 @@ func BenchmarkFloorClient(b *testing.B) {
 	enc := p.BytesCompressed()
 	var bq cb.G2
 	bq.Hash([]byte("server"), []byte("floor"))
+	kk := cb.Pair(&p, &bq)
 	var k cb.Scalar
 	if err := k.Random(rand.Reader); err != nil {
 		b.Fatal(err)
@@ -83,14 +87,15 @@ func BenchmarkFloorClient(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		var out cb.G1
-		for range 5 {
+		for range 4 {
 			out.ScalarMult(&k, &p)
 		}
 		var wdec gb.G1Affine
 		if _, err := wdec.SetBytes(enc); err != nil {
 			b.Fatal(err)
 		}
-		_ = cb.Pair(&out, &bq)
+		var g cb.Gt
+		g.Exp(kk, &k)
 	}
 }
 
