@@ -10,5 +10,8 @@
 // failed step, while the wire carries only an Alert code.
 //
 // Curve work goes through package pairing; every multiplication by a secret
-// scalar is constant time there.
+// scalar is constant time there. A ClientKey keeps, per server identity, B =
+// H_B(server_id) and K = e(CS, B) (a secret like CS, never leaving the
+// process), so that a handshake's g = K^(z+h) costs one constant-time
+// exponentiation and no pairing.
 package mpinkex
