@@ -26,8 +26,8 @@ done
 read -r PB PS PT <<<"$("$WORK/bin/loadgen" ports -n 3 | tr '\n' ' ')"
 
 ready() { # ready URL: wait up to 5 s for it to answer
-	local i
-	for i in $(seq 50); do
+	local _
+	for _ in $(seq 50); do
 		curl -sf "$1" >/dev/null && return 0
 		sleep 0.1
 	done
