@@ -498,6 +498,19 @@ func (s *Session) closedErr() error {
 	return fmt.Errorf("%w: %w", ErrSessionClosed, cause)
 }
 
+// endingErr is the error of an operation refused because the session is
+// ending: closedErr, or ErrIdleTimeout while the close the idle timer
+// decided on is still under way.
+func (s *Session) endingErr() error {
+	s.causeMu.Lock()
+	cause := s.cause
+	s.causeMu.Unlock()
+	if cause == nil && !s.mux.IsClosed() {
+		return fmt.Errorf("%w: %w", ErrSessionClosed, ErrIdleTimeout)
+	}
+	return s.closedErr()
+}
+
 // spawn runs f on a goroutine the session owns: Close waits for it. It
 // returns false once the session is closing.
 func (s *Session) spawn(f func()) bool {
@@ -540,6 +553,10 @@ func (s *Session) Open(ctx context.Context, target string) (*Stream, error) {
 		return nil, s.closedErr()
 	}
 	release := sync.OnceFunc(func() { <-s.openSem })
+	if !s.tab.reserve() {
+		release()
+		return nil, s.endingErr()
+	}
 	// The SYN and the header go out in one TCP write. Nothing in the batch
 	// waits for the server: OpenStream would wait only when yamux has
 	// AcceptBacklog streams unacknowledged, and each of those holds an
@@ -555,6 +572,7 @@ func (s *Session) Open(ctx context.Context, target string) (*Stream, error) {
 		_, err = ys.Write(hdr)
 		return err
 	})
+	s.tab.unreserve()
 	if st == nil {
 		release()
 		switch {
@@ -641,6 +659,15 @@ func (in *IncomingStream) Session() *Session { return in.st.s }
 func (in *IncomingStream) Accept() (*Stream, error) {
 	if !in.answered.CompareAndSwap(false, true) {
 		return nil, fmt.Errorf("%w: stream %d already answered", ErrConfig, in.StreamID())
+	}
+	if in.st.s.tab.ending() {
+		// The idle timer decided to close the session before this stream's
+		// SYN arrived (or the session is closing): an OK now would hand the
+		// client a stream the close is about to cut. Without a status (and
+		// without the FIN a Close would send, which its Open would take
+		// for a malformed answer) its Open fails with the session, and its
+		// pool retries elsewhere; the session's close ends the stream.
+		return nil, in.st.s.endingErr()
 	}
 	// yamux has not acknowledged the stream (DeferAck): the ACK, with the
 	// stream's receive window, and the status go out in one TCP write.

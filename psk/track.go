@@ -114,6 +114,7 @@ type streamTable struct {
 
 	mu        sync.Mutex
 	m         map[uint32]*streamTrack
+	opening   int // Opens between reserve and unreserve: the session is not idle
 	idle      time.Duration
 	zeroSince time.Time
 	timer     *time.Timer
@@ -205,8 +206,49 @@ func (t *streamTable) outbound(h *[yHeaderLen]byte) error {
 
 func (t *streamTable) add(id uint32, st *streamTrack) {
 	t.m[id] = st
-	if len(t.m) == 1 && t.timer != nil {
+	if len(t.m) == 1 && t.opening == 0 && t.timer != nil {
 		t.timer.Stop()
+	}
+}
+
+// reserve keeps the session from going idle while Open sends a stream's
+// SYN; it reports false if the session is already ending (the idle timer
+// has fired, or the session stopped), so that Open fails with
+// ErrSessionClosed before it sends anything and the pool can retry on
+// another session. Without it an Open that checked the session a moment
+// before the idle timer fired got its stream cut by the idle close right
+// after the server's status. Every true return needs one unreserve.
+func (t *streamTable) reserve() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped {
+		return false
+	}
+	t.opening++
+	if t.opening == 1 && len(t.m) == 0 && t.timer != nil {
+		t.timer.Stop()
+	}
+	return true
+}
+
+// ending reports whether the idle timer has decided to close the session
+// or the session has stopped.
+func (t *streamTable) ending() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.stopped
+}
+
+// unreserve ends a reserve: the stream is in the table now (its SYN went
+// out), or the Open failed and, if nothing else is open, the session's
+// idle time starts again.
+func (t *streamTable) unreserve() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.opening--
+	if t.opening == 0 && len(t.m) == 0 && t.timer != nil && !t.stopped {
+		t.zeroSince = time.Now()
+		t.timer.Reset(t.idle)
 	}
 }
 
@@ -221,7 +263,7 @@ func (t *streamTable) settle(id uint32, st *streamTrack) {
 		f()
 	}
 	st.onGone = nil
-	if len(t.m) == 0 && t.timer != nil && !t.stopped {
+	if len(t.m) == 0 && t.opening == 0 && t.timer != nil && !t.stopped {
 		t.zeroSince = time.Now()
 		t.timer.Reset(t.idle)
 	}
@@ -285,7 +327,7 @@ func (t *streamTable) len() int {
 
 func (t *streamTable) fire() {
 	t.mu.Lock()
-	if t.stopped || len(t.m) != 0 {
+	if t.stopped || len(t.m) != 0 || t.opening != 0 {
 		t.mu.Unlock()
 		return
 	}

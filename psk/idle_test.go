@@ -1,0 +1,161 @@
+package psk
+
+import (
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// frameHeader is a yamux data frame header for stream id with flags.
+func frameHeader(id uint32, flags uint16) *[yHeaderLen]byte {
+	var h [yHeaderLen]byte
+	h[1] = yTypeData
+	h[2], h[3] = byte(flags>>8), byte(flags)
+	h[4], h[5], h[6], h[7] = byte(id>>24), byte(id>>16), byte(id>>8), byte(id)
+	return &h
+}
+
+// TestStreamTableReserve: an Open between reserve and unreserve keeps the
+// session from going idle, and once the idle timer has decided, reserve
+// refuses, so that no stream is opened on a session the idle close is
+// about to end. Driven step by step: fire is called directly, with the
+// session's idle time made to have passed.
+func TestStreamTableReserve(t *testing.T) {
+	var idled atomic.Int32
+	tab := newStreamTable(true, time.Hour, func() { idled.Add(1) })
+	tab.startIdle()
+	defer tab.stop()
+	expire := func() { // the idle time has passed, as far as fire can tell
+		tab.mu.Lock()
+		tab.zeroSince = time.Now().Add(-2 * time.Hour)
+		tab.mu.Unlock()
+	}
+
+	if !tab.reserve() {
+		t.Fatal("reserve refused on a live session")
+	}
+	expire()
+	tab.fire()
+	if idled.Load() != 0 {
+		t.Fatal("idle close while an Open was under way")
+	}
+	// The Open's SYN goes out: the stream is in the table, the reserve ends.
+	if err := tab.outbound(frameHeader(1, yFlagSYN)); err != nil {
+		t.Fatal(err)
+	}
+	tab.unreserve()
+	expire()
+	tab.fire()
+	if idled.Load() != 0 || tab.len() != 1 {
+		t.Fatalf("idle close with a stream open (closes %d, streams %d)", idled.Load(), tab.len())
+	}
+	// The stream ends both ways: the session is idle again from now.
+	if err := tab.outbound(frameHeader(1, yFlagFIN)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tab.inbound(frameHeader(1, yFlagFIN)); err != nil {
+		t.Fatal(err)
+	}
+	tab.mu.Lock()
+	since := time.Since(tab.zeroSince)
+	tab.mu.Unlock()
+	if tab.len() != 0 || since > time.Minute {
+		t.Fatalf("streams %d, idle for %v after the last stream ended", tab.len(), since)
+	}
+	// A failed Open (reserve, no SYN, unreserve) restarts the idle time.
+	expire()
+	if !tab.reserve() {
+		t.Fatal("reserve refused")
+	}
+	tab.unreserve()
+	tab.fire()
+	if idled.Load() != 0 {
+		t.Fatal("idle close right after an Open attempt")
+	}
+	// The idle time passes with nothing open: the close is decided, and
+	// from then on reserve refuses.
+	expire()
+	tab.fire()
+	if idled.Load() != 1 {
+		t.Fatalf("idle closes %d, want 1", idled.Load())
+	}
+	if tab.reserve() {
+		t.Fatal("reserve granted after the idle close was decided")
+	}
+}
+
+// TestOpenAfterIdleDecided: when the idle timer has decided to close the
+// session but the close has not happened yet, Open fails with
+// ErrSessionClosed (ErrIdleTimeout) and sends nothing, so that a pool
+// retries on another session instead of handing out a stream the close is
+// about to cut (seen under -race on a busy machine: a stream opened, its
+// status received, then ended by the idle close 0.2 ms later).
+func TestOpenAfterIdleDecided(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, &Config{IdleTimeout: time.Hour}, nil)
+	serveEcho(t, srv)
+	echoRoundTrip(t, cli, 10)
+
+	decided := make(chan struct{})
+	cli.tab.mu.Lock()
+	cli.tab.onIdle = func() { close(decided) } // decide, but do not close yet
+	cli.tab.zeroSince = time.Now().Add(-2 * time.Hour)
+	cli.tab.mu.Unlock()
+	cli.tab.fire()
+	<-decided
+
+	out := cli.Stats().RecordsOut
+	_, err := cli.Open(openCtx(t), "")
+	if !errors.Is(err, ErrSessionClosed) || !errors.Is(err, ErrIdleTimeout) {
+		t.Fatalf("Open = %v, want ErrSessionClosed with ErrIdleTimeout", err)
+	}
+	if n := cli.Stats().RecordsOut; n != out {
+		t.Errorf("Open sent %d records on a session being closed", n-out)
+	}
+	if err := cli.closeWith(ErrIdleTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Open(openCtx(t), ""); !errors.Is(err, ErrSessionClosed) || !errors.Is(err, ErrIdleTimeout) {
+		t.Errorf("Open on the closed session = %v", err)
+	}
+}
+
+// TestAcceptAfterIdleDecided is the server's side of the same race: a
+// stream whose SYN arrives after the server's idle timer decided to close
+// gets no status, and the client's Open fails with the session instead of
+// returning a stream that the close cuts.
+func TestAcceptAfterIdleDecided(t *testing.T) {
+	leakCheck(t)
+	cli, srv := sessionPair(t, nil, &Config{IdleTimeout: time.Hour})
+
+	decided := make(chan struct{})
+	srv.tab.mu.Lock()
+	srv.tab.onIdle = func() { close(decided) }
+	srv.tab.zeroSince = time.Now().Add(-2 * time.Hour)
+	srv.tab.mu.Unlock()
+	srv.tab.fire()
+	<-decided
+
+	opened := make(chan error, 1)
+	go func() {
+		st, err := cli.Open(openCtx(t), "")
+		if err == nil {
+			_ = st.Close()
+		}
+		opened <- err
+	}()
+	in, err := srv.Accept(openCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.Accept(); !errors.Is(err, ErrSessionClosed) || !errors.Is(err, ErrIdleTimeout) {
+		t.Fatalf("server Accept = %v, want ErrSessionClosed with ErrIdleTimeout", err)
+	}
+	if err := srv.closeWith(ErrIdleTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-opened; !errors.Is(err, ErrSessionClosed) {
+		t.Errorf("client Open = %v, want ErrSessionClosed", err)
+	}
+}
