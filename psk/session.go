@@ -470,11 +470,16 @@ func (s *Session) setCause(err error) {
 	s.causeMu.Unlock()
 }
 
-// closedErr is the error operations on a dead session return.
+// closedErr is the error operations on a dead session return, or on one
+// whose idle timer has decided to close it (the close may still be under
+// way, its cause not yet recorded).
 func (s *Session) closedErr() error {
 	s.causeMu.Lock()
 	cause := s.cause
 	s.causeMu.Unlock()
+	if cause == nil && s.tab.idledOut() {
+		cause = ErrIdleTimeout
+	}
 	if cause == nil && s.mux.IsClosed() {
 		// yamux ended on its own (keepalive, protocol error).
 		if s.client {
@@ -496,19 +501,6 @@ func (s *Session) closedErr() error {
 		return ErrSessionClosed
 	}
 	return fmt.Errorf("%w: %w", ErrSessionClosed, cause)
-}
-
-// endingErr is the error of an operation refused because the session is
-// ending: closedErr, or ErrIdleTimeout while the close the idle timer
-// decided on is still under way.
-func (s *Session) endingErr() error {
-	s.causeMu.Lock()
-	cause := s.cause
-	s.causeMu.Unlock()
-	if cause == nil && !s.mux.IsClosed() {
-		return fmt.Errorf("%w: %w", ErrSessionClosed, ErrIdleTimeout)
-	}
-	return s.closedErr()
 }
 
 // spawn runs f on a goroutine the session owns: Close waits for it. It
@@ -555,7 +547,7 @@ func (s *Session) Open(ctx context.Context, target string) (*Stream, error) {
 	release := sync.OnceFunc(func() { <-s.openSem })
 	if !s.tab.reserve() {
 		release()
-		return nil, s.endingErr()
+		return nil, s.closedErr()
 	}
 	// The SYN and the header go out in one TCP write. Nothing in the batch
 	// waits for the server: OpenStream would wait only when yamux has
@@ -667,7 +659,7 @@ func (in *IncomingStream) Accept() (*Stream, error) {
 		// without the FIN a Close would send, which its Open would take
 		// for a malformed answer) its Open fails with the session, and its
 		// pool retries elsewhere; the session's close ends the stream.
-		return nil, in.st.s.endingErr()
+		return nil, in.st.s.closedErr()
 	}
 	// yamux has not acknowledged the stream (DeferAck): the ACK, with the
 	// stream's receive window, and the status go out in one TCP write.

@@ -119,6 +119,7 @@ type streamTable struct {
 	zeroSince time.Time
 	timer     *time.Timer
 	stopped   bool
+	idled     bool // stopped by the idle timer's decision
 	onIdle    func()
 }
 
@@ -134,8 +135,29 @@ func (t *streamTable) startIdle() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.zeroSince = time.Now()
-	if len(t.m) == 0 && !t.stopped {
+	if t.inUse() == 0 && !t.stopped {
 		t.timer = time.AfterFunc(t.idle, t.fire)
+	}
+}
+
+// inUse counts what keeps the session from being idle: the streams in the
+// table and the Opens under way. t.mu held.
+func (t *streamTable) inUse() int { return len(t.m) + t.opening }
+
+// busy is called when inUse has just gone from 0 to 1: the idle timer
+// stops. t.mu held.
+func (t *streamTable) busy() {
+	if t.timer != nil {
+		t.timer.Stop()
+	}
+}
+
+// quiet is called when inUse has just gone to 0: the idle time starts
+// again. t.mu held.
+func (t *streamTable) quiet() {
+	if t.timer != nil && !t.stopped {
+		t.zeroSince = time.Now()
+		t.timer.Reset(t.idle)
 	}
 }
 
@@ -206,8 +228,8 @@ func (t *streamTable) outbound(h *[yHeaderLen]byte) error {
 
 func (t *streamTable) add(id uint32, st *streamTrack) {
 	t.m[id] = st
-	if len(t.m) == 1 && t.opening == 0 && t.timer != nil {
-		t.timer.Stop()
+	if t.inUse() == 1 {
+		t.busy()
 	}
 }
 
@@ -225,8 +247,8 @@ func (t *streamTable) reserve() bool {
 		return false
 	}
 	t.opening++
-	if t.opening == 1 && len(t.m) == 0 && t.timer != nil {
-		t.timer.Stop()
+	if t.inUse() == 1 {
+		t.busy()
 	}
 	return true
 }
@@ -239,6 +261,13 @@ func (t *streamTable) ending() bool {
 	return t.stopped
 }
 
+// idledOut reports whether the idle timer decided to close the session.
+func (t *streamTable) idledOut() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.idled
+}
+
 // unreserve ends a reserve: the stream is in the table now (its SYN went
 // out), or the Open failed and, if nothing else is open, the session's
 // idle time starts again.
@@ -246,9 +275,8 @@ func (t *streamTable) unreserve() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.opening--
-	if t.opening == 0 && len(t.m) == 0 && t.timer != nil && !t.stopped {
-		t.zeroSince = time.Now()
-		t.timer.Reset(t.idle)
+	if t.inUse() == 0 {
+		t.quiet()
 	}
 }
 
@@ -263,9 +291,8 @@ func (t *streamTable) settle(id uint32, st *streamTrack) {
 		f()
 	}
 	st.onGone = nil
-	if len(t.m) == 0 && t.opening == 0 && t.timer != nil && !t.stopped {
-		t.zeroSince = time.Now()
-		t.timer.Reset(t.idle)
+	if t.inUse() == 0 {
+		t.quiet()
 	}
 }
 
@@ -327,7 +354,7 @@ func (t *streamTable) len() int {
 
 func (t *streamTable) fire() {
 	t.mu.Lock()
-	if t.stopped || len(t.m) != 0 || t.opening != 0 {
+	if t.stopped || t.inUse() != 0 {
 		t.mu.Unlock()
 		return
 	}
@@ -336,7 +363,7 @@ func (t *streamTable) fire() {
 		t.mu.Unlock()
 		return
 	}
-	t.stopped = true
+	t.stopped, t.idled = true, true
 	t.mu.Unlock()
 	t.onIdle()
 }
