@@ -84,11 +84,15 @@ func (p *Pool) Stats() PoolStats {
 }
 
 // Open opens a stream to target on a usable session, building one if
-// needed. A stream that fails because its session died is retried once on
-// another session.
+// needed. An Open that fails because its session ended or refuses new
+// streams (the server closed it, its idle timeout fired, the server is
+// draining) drops that session and tries the next one, then a new one;
+// nothing of the app's has been sent by then. It gives up when a session
+// it dialled itself fails, so a server that takes sessions but no streams
+// costs one dial per Open, not a loop.
 func (p *Pool) Open(ctx context.Context, target string) (*psk.Stream, error) {
 	for attempt := 0; ; attempt++ {
-		s, err := p.session(ctx)
+		s, fresh, err := p.session(ctx)
 		if err != nil {
 			p.count(func(st *PoolStats) { st.OpenFailures++ })
 			return nil, err
@@ -99,16 +103,16 @@ func (p *Pool) Open(ctx context.Context, target string) (*psk.Stream, error) {
 			return st, nil
 		}
 		var refused *psk.StreamRefusedError
-		if errors.As(err, &refused) || ctx.Err() != nil || attempt > 0 {
+		sessionEnded := s.IsClosed() || errors.Is(err, psk.ErrSessionClosed) || errors.Is(err, psk.ErrTooManyStreams)
+		if sessionEnded && !errors.As(err, &refused) {
+			p.drop(s)
+		}
+		// Each attempt but a fresh session's drops one pooled session, so
+		// the pool's bound bounds the attempts too; the bound is a guard.
+		if !sessionEnded || errors.As(err, &refused) || ctx.Err() != nil || fresh || attempt >= p.opt.MaxSessions {
 			p.count(func(st *PoolStats) { st.OpenFailures++ })
 			return nil, err
 		}
-		if s.IsClosed() || errors.Is(err, psk.ErrSessionClosed) || errors.Is(err, psk.ErrTooManyStreams) {
-			p.drop(s)
-			continue
-		}
-		p.count(func(st *PoolStats) { st.OpenFailures++ })
-		return nil, err
 	}
 }
 
@@ -136,13 +140,14 @@ func (p *Pool) drop(s *psk.Session) {
 	}
 }
 
-// session returns the least loaded live session with room, or dials one.
-func (p *Pool) session(ctx context.Context) (*psk.Session, error) {
+// session returns the least loaded live session with room, or dials one
+// (fresh: this call dialled it).
+func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 	for {
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
-			return nil, errors.New("pool closed")
+			return nil, false, errors.New("pool closed")
 		}
 		var best *psk.Session
 		live := p.sessions[:0]
@@ -158,7 +163,7 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, error) {
 		p.sessions = live
 		if best != nil {
 			p.mu.Unlock()
-			return best, nil
+			return best, false, nil
 		}
 		if wait := p.dialing; wait != nil {
 			p.mu.Unlock()
@@ -166,17 +171,17 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, error) {
 			case <-wait:
 				continue
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, false, ctx.Err()
 			}
 		}
 		if len(p.sessions) >= p.opt.MaxSessions {
 			p.mu.Unlock()
-			return nil, fmt.Errorf("%w: all %d sessions carry %d streams", psk.ErrTooManyStreams, p.opt.MaxSessions, p.opt.MaxStreamsPerSession)
+			return nil, false, fmt.Errorf("%w: all %d sessions carry %d streams", psk.ErrTooManyStreams, p.opt.MaxSessions, p.opt.MaxStreamsPerSession)
 		}
 		if now := time.Now(); now.Before(p.retryAt) {
 			err := fmt.Errorf("%w (retry in %s): %w", ErrUpstreamDown, p.retryAt.Sub(now).Round(time.Millisecond), p.lastErr)
 			p.mu.Unlock()
-			return nil, err
+			return nil, false, err
 		}
 		done := make(chan struct{})
 		p.dialing = done
@@ -196,17 +201,17 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, error) {
 			b = min(b, p.opt.MaxBackoff)
 			p.retryAt = time.Now().Add(b/2 + rand.N(b/2+1))
 			p.mu.Unlock()
-			return nil, err
+			return nil, false, err
 		}
 		p.failures, p.lastErr, p.retryAt = 0, nil, time.Time{}
 		if p.closed {
 			p.mu.Unlock()
 			s.Close()
-			return nil, errors.New("pool closed")
+			return nil, false, errors.New("pool closed")
 		}
 		p.sessions = append(p.sessions, s)
 		p.mu.Unlock()
-		return s, nil
+		return s, true, nil
 	}
 }
 

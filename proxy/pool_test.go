@@ -91,6 +91,7 @@ type echoUpstream struct {
 	addr string
 
 	handshakes atomic.Int64
+	goAwayNew  atomic.Bool // send GoAway on every new session at once
 	mu         sync.Mutex
 	sessions   []*psk.Session
 	wg         sync.WaitGroup
@@ -133,6 +134,9 @@ func (u *echoUpstream) serve() {
 				return
 			}
 			u.handshakes.Add(1)
+			if u.goAwayNew.Load() {
+				s.GoAway()
+			}
 			u.mu.Lock()
 			u.sessions = append(u.sessions, s)
 			u.mu.Unlock()
@@ -656,5 +660,97 @@ func TestPoolGoAwayKeepsStreams(t *testing.T) {
 	st1.CloseWrite()
 	if rest, err := io.ReadAll(st1); err != nil || len(rest) != 0 {
 		t.Fatalf("in-flight stream end: %q, %v; want EOF", rest, err)
+	}
+}
+
+// When every pooled session refuses new streams at once (a server that
+// drains sends GoAway on all of them; a rolling update's old replica),
+// one Open walks past all of them to a new session instead of failing
+// the app's connection after two; and a new session that refuses too
+// ends the Open after that one dial.
+func TestPoolOpenSkipsEveryDeadSession(t *testing.T) {
+	up := newEchoUpstream(t, "127.0.0.1:0")
+	var mu sync.Mutex
+	var sessions []*psk.Session
+	p := NewPool(poolDialer(t, up.addr, &sessions, &mu), PoolOptions{MaxStreamsPerSession: 1, MaxSessions: 4})
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	// Three sessions, one stream each, then no streams.
+	var held []*psk.Stream
+	for range 3 {
+		st, err := p.Open(ctx, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, st)
+	}
+	if st := p.Stats(); st.Dials != 3 || st.Sessions != 3 {
+		t.Fatalf("Stats %+v, want 3 dials and sessions", st)
+	}
+	for _, st := range held {
+		st.Close()
+	}
+	for _, s := range sessions {
+		deadline := time.Now().Add(5 * time.Second)
+		for s.NumStreams() > 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+
+	// The server sends GoAway on all three; a ping behind it on each
+	// session makes sure the client has read it before the next Open.
+	up.mu.Lock()
+	srv := append([]*psk.Session(nil), up.sessions...)
+	up.mu.Unlock()
+	if len(srv) != 3 {
+		t.Fatalf("server has %d sessions, want 3", len(srv))
+	}
+	for _, s := range srv {
+		if err := s.GoAway(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, s := range sessions {
+		if _, err := s.Ping(); err != nil {
+			t.Fatalf("ping session %d: %v", i, err)
+		}
+	}
+
+	if err := roundTrip(t, p, []byte("past three draining sessions")); err != nil {
+		t.Fatalf("Open with every pooled session draining: %v", err)
+	}
+	if st := p.Stats(); st.Dials != 4 || st.Sessions != 1 || st.OpenFailures != 0 {
+		t.Errorf("Stats %+v, want 4 dials, 1 session, no failed open", st)
+	}
+	for i, s := range sessions[:3] {
+		if !s.IsClosed() {
+			t.Errorf("draining session %d (no streams) not closed", i)
+		}
+	}
+
+	// A server that sends GoAway on every new session: the Open fails
+	// after its own dial, with the draining error.
+	up.goAwayNew.Store(true)
+	up.mu.Lock()
+	srv = append([]*psk.Session(nil), up.sessions...)
+	up.mu.Unlock()
+	for _, s := range srv {
+		s.GoAway()
+	}
+	mu.Lock()
+	last := sessions[len(sessions)-1]
+	mu.Unlock()
+	if _, err := last.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	before := p.Stats()
+	_, err := p.Open(ctx, "")
+	if !errors.Is(err, psk.ErrSessionClosed) {
+		t.Fatalf("Open against a server refusing every stream: %v, want ErrSessionClosed", err)
+	}
+	if st := p.Stats(); st.Dials != before.Dials+1 || st.OpenFailures != before.OpenFailures+1 {
+		t.Errorf("Stats %+v after %+v, want exactly one more dial and one failed open", st, before)
 	}
 }

@@ -610,6 +610,10 @@ func (s *Session) Open(ctx context.Context, target string) (*Stream, error) {
 			return fail(fmt.Errorf("psk: open stream: no status from the server within %v: %w", s.cfg.OpenTimeout, os.ErrDeadlineExceeded))
 		case errors.Is(err, io.EOF) && s.tab.finReceived(st.tr):
 			return fail(fmt.Errorf("%w: server closed the stream without a status", ErrBadStreamHeader))
+		case errors.Is(err, yamux.ErrConnectionReset) && s.mux.RemoteGoAway():
+			// The SYN crossed the server's GoAway, which yamux answers
+			// with a reset; the GoAway came first on the wire.
+			return fail(fmt.Errorf("%w: server is draining: %w", ErrSessionClosed, yamux.ErrRemoteGoAway))
 		}
 		return fail(st.readErr(err))
 	}

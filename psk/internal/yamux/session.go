@@ -164,6 +164,12 @@ func (s *Session) Open() (net.Conn, error) {
 	return conn, nil
 }
 
+// RemoteGoAway reports whether the peer has sent a normal GoAway: it
+// accepts no more streams (patch 6, PATCHES.md).
+func (s *Session) RemoteGoAway() bool {
+	return atomic.LoadInt32(&s.remoteGoAway) == 1
+}
+
 // OpenStream is used to create a new stream
 func (s *Session) OpenStream() (*Stream, error) {
 	if s.IsClosed() {
