@@ -128,6 +128,23 @@ func (sc *scSidecar) logCount(atLeast int, msg string, substrings ...string) int
 	return n
 }
 
+// logNone checks that no line with message msg contains every substring,
+// for a while: it polls for within and returns the count as soon as it is
+// not 0 (else 0). A zero read once right after an event proves little, as
+// the line may still be on its way (see logCount); a line written up to
+// within later is caught too.
+func (sc *scSidecar) logNone(within time.Duration, msg string, substrings ...string) int {
+	var n int
+	eventually(within, func() bool {
+		n = sc.logMatches(msg, substrings...)
+		return n != 0
+	})
+	return n
+}
+
+// quiet is how long logNone watches for a line that must not come.
+const quiet = 300 * time.Millisecond
+
 // eventually polls cond every 20 ms until it holds or timeout passes, and
 // reports whether it held.
 func eventually(timeout time.Duration, cond func() bool) bool {
