@@ -1,17 +1,24 @@
 package psk
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/pion/dtls/v2"
+	"github.com/pion/dtls/v2/pkg/crypto/elliptic"
+	"github.com/pion/dtls/v2/pkg/protocol"
 	"github.com/pion/dtls/v2/pkg/protocol/alert"
+	"github.com/pion/dtls/v2/pkg/protocol/extension"
+	"github.com/pion/dtls/v2/pkg/protocol/handshake"
+	"github.com/pion/dtls/v2/pkg/protocol/recordlayer"
 
 	"github.com/milagro-sc/milagro/mpinkex"
 )
@@ -231,5 +238,69 @@ func TestTamperingIsFatal(t *testing.T) {
 				t.Logf("server: %v", err)
 			}
 		})
+	}
+}
+
+// writeLog records everything written through it.
+type writeLog struct {
+	net.Conn
+	mu  sync.Mutex
+	out bytes.Buffer
+}
+
+func (c *writeLog) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.out.Write(p)
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+// TestClientHelloCurves: the client's ClientHello offers P-256 alone
+// (offeredCurves), so that the key pair pion's server makes on it, unused
+// by the PSK suite, is the cheap one; and the suite is the one of §7.
+func TestClientHelloCurves(t *testing.T) {
+	wl := &writeLog{}
+	pr := dialPair(t, sharedDomain(t), pairOpts{wrapCli: func(c net.Conn) net.Conn { wl.Conn = c; return wl }})
+	if pr.cliErr != nil || pr.srvErr != nil {
+		t.Fatalf("session setup: client %v, server %v", pr.cliErr, pr.srvErr)
+	}
+	wl.mu.Lock()
+	b := bytes.Clone(wl.out.Bytes())
+	wl.mu.Unlock()
+	// Msg1 and Msg3 (u16 length, message), then the first DTLS record.
+	for range 2 {
+		if len(b) < 2 || len(b) < 2+int(binary.BigEndian.Uint16(b)) {
+			t.Fatalf("short mpinkex frame: % x", b)
+		}
+		b = b[2+int(binary.BigEndian.Uint16(b)):]
+	}
+	var rh recordlayer.Header
+	if err := rh.Unmarshal(b); err != nil || rh.ContentType != protocol.ContentTypeHandshake {
+		t.Fatalf("first record: %+v, %v; want a handshake record", rh, err)
+	}
+	n := int(binary.BigEndian.Uint16(b[recordlayer.HeaderSize-2:])) // pion's Unmarshal leaves ContentLen
+	if len(b) < recordlayer.HeaderSize+n {
+		t.Fatalf("short record: % x", b)
+	}
+	body := b[recordlayer.HeaderSize : recordlayer.HeaderSize+n]
+	var h handshake.Handshake
+	if err := h.Unmarshal(body); err != nil {
+		t.Fatal(err)
+	}
+	ch, ok := h.Message.(*handshake.MessageClientHello)
+	if !ok {
+		t.Fatalf("first handshake message %T, want a ClientHello", h.Message)
+	}
+	if len(ch.CipherSuiteIDs) != 1 || ch.CipherSuiteIDs[0] != uint16(dtls.TLS_PSK_WITH_AES_128_GCM_SHA256) {
+		t.Errorf("cipher suites %#04x", ch.CipherSuiteIDs)
+	}
+	var curves []elliptic.Curve
+	for _, e := range ch.Extensions {
+		if c, ok := e.(*extension.SupportedEllipticCurves); ok {
+			curves = c.EllipticCurves
+		}
+	}
+	if len(curves) != 1 || curves[0] != elliptic.P256 {
+		t.Errorf("offered curves %v, want [P-256]", curves)
 	}
 }

@@ -8,12 +8,13 @@ import (
 
 	"github.com/milagro-sc/milagro/psk/internal/yamux"
 	"github.com/pion/dtls/v2"
+	"github.com/pion/dtls/v2/pkg/crypto/elliptic"
 )
 
 // BenchmarkFloorDTLS is the library part of a cold session that follows
 // mpinkex, with nothing of ours around it: pion's DTLS 1.2 PSK handshake
 // (the suite, extended master secret and no HelloVerifyRequest of
-// PROTOCOL.md §7) over a connected UDP pair on loopback — pion's own
+// PROTOCOL.md §7, and the curve list of dtlsConfig) over a connected UDP pair on loopback — pion's own
 // transport, so no record reader — then a yamux session each side and
 // both closed. Its cpu-ns/op (process CPU, both sides) added to package
 // pairing's BenchmarkFloorServer + BenchmarkFloorClient is the floor of the
@@ -27,6 +28,7 @@ func BenchmarkFloorDTLS(b *testing.B) {
 	const identity = "floor"
 	base := dtls.Config{
 		CipherSuites:         []dtls.CipherSuiteID{dtls.TLS_PSK_WITH_AES_128_GCM_SHA256},
+		EllipticCurves:       offeredCurves, // as dtlsConfig: pion's server makes a key pair on it
 		ExtendedMasterSecret: dtls.RequireExtendedMasterSecret,
 		FlightInterval:       flightInterval,
 		MTU:                  MaxRecordPlaintext,
@@ -95,4 +97,19 @@ func udpPair(b *testing.B) (net.Conn, net.Conn) {
 		b.Fatal(err)
 	}
 	return c, s
+}
+
+// BenchmarkUnusedKeypair is the ephemeral key pair pion's server makes on
+// the client's first offered curve in every handshake, PSK suite or not
+// (see offeredCurves): pion's default first curve against ours.
+func BenchmarkUnusedKeypair(b *testing.B) {
+	for _, c := range []elliptic.Curve{elliptic.X25519, offeredCurves[0]} {
+		b.Run(c.String(), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := elliptic.GenerateKeypair(c); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
