@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -569,4 +570,52 @@ func scConnect(t *testing.T, proxyAddr, dest string, early []byte) (net.Conn, *b
 		resp.Body.Close()
 	}
 	return c, br, resp.StatusCode
+}
+
+// scStartFailover is a TCP load balancer of the simplest kind: each
+// connection goes to the first of upstreams that accepts it.
+func scStartFailover(t *testing.T, upstreams ...string) (addr string, served func() []int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	count := make([]int, len(upstreams))
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			var s net.Conn
+			for i, up := range upstreams {
+				if s, err = net.Dial("tcp", up); err == nil {
+					mu.Lock()
+					count[i]++
+					mu.Unlock()
+					break
+				}
+			}
+			if s == nil {
+				c.Close()
+				continue
+			}
+			wg.Go(func() {
+				io.Copy(s, c)
+				s.(*net.TCPConn).CloseWrite()
+			})
+			wg.Go(func() {
+				io.Copy(c, s)
+				c.(*net.TCPConn).CloseWrite()
+			})
+		}
+	})
+	return ln.Addr().String(), func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(count)
+	}
 }

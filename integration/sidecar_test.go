@@ -626,6 +626,74 @@ func TestSidecarChannel(t *testing.T) {
 		})
 	})
 
+	// A rolling update: the client's upstream is a load balancer in front
+	// of two replicas; replica A drains (SIGTERM) while app connections it
+	// carries are open, on two pooled sessions that both have room for
+	// more. Each of those sessions now refuses new streams (GoAway), and
+	// every new app connection must go through anyway — to a new session,
+	// which the balancer sends to replica B — while the old ones finish on
+	// A. (The pool used to try two sessions and give up: the first new
+	// connection failed.)
+	t.Run("rolling update", func(t *testing.T) {
+		a := e.server(t, "server (replica A)", e.echo.addr, "--shutdown-timeout", "30s")
+		b := e.server(t, "server (replica B)", e.echo.addr)
+		lb, served := scStartFailover(t, a.listen, b.listen)
+		c := e.client(t, "client (rolling)", lb, "--max-streams-per-session", "2")
+
+		// Four app connections, opened one by one: two sessions to A with
+		// two streams each (the pool fills the least loaded session).
+		var held []net.Conn
+		for i := range 4 {
+			conn, err := net.Dial("tcp", c.listen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(30 * time.Second))
+			echoLine(t, conn, fmt.Sprintf("held %d", i))
+			held = append(held, conn)
+		}
+		if got := served(); got[0] != 2 || got[1] != 0 {
+			t.Fatalf("balancer sent %v connections to (A, B), want 2 sessions to A", got)
+		}
+		// Close one stream of each session: both have room again.
+		for _, i := range []int{1, 3} {
+			held[i].(*net.TCPConn).CloseWrite()
+			if rest, err := io.ReadAll(held[i]); err != nil || len(rest) != 0 {
+				t.Fatalf("closing app connection %d: %q, %v", i, rest, err)
+			}
+		}
+		if !eventually(5*time.Second, func() bool { return a.statusDoc(t).Streams == 2 }) {
+			t.Fatalf("replica A carries %d streams, want 2", a.statusDoc(t).Streams)
+		}
+
+		a.signal(syscall.SIGTERM)
+		a.waitLog(t, 5*time.Second, 1, "draining")
+		time.Sleep(100 * time.Millisecond) // the GoAways reach the client
+		for i := range 5 {
+			if _, err := scExchange(c.listen, uint64(100+i), 10<<10, 20*time.Second); err != nil {
+				t.Fatalf("new app connection %d while replica A drains: %v", i, err)
+			}
+		}
+		if got := served(); got[1] != 1 {
+			t.Errorf("balancer sent %v connections to (A, B), want one new session to B", got)
+		}
+		// The connections on A go on, and end; A exits drained.
+		for _, i := range []int{0, 2} {
+			echoLine(t, held[i], fmt.Sprintf("still there %d", i))
+			held[i].(*net.TCPConn).CloseWrite()
+			if rest, err := io.ReadAll(held[i]); err != nil || len(rest) != 0 {
+				t.Fatalf("ending app connection %d on the draining replica: %q, %v", i, rest, err)
+			}
+		}
+		if code := a.wait(15 * time.Second); code != 0 {
+			t.Errorf("replica A exited %d, want 0 (drained)", code)
+		}
+		if n := c.logNone(quiet, "connection refused: no secure stream"); n != 0 {
+			t.Errorf("the client refused %d app connections", n)
+		}
+	})
+
 	// Scenario 6: key rotation under load.
 	t.Run("rotation", func(t *testing.T) {
 		cdir, sdir := filepath.Join(e.c.base, "rot-client"), filepath.Join(e.c.base, "rot-server")
@@ -803,4 +871,17 @@ func TestSidecarTrust(t *testing.T) {
 			t.Errorf("a client that is not revoked: %v", err)
 		}
 	})
+}
+
+// echoLine writes msg on an app connection to an echo path and reads it
+// back.
+func echoLine(t *testing.T, conn net.Conn, msg string) {
+	t.Helper()
+	if _, err := conn.Write([]byte(msg)); err != nil {
+		t.Fatalf("write %q: %v", msg, err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(conn, got); err != nil || string(got) != msg {
+		t.Fatalf("echo of %q: %q, %v", msg, got, err)
+	}
 }
