@@ -50,14 +50,7 @@ func TestOpenCrossesGoAway(t *testing.T) {
 	if err := srv.GoAway(); err != nil {
 		t.Fatal(err)
 	}
-	opened := make(chan error, 1)
-	go func() {
-		st, err := cli.Open(openCtx(t), "")
-		if err == nil {
-			_ = st.Close()
-		}
-		opened <- err
-	}()
+	opened := openAsync(t, cli)
 	// The SYN reaches the server (which resets it) while the client has
 	// not yet seen the GoAway; give it the time to get there.
 	time.Sleep(100 * time.Millisecond)

@@ -137,14 +137,7 @@ func TestAcceptAfterIdleDecided(t *testing.T) {
 	srv.tab.fire()
 	<-decided
 
-	opened := make(chan error, 1)
-	go func() {
-		st, err := cli.Open(openCtx(t), "")
-		if err == nil {
-			_ = st.Close()
-		}
-		opened <- err
-	}()
+	opened := openAsync(t, cli)
 	in, err := srv.Accept(openCtx(t))
 	if err != nil {
 		t.Fatal(err)
@@ -158,4 +151,18 @@ func TestAcceptAfterIdleDecided(t *testing.T) {
 	if err := <-opened; !errors.Is(err, ErrSessionClosed) {
 		t.Errorf("client Open = %v, want ErrSessionClosed", err)
 	}
+}
+
+// openAsync runs cli.Open in the background; the channel gets its error
+// (the stream, if any, is closed).
+func openAsync(t *testing.T, cli *Session) <-chan error {
+	opened := make(chan error, 1)
+	go func() {
+		st, err := cli.Open(openCtx(t), "")
+		if err == nil {
+			_ = st.Close()
+		}
+		opened <- err
+	}()
+	return opened
 }
