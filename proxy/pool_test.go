@@ -91,7 +91,7 @@ type echoUpstream struct {
 	addr string
 
 	handshakes atomic.Int64
-	goAwayNew  atomic.Bool // send GoAway on every new session at once
+	closeNew   atomic.Bool // close every new session right after its handshake
 	mu         sync.Mutex
 	sessions   []*psk.Session
 	wg         sync.WaitGroup
@@ -134,8 +134,9 @@ func (u *echoUpstream) serve() {
 				return
 			}
 			u.handshakes.Add(1)
-			if u.goAwayNew.Load() {
-				s.GoAway()
+			if u.closeNew.Load() {
+				s.Close()
+				return
 			}
 			u.mu.Lock()
 			u.sessions = append(u.sessions, s)
@@ -730,9 +731,10 @@ func TestPoolOpenSkipsEveryDeadSession(t *testing.T) {
 		}
 	}
 
-	// A server that sends GoAway on every new session: the Open fails
-	// after its own dial, with the draining error.
-	up.goAwayNew.Store(true)
+	// A server that ends every new session at once (closing it rather
+	// than sending GoAway, which a fast client's first SYN could beat):
+	// the Open fails after its own dial.
+	up.closeNew.Store(true)
 	up.mu.Lock()
 	srv = append([]*psk.Session(nil), up.sessions...)
 	up.mu.Unlock()
@@ -748,7 +750,7 @@ func TestPoolOpenSkipsEveryDeadSession(t *testing.T) {
 	before := p.Stats()
 	_, err := p.Open(ctx, "")
 	if !errors.Is(err, psk.ErrSessionClosed) {
-		t.Fatalf("Open against a server refusing every stream: %v, want ErrSessionClosed", err)
+		t.Fatalf("Open against a server ending every session: %v, want ErrSessionClosed", err)
 	}
 	if st := p.Stats(); st.Dials != before.Dials+1 || st.OpenFailures != before.OpenFailures+1 {
 		t.Errorf("Stats %+v after %+v, want exactly one more dial and one failed open", st, before)
