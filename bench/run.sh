@@ -484,8 +484,8 @@ fi
 # the sidecar's way) and without it; coldconn runs with -abrupt there, so
 # that it too ends each connection at the echo, as the load tool does (its
 # default, the half-close and the wait for the server's EOF, adds one
-# round trip that no other row counts: 8.0 instead of 7.0 before
-# 2026-11-24T15).
+# round trip that no other row counts; runs before 2026-11-24T144937Z were
+# timed that way).
 RTT_OUT=$OUT/rtt-$STAMP.txt
 measure_rtt() {
 	local p pc pd row cpid dpid half=$((RTT_MS * 500))us

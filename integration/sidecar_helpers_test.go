@@ -467,40 +467,50 @@ func scRequestClosed(addr string, timeout time.Duration) (time.Duration, error) 
 	return d, nil
 }
 
-// relay is a TCP relay in the test process that records what the first
-// connection's client sent.
+// scRelay is a TCP relay in the test process: each connection goes to
+// the first of its upstreams that accepts it (a load balancer of the
+// simplest kind), and it records what the first connection's client sent.
 type scRelay struct {
 	ln       net.Listener
 	addr     string
 	mu       sync.Mutex
 	recorded []byte
 	first    bool
+	count    []int // connections relayed to each upstream
+	wg       sync.WaitGroup
 }
 
-func scStartRelay(t *testing.T, upstream string) *scRelay {
+func scStartRelay(t *testing.T, upstreams ...string) *scRelay {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &scRelay{ln: ln, addr: ln.Addr().String(), first: true}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	r := &scRelay{ln: ln, addr: ln.Addr().String(), first: true, count: make([]int, len(upstreams))}
+	t.Cleanup(func() { ln.Close(); r.wg.Wait() })
+	r.wg.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			s, err := net.Dial("tcp", upstream)
-			if err != nil {
+			var s net.Conn
+			i := 0
+			for ; i < len(upstreams); i++ {
+				if s, err = net.Dial("tcp", upstreams[i]); err == nil {
+					break
+				}
+			}
+			if s == nil {
 				c.Close()
 				continue
 			}
 			r.mu.Lock()
+			r.count[i]++
 			record := r.first
 			r.first = false
 			r.mu.Unlock()
-			go func() {
+			r.wg.Go(func() {
 				buf := make([]byte, 32<<10)
 				for {
 					n, err := c.Read(buf)
@@ -519,14 +529,21 @@ func scStartRelay(t *testing.T, upstream string) *scRelay {
 					}
 				}
 				s.(*net.TCPConn).CloseWrite()
-			}()
-			go func() {
+			})
+			r.wg.Go(func() {
 				io.Copy(c, s)
 				c.(*net.TCPConn).CloseWrite()
-			}()
+			})
 		}
-	}()
+	})
 	return r
+}
+
+// served returns how many connections went to each upstream.
+func (r *scRelay) served() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.count)
 }
 
 func (r *scRelay) capture() []byte {
@@ -570,52 +587,4 @@ func scConnect(t *testing.T, proxyAddr, dest string, early []byte) (net.Conn, *b
 		resp.Body.Close()
 	}
 	return c, br, resp.StatusCode
-}
-
-// scStartFailover is a TCP load balancer of the simplest kind: each
-// connection goes to the first of upstreams that accepts it.
-func scStartFailover(t *testing.T, upstreams ...string) (addr string, served func() []int) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	count := make([]int, len(upstreams))
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			var s net.Conn
-			for i, up := range upstreams {
-				if s, err = net.Dial("tcp", up); err == nil {
-					mu.Lock()
-					count[i]++
-					mu.Unlock()
-					break
-				}
-			}
-			if s == nil {
-				c.Close()
-				continue
-			}
-			wg.Go(func() {
-				io.Copy(s, c)
-				s.(*net.TCPConn).CloseWrite()
-			})
-			wg.Go(func() {
-				io.Copy(c, s)
-				c.(*net.TCPConn).CloseWrite()
-			})
-		}
-	})
-	return ln.Addr().String(), func() []int {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(count)
-	}
 }

@@ -637,8 +637,8 @@ func TestSidecarChannel(t *testing.T) {
 	t.Run("rolling update", func(t *testing.T) {
 		a := e.server(t, "server (replica A)", e.echo.addr, "--shutdown-timeout", "30s")
 		b := e.server(t, "server (replica B)", e.echo.addr)
-		lb, served := scStartFailover(t, a.listen, b.listen)
-		c := e.client(t, "client (rolling)", lb, "--max-streams-per-session", "2")
+		lb := scStartRelay(t, a.listen, b.listen)
+		c := e.client(t, "client (rolling)", lb.addr, "--max-streams-per-session", "2")
 
 		// Four app connections, opened one by one: two sessions to A with
 		// two streams each (the pool fills the least loaded session).
@@ -653,7 +653,7 @@ func TestSidecarChannel(t *testing.T) {
 			echoLine(t, conn, fmt.Sprintf("held %d", i))
 			held = append(held, conn)
 		}
-		if got := served(); got[0] != 2 || got[1] != 0 {
+		if got := lb.served(); got[0] != 2 || got[1] != 0 {
 			t.Fatalf("balancer sent %v connections to (A, B), want 2 sessions to A", got)
 		}
 		// Close one stream of each session: both have room again.
@@ -675,7 +675,7 @@ func TestSidecarChannel(t *testing.T) {
 				t.Fatalf("new app connection %d while replica A drains: %v", i, err)
 			}
 		}
-		if got := served(); got[0] != 2 || got[1] < 1 {
+		if got := lb.served(); got[0] != 2 || got[1] < 1 {
 			t.Errorf("balancer sent %v connections to (A, B), want the new sessions to B", got)
 		}
 		// The connections on A go on, and end; A exits drained.

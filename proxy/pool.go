@@ -103,13 +103,14 @@ func (p *Pool) Open(ctx context.Context, target string) (*psk.Stream, error) {
 			return st, nil
 		}
 		var refused *psk.StreamRefusedError
-		sessionEnded := s.IsClosed() || errors.Is(err, psk.ErrSessionClosed) || errors.Is(err, psk.ErrTooManyStreams)
-		if sessionEnded && !errors.As(err, &refused) {
+		sessionEnded := !errors.As(err, &refused) &&
+			(s.IsClosed() || errors.Is(err, psk.ErrSessionClosed) || errors.Is(err, psk.ErrTooManyStreams))
+		if sessionEnded {
 			p.drop(s)
 		}
 		// Each attempt but a fresh session's drops one pooled session, so
 		// the pool's bound bounds the attempts too; the bound is a guard.
-		if !sessionEnded || errors.As(err, &refused) || ctx.Err() != nil || fresh || attempt >= p.opt.MaxSessions {
+		if !sessionEnded || ctx.Err() != nil || fresh || attempt >= p.opt.MaxSessions {
 			p.count(func(st *PoolStats) { st.OpenFailures++ })
 			return nil, err
 		}
