@@ -379,13 +379,24 @@ cp "$RAW" "$OUT/results-$STAMP-rounds.csv"
 # profile NAME PERF_PIDS PERFSUM_PIDS TITLE CMD…: perf record -g of PERF_PIDS while
 # CMD runs (its stdout is the load tool's CSV row), summarised by category with perfsum
 # (per GiB when the row carries the GiB moved, field 5) into $OUT/NAME-$STAMP.txt.
+# A PERF_PIDS or PERFSUM_PIDS entry "CMD" stands for CMD's own process (it is
+# then started first, and sampled from its second second on).
 profile() {
-	local name=$1 pids=$2 sumpids=$3 title=$4
+	local name=$1 pids=$2 sumpids=$3 title=$4 cmd=
 	shift 4
+	if [[ ",$pids," == *,CMD,* ]]; then
+		"$@" >"$WORK/$name-row.csv" 2>>"$WORK/loadgen.log" &
+		cmd=$!
+		pids=${pids/CMD/$cmd} sumpids=${sumpids/CMD/$cmd}
+	fi
 	start perf-record perf record -F 499 -g -o "$WORK/$name.data" -p "$pids"
 	PERF=$STARTED
 	sleep 1
-	"$@" >"$WORK/$name-row.csv" 2>>"$WORK/loadgen.log"
+	if [[ -n $cmd ]]; then
+		wait "$cmd" || true
+	else
+		"$@" >"$WORK/$name-row.csv" 2>>"$WORK/loadgen.log"
+	fi
 	stop -INT "$PERF"
 	local prof=$OUT/$name-$STAMP.txt gib
 	gib=$(cut -d, -f5 "$WORK/$name-row.csv")
@@ -410,9 +421,9 @@ if [[ $PROFILE == 1 && -n ${CPIDS[milagro]:-} ]]; then
 		-client-pids "${CPIDS[milagro]}" -server-pids "${SPIDS[milagro]}"
 fi
 if [[ $PROFILE == 1 && -n ${SPIDS[milagro-cold]:-} ]]; then
-	log "profiling the milagro server under ${DURATION} of cold connections from coldconn (perf)"
-	profile profile-cold "${SPIDS[milagro-cold]}" "server=${SPIDS[milagro-cold]}" \
-		"the milagro server (pid ${SPIDS[milagro-cold]}) during ${DURATION} of cold connections (coldconn, $WORKERS workers)" \
+	log "profiling the milagro server and coldconn under ${DURATION} of cold connections from coldconn (perf)"
+	profile profile-cold "${SPIDS[milagro-cold]},CMD" "server=${SPIDS[milagro-cold]},client=CMD" \
+		"the milagro server (pid ${SPIDS[milagro-cold]}) and the client side (coldconn) during ${DURATION} of cold connections (coldconn, $WORKERS workers)" \
 		"$BIN/coldconn" -addr "${ADDR[milagro-cold]}" -keys "$WORK/client-keys" -server-id "$SERVER_ID" \
 		-server-pids "${SPIDS[milagro-cold]}" -duration "$DURATION" -workers "$WORKERS" -size "$SIZE" -peer profile
 fi
