@@ -28,7 +28,7 @@ FLOOR_BENCHTIME=${FLOOR_BENCHTIME:-1s}
 FLOOR_COUNT=${FLOOR_COUNT:-0}          # rounds of the floor alone after the last round (one is measured in every round that measures milagro-cold)
 WAIT_LOAD=${WAIT_LOAD:-600}          # wait up to this many seconds for the load average to fall
 LOAD_MAX=${LOAD_MAX:-1.5}
-PROFILE=${PROFILE:-0}                # 1: perf profile of both milagro sidecars under one bulk transfer, and of the server under cold connections
+PROFILE=${PROFILE:-0}                # 1: perf profile of both milagro sidecars under one bulk transfer, and of the server and coldconn under cold connections
 KEEP=${KEEP:-0}                      # 1: keep the work folder (logs, keys, configs)
 RTT_MS=${RTT_MS:-0}                  # >0: also time single new connections over this round trip (bench/cmd/delayline)
 RTT_PEERS=${RTT_PEERS:-"go-relay go-mtls milagro milagro-cold"}
@@ -379,8 +379,11 @@ cp "$RAW" "$OUT/results-$STAMP-rounds.csv"
 # profile NAME PERF_PIDS PERFSUM_PIDS TITLE CMD…: perf record -g of PERF_PIDS while
 # CMD runs (its stdout is the load tool's CSV row), summarised by category with perfsum
 # (per GiB when the row carries the GiB moved, field 5) into $OUT/NAME-$STAMP.txt.
-# A PERF_PIDS or PERFSUM_PIDS entry "CMD" stands for CMD's own process (it is
-# then started first, and sampled from its second second on).
+# A PERF_PIDS or PERFSUM_PIDS entry "CMD" stands for CMD's own process: it is
+# started first and attached to half a second later, once the Go runtime has
+# made its threads (perf -p follows the threads a sampled thread makes, but
+# misses one made while it attaches: attached at once, coldconn lost a
+# quarter of its samples in two runs of three).
 profile() {
 	local name=$1 pids=$2 sumpids=$3 title=$4 cmd=
 	shift 4
@@ -388,6 +391,7 @@ profile() {
 		"$@" >"$WORK/$name-row.csv" 2>>"$WORK/loadgen.log" &
 		cmd=$!
 		pids=${pids/CMD/$cmd} sumpids=${sumpids/CMD/$cmd}
+		sleep 0.5
 	fi
 	start perf-record perf record -F 499 -g -o "$WORK/$name.data" -p "$pids"
 	PERF=$STARTED
