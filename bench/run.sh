@@ -317,9 +317,13 @@ done
 #     and close, both sides, process CPU per session;
 #   library floor: BenchmarkFloorDTLS in ./psk, pion's DTLS-PSK handshake
 #     over UDP and yamux setup alone (added to the floor for the second
-#     reading).
+#     reading);
+#   a reference: BenchmarkFloorTLS in ./bench/cmd/relay, go-mtls's TLS 1.3
+#     mTLS handshake in one process, set against go-mtls's new connection.
 go test -c -o "$BIN/pairing.test" ./pairing
 go test -c -o "$BIN/psk.test" ./psk
+go test -c -o "$BIN/relay.test" ./bench/cmd/relay
+: >"$WORK/floortls.txt"
 : >"$WORK/floor.txt"
 : >"$WORK/setup.txt"
 : >"$WORK/floordtls.txt"
@@ -336,6 +340,10 @@ floor_round() {
 	# cold cache; bench/RESULTS.md), by an amount that varies from run to run.
 	(cd psk && GOMAXPROCS=1 "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkSessionSetup$|BenchmarkFloorDTLS$' -test.benchtime 200x) >>"$WORK/setup1.txt" 2>&1 ||
 		{ cat "$WORK/setup1.txt" >&2; exit 1; }
+	# A reference, not a floor of milagro's: go-mtls's handshake alone in
+	# one process (crypto/tls 1.3 with client certificates, both sides).
+	"$BIN/relay.test" -test.run '^$' -test.bench 'BenchmarkFloorTLS$' -test.benchtime 400x >>"$WORK/floortls.txt" 2>&1 ||
+		{ cat "$WORK/floortls.txt" >&2; exit 1; }
 }
 
 # ---- rounds -----------------------------------------------------------------------
@@ -449,6 +457,7 @@ SETUP_CPU=$(median "$WORK/setup.txt" BenchmarkSessionSetup cpu-ns/op)
 FLOOR_D=$(median "$WORK/floordtls.txt" BenchmarkFloorDTLS cpu-ns/op)
 SETUP_CPU1=$(median "$WORK/setup1.txt" BenchmarkSessionSetup cpu-ns/op)
 FLOOR_D1=$(median "$WORK/setup1.txt" BenchmarkFloorDTLS cpu-ns/op)
+FLOOR_TLS=$(median "$WORK/floortls.txt" BenchmarkFloorTLS cpu-ns/op)
 
 # ---- RSS per idle connection ----------------------------------------------------------
 IDLE=$WORK/idle.csv
@@ -578,7 +587,7 @@ echo "rounds $ROUNDS, bulk ${BULK_MB} MiB one way to a sink, new connections ${D
 [[ -n $GO_PROXY_ENV ]] && echo "Go proxies (milagro, go-relay, go-mtls) and coldconn ran with: $GO_PROXY_ENV"
 echo
 "$BIN/report" -raw "$RAW" -idle "$IDLE" -floor-server-ns "$FLOOR_S" -floor-client-ns "$FLOOR_C" -floor-encode-ns "$FLOOR_E" -lib-floor-rounds "$LIB_ROUNDS" -floor-dtls-ns "$FLOOR_D" -session-cpu-ns "$SETUP_CPU" \
-	-session-cpu-ns-1 "$SETUP_CPU1" -floor-dtls-ns-1 "$FLOOR_D1" -out "$RESULTS" \
+	-session-cpu-ns-1 "$SETUP_CPU1" -floor-dtls-ns-1 "$FLOOR_D1" -floor-tls-ns "$FLOOR_TLS" -out "$RESULTS" \
 	-meta "date=$STAMP" -meta "nproc=$(nproc)" -meta "cpu=$CPU_MODEL" -meta "kernel=$(uname -r)" \
 	-meta "load_start=$LOAD_START" -meta "load_end=$LOAD_END" -meta "rounds=$ROUNDS" -meta "bulk_mb=$BULK_MB" \
 	-meta "duration=$DURATION" -meta "workers=$WORKERS" -meta "size=$SIZE" -meta "permit=$PERMIT"

@@ -56,6 +56,7 @@ func main() {
 	sessCPU1 := flag.Float64("session-cpu-ns-1", 0, "the same with GOMAXPROCS=1")
 	floorD1 := flag.Float64("floor-dtls-ns-1", 0, "psk BenchmarkFloorDTLS cpu-ns/op with GOMAXPROCS=1")
 	sessCPU := flag.Float64("session-cpu-ns", 0, "psk BenchmarkSessionSetup cpu-ns/op: a cold connection in one process, both sides")
+	floorTLS := flag.Float64("floor-tls-ns", 0, "relay BenchmarkFloorTLS cpu-ns/op: go-mtls's TLS 1.3 mTLS handshake in one process, both sides")
 	out := flag.String("out", "", "results CSV to write")
 	libRounds := flag.String("lib-floor-rounds", "", "the library floor in ns (pairing + encodings + DTLS) measured at the end of each round, comma-separated in round order")
 	var meta metaFlag
@@ -222,6 +223,19 @@ func main() {
 			r := *sessCPU1 / 1e6 / lib1
 			check("  … both on one thread (GOMAXPROCS=1)", r <= 1.15, fmt.Sprintf("%.3f ms / (pairing %.3f + encodings %.3f + DTLS & yamux %.3f) = %.2f×", *sessCPU1/1e6, floorMs, *floorE/1e6, *floorD1/1e6, r), r)
 		}
+	}
+	if mc := med("go-mtls", "conn_cpu_ms"); *floorTLS > 0 && !math.IsNaN(mc) {
+		// Not a target: the same comparison for the crypto/tls pair, whose
+		// handshake is all library (BenchmarkFloorTLS: crypto/tls on a
+		// loopback TCP pair in one process), and for milagro against its
+		// own whole session in one process; both show what two proxy
+		// processes sharing the cores add to one process's handshake.
+		fmt.Printf("  [ref ] %-34s %.3f ms / crypto/tls 1.3 mTLS handshake in one process %.3f ms = %.2f×",
+			"go-mtls new conn vs its handshake", mc, *floorTLS/1e6, mc/(*floorTLS/1e6))
+		if *sessCPU > 0 {
+			fmt.Printf("; milagro-cold vs its session in one process: %.2f×", cc/(*sessCPU/1e6))
+		}
+		fmt.Println()
 	}
 	p50, mtlsP50 := med("milagro", "p50_ms"), med("go-mtls", "p50_ms")
 	check("warm p50 ≤ crypto/tls pair's", p50 <= mtlsP50, fmt.Sprintf("%.3f ms vs go-mtls %.3f ms", p50, mtlsP50), p50, mtlsP50)
