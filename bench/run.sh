@@ -304,20 +304,23 @@ for p in $PEERS; do
 done
 
 # ---- the floor ----------------------------------------------------------------------
-# The floor, the same cold session in one process, and the library floor are
-# measured once at the end of every round (floor_round), right after the
-# round's cold connections, so that the machine's drift over the run moves
-# both alike (on this shared host the pairing floor read 4.9 ms one day and
-# 6.3 ms the next); medians over the rounds, and FLOOR_COUNT more
-# rounds of the floor alone if asked.
+# The library floor is measured right before and right after each round's cold
+# connections (lib_floor), and each round's cold figure is set against the
+# mean of the two: on this shared host the machine's speed drifts by 10-30%
+# within minutes (the pairing floor read 4.9 ms one day and 6.3 ms the next,
+# and 1.95 then 2.64 ms within one hour), and a floor measured once per round,
+# up to a minute away from the cold connections, once read 0.90× in a round:
+# less than the floor, which no cold connection can cost. The same cold
+# session in one process and the TLS reference are measured once at the end
+# of every round (floor_round). Medians over the rounds, and FLOOR_COUNT more
+# rounds of both alone if asked.
 #   floor: BenchmarkFloor(Server|Client) in ./pairing, the bare curve
 #     arithmetic of one handshake per side, and BenchmarkFloorEncode, the
 #     six compressed point encodings it sends or hashes;
+#   library floor: that and BenchmarkFloorDTLS in ./psk, pion's DTLS-PSK
+#     handshake over UDP and yamux setup alone;
 #   session: BenchmarkSessionSetup in ./psk, TCP, mpinkex, DTLS-PSK, yamux
 #     and close, both sides, process CPU per session;
-#   library floor: BenchmarkFloorDTLS in ./psk, pion's DTLS-PSK handshake
-#     over UDP and yamux setup alone (added to the floor for the second
-#     reading);
 #   a reference: BenchmarkFloorTLS in ./bench/cmd/relay, go-mtls's TLS 1.3
 #     mTLS handshake in one process, set against go-mtls's new connection.
 go test -c -o "$BIN/pairing.test" ./pairing
@@ -328,16 +331,19 @@ go test -c -o "$BIN/relay.test" ./bench/cmd/relay
 : >"$WORK/setup.txt"
 : >"$WORK/floordtls.txt"
 : >"$WORK/setup1.txt"
-floor_round() {
+lib_floor() {
 	(cd pairing && "$BIN/pairing.test" -test.run '^$' -test.bench 'BenchmarkFloor(Server|Client|Encode)$' -test.benchtime "$FLOOR_BENCHTIME") >>"$WORK/floor.txt" 2>&1 ||
 		{ cat "$WORK/floor.txt" >&2; exit 1; }
-	(cd psk && "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkSessionSetup$' -test.benchtime 200x) >>"$WORK/setup.txt" 2>&1 ||
-		{ cat "$WORK/setup.txt" >&2; exit 1; }
 	(cd psk && "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkFloorDTLS$' -test.benchtime 200x) >>"$WORK/floordtls.txt" 2>&1 ||
 		{ cat "$WORK/floordtls.txt" >&2; exit 1; }
-	# Both again on one scheduler thread: with two, the same session costs
-	# 5-15% more (context switches, goroutines resuming on the other core's
-	# cold cache; bench/RESULTS.md), by an amount that varies from run to run.
+}
+floor_round() {
+	(cd psk && "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkSessionSetup$' -test.benchtime 200x) >>"$WORK/setup.txt" 2>&1 ||
+		{ cat "$WORK/setup.txt" >&2; exit 1; }
+	# Again on one scheduler thread, with the DTLS part of the floor: with
+	# two, the same session costs 5-15% more (context switches, goroutines
+	# resuming on the other core's cold cache; bench/RESULTS.md), by an
+	# amount that varies from run to run.
 	(cd psk && GOMAXPROCS=1 "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkSessionSetup$|BenchmarkFloorDTLS$' -test.benchtime 200x) >>"$WORK/setup1.txt" 2>&1 ||
 		{ cat "$WORK/setup1.txt" >&2; exit 1; }
 	# A reference, not a floor of milagro's: go-mtls's handshake alone in
@@ -364,6 +370,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			cmd=("$LG" bench -addr "${ADDR[$p]}" -peer "$p" -round "$r" -client-pids "${CPIDS[$p]}" -server-pids "${SPIDS[$p]}"
 				-bulk-mb "$BULK_MB" -duration "$DURATION" -workers "$WORKERS" -size "$SIZE" -pings "$PINGS")
 		fi
+		[[ $p == milagro-cold ]] && lib_floor # the floor before …
 		if row=$("${cmd[@]}" 2>>"$WORK/loadgen.log"); then
 			echo "$row" >>"$RAW"
 			log "  $row"
@@ -371,14 +378,16 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			FAILED+=("$p round $r")
 			log "  $p round $r FAILED: $(tail -n1 "$WORK/loadgen.log")"
 		fi
+		[[ $p == milagro-cold ]] && lib_floor # … and after the cold connections
 	done
 	if [[ " $PEERS " == *" milagro-cold "* ]]; then # only the cold connection is compared with the floors
-		log "  floor, in-process session and library floor (go test -bench in ./pairing and ./psk)"
+		log "  in-process session and TLS reference (go test -bench in ./psk and ./bench/cmd/relay)"
 		floor_round
 	fi
 done
 for ((i = 1; i <= FLOOR_COUNT; i++)); do
 	log "floor round $i of $FLOOR_COUNT more"
+	lib_floor
 	floor_round
 done
 cp "$RAW" "$OUT/results-$STAMP-rounds.csv"
@@ -449,10 +458,11 @@ median() { # median FILE BENCHMARK UNIT: the median of one metric of one benchma
 FLOOR_S=$(median "$WORK/floor.txt" BenchmarkFloorServer ns/op)
 FLOOR_C=$(median "$WORK/floor.txt" BenchmarkFloorClient ns/op)
 FLOOR_E=$(median "$WORK/floor.txt" BenchmarkFloorEncode ns/op)
-# the library floor of each round (the first ROUNDS floor rounds are the rounds')
+# the library floor of each round: the mean of the two measured around its cold
+# connections (the first 2 × ROUNDS library floors are the rounds')
 LIB_ROUNDS=$(paste -d' ' <(metric "$WORK/floor.txt" BenchmarkFloorServer ns/op) <(metric "$WORK/floor.txt" BenchmarkFloorClient ns/op) \
 	<(metric "$WORK/floor.txt" BenchmarkFloorEncode ns/op) <(metric "$WORK/floordtls.txt" BenchmarkFloorDTLS cpu-ns/op) |
-	head -n "$ROUNDS" | awk '{printf "%s%.0f", (NR > 1 ? "," : ""), $1 + $2 + $3 + $4}')
+	head -n "$((2 * ROUNDS))" | awk '{v = $1 + $2 + $3 + $4} NR % 2 {b = v; next} {printf "%s%.0f", (NR > 2 ? "," : ""), (b + v) / 2}')
 SETUP_CPU=$(median "$WORK/setup.txt" BenchmarkSessionSetup cpu-ns/op)
 FLOOR_D=$(median "$WORK/floordtls.txt" BenchmarkFloorDTLS cpu-ns/op)
 SETUP_CPU1=$(median "$WORK/setup1.txt" BenchmarkSessionSetup cpu-ns/op)
