@@ -81,7 +81,8 @@ func BenchmarkFloorServer(b *testing.B) {
 		ya.ScalarMultiplication(&aa, in.y)
 		ha.ScalarMultiplication(&aa, in.h)
 		// MillerLoopFixedQ scales the lines in place: a real caller copies
-		// them (so the check below is false, at the same cost).
+		// them. The inputs are random, so the check fails, at the cost of
+		// one that passes.
 		if _, err := gb.PairingCheckFixedQ([]gb.G1Affine{u[2], ya}, [][2][len(gb.LoopCounter) - 1]gb.LineEvaluationAff{lq, lss}); err != nil {
 			b.Fatal(err)
 		}

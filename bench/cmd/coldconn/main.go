@@ -31,7 +31,6 @@ import (
 	"net"
 	"os"
 	"runtime/pprof"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -148,11 +147,11 @@ func main() {
 
 // selfCPU is this process's user+system CPU time.
 func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+	d, err := benchutil.SelfCPU()
+	if err != nil {
 		log.Fatal(err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return d
 }
 
 func serverCPU(pids []int) time.Duration {

@@ -4,9 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/milagro-sc/milagro/bench/internal/benchutil"
 )
 
 // BenchmarkFloorTLS is the library part of the go-mtls peer's new
@@ -50,7 +51,7 @@ func BenchmarkFloorTLS(b *testing.B) {
 		}
 	}()
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := cpuTime(b)
 	for range b.N {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
@@ -67,14 +68,15 @@ func BenchmarkFloorTLS(b *testing.B) {
 		}
 		tc.Close()
 	}
-	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N), "cpu-ns/op")
 }
 
 // cpuTime is this process's user+system CPU time.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		panic(err)
+func cpuTime(b *testing.B) time.Duration {
+	b.Helper()
+	d, err := benchutil.SelfCPU()
+	if err != nil {
+		b.Fatal(err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return d
 }

@@ -1,6 +1,7 @@
 // Package benchutil holds what the benchmark tools share: reading the CPU
-// time and RSS of other processes from /proc, the per-round CSV row, and
-// the worker loop of the connection-rate measurements.
+// time of this process and the CPU time and RSS of other processes, the
+// per-round CSV row, and the worker loop of the connection-rate
+// measurements.
 package benchutil
 
 import (
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -32,6 +34,16 @@ func ParsePIDs(s string) ([]int, error) {
 		pids = append(pids, p)
 	}
 	return pids, nil
+}
+
+// SelfCPU is this process's user+system CPU time (getrusage, microsecond
+// resolution).
+func SelfCPU() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, fmt.Errorf("getrusage: %w", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
 
 // CPU returns utime+stime summed over pids (all threads of each process),
