@@ -2,8 +2,8 @@
 # Interleaved A/B pairs of the cold connection: for each variant in turn, a
 # fresh backend and `milagro server`, then bench/cmd/coldconn against it for
 # DURATION; PAIRS times over. Prints one CSV row per measurement (the load
-# tool's row: field 1 the variant, field 10 proxy CPU ms per connection,
-# fields 11/12 client and server). It reuses the binaries and keys of a
+# tool's row: field 1 the variant, field 9 proxy CPU ms per connection,
+# fields 10/11 client and server). It reuses the binaries and keys of a
 # `KEEP=1 bash bench/run.sh` work folder, so that only the variant differs.
 #
 #   bash bench/cold-ab.sh WORK 'base=' 'batch=chrt -b 0' 'one=env GOMAXPROCS=1'
