@@ -176,3 +176,7 @@ func (l *chanListener) Accept() (net.Conn, error) {
 
 func (l *chanListener) Close() error   { return nil }
 func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+// Drain turns keep-alive off for a shutdown: idle connections are closed
+// now, busy ones after their current response.
+func (p *HTTPIdentityProxy) Drain() { p.srv.SetKeepAlivesEnabled(false) }

@@ -40,6 +40,7 @@ type Client struct {
 	draining atomic.Bool
 	addr     atomic.Value
 	fwdAddr  atomic.Value
+	sessLogs sync.Map // *psk.Session → *sessionLog
 }
 
 type upstream struct {
@@ -60,6 +61,11 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 	}
 	if cfg.MaxStreams <= 0 || cfg.MaxSessions <= 0 {
 		return nil, configErr(fmt.Errorf("--max-streams-per-session (%d) and --max-sessions (%d) must be positive", cfg.MaxStreams, cfg.MaxSessions))
+	}
+	if cfg.ForwardProxy != "" {
+		if _, _, err := proxy.ParseAddr(cfg.ForwardProxy); err != nil {
+			return nil, configErr(fmt.Errorf("--forward-proxy: %w", err))
+		}
 	}
 	for _, l := range []string{cfg.Listen, cfg.ForwardProxy} {
 		if l != "" && !cfg.UnsafeListen && !proxy.IsLoopback(l) {
@@ -84,27 +90,27 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 		conns: make(chan struct{}, cfg.MaxConns)}
 	if cfg.Target != "" {
 		if cfg.VerifyID == "" {
-			return nil, errors.New("--verify-id is required with --target: the client must check whom it talks to")
+			return nil, configErr(errors.New("--verify-id is required with --target: the client must check whom it talks to"))
 		}
 		if c.def, err = c.newUpstream(cfg.Target, cfg.VerifyID, cfg.ServerID, cfg.RemoteTarget); err != nil {
-			return nil, err
+			return nil, configErr(err)
 		}
 	}
 	for dest, r := range cfg.Routes {
 		if _, _, err := net.SplitHostPort(dest); err != nil {
-			return nil, fmt.Errorf("route %q: destination must be HOST:PORT", dest)
+			return nil, configErr(fmt.Errorf("route %q: destination must be HOST:PORT", dest))
 		}
 		if r.VerifyID == "" {
-			return nil, fmt.Errorf("route %s: verify-id is required", dest)
+			return nil, configErr(fmt.Errorf("route %s: verify-id is required", dest))
 		}
 		u, err := c.newUpstream(r.Upstream, r.VerifyID, "", r.Target)
 		if err != nil {
-			return nil, fmt.Errorf("route %s: %w", dest, err)
+			return nil, configErr(fmt.Errorf("route %s: %w", dest, err))
 		}
 		c.routes[routeKey(dest)] = u
 	}
 	if cfg.ForwardProxy != "" && len(c.routes) == 0 && !cfg.Transparent {
-		return nil, errors.New("--forward-proxy needs at least one --route")
+		return nil, configErr(errors.New("--forward-proxy needs at least one --route"))
 	}
 	return c, nil
 }
@@ -188,13 +194,65 @@ func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
 	c.m.Sessions.Inc()
 	c.t.addSession(sess)
 	c.log.Info().Str("upstream", u.addr).Str("server", sess.PeerID()).Bool("permit", permitUsed).Dur("handshake", dur).Msg("session open")
+	sl := &sessionLog{write: func(streams, up, down int64) {
+		c.log.Info().Str("upstream", u.addr).Str("server", sess.PeerID()).Int64("streams", streams).
+			Int64("bytes_up", up).Int64("bytes_down", down).Dur("duration", time.Since(start)).
+			AnErr("reason", sess.Err()).Msg("session closed")
+	}}
+	c.sessLogs.Store(sess, sl)
 	go func() {
 		<-sess.Done()
 		c.t.removeSession(sess)
 		c.m.Sessions.Dec()
-		c.log.Info().Str("upstream", u.addr).Str("server", sess.PeerID()).AnErr("reason", sess.Err()).Msg("session closed")
+		c.sessLogs.Delete(sess)
+		sl.sessionEnded()
 	}()
 	return sess, nil
+}
+
+// sessionLog sums a client session's streams and bytes for its "session
+// closed" line, written once the session has ended and the copies of its
+// streams have finished (their last bytes are counted).
+type sessionLog struct {
+	mu                sync.Mutex
+	open              int // streams whose copy has not finished
+	ended, written    bool
+	streams, up, down int64
+	write             func(streams, up, down int64)
+}
+
+func (l *sessionLog) streamStarted() {
+	l.mu.Lock()
+	l.open++
+	l.streams++
+	l.mu.Unlock()
+}
+
+func (l *sessionLog) streamDone(up, down int64) {
+	l.mu.Lock()
+	l.open--
+	l.up += up
+	l.down += down
+	l.mu.Unlock()
+	l.maybeWrite()
+}
+
+func (l *sessionLog) sessionEnded() {
+	l.mu.Lock()
+	l.ended = true
+	l.mu.Unlock()
+	l.maybeWrite()
+}
+
+func (l *sessionLog) maybeWrite() {
+	l.mu.Lock()
+	fire := l.ended && l.open == 0 && !l.written
+	l.written = l.written || fire
+	streams, up, down := l.streams, l.up, l.down
+	l.mu.Unlock()
+	if fire {
+		l.write(streams, up, down)
+	}
 }
 
 // epochChanged reports whether a permit epoch boundary lies in (a, b].
@@ -347,9 +405,16 @@ func (c *Client) openApp(ctx context.Context, app net.Conn, u *upstream) *route 
 // application socket's reader (proxy.Start).
 func (c *Client) pipe(ctx context.Context, r *route, done func()) {
 	start := time.Now()
+	sl, _ := c.sessLogs.Load(r.st.Session())
+	if sl != nil {
+		sl.(*sessionLog).streamStarted()
+	}
 	proxy.Start(ctx, r.app, r.st, c.cfg.IdleTimeout, func(stats proxy.Stats, err error) {
 		c.m.streamClosed(c.log, start, stats, err).Str("upstream", r.u.addr).Str("server", r.st.Session().PeerID()).
 			Uint32("stream", r.st.StreamID()).Msg("stream closed")
+		if sl != nil {
+			sl.(*sessionLog).streamDone(stats.AToB, stats.BToA)
+		}
 		done()
 	})
 }

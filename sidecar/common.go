@@ -55,6 +55,31 @@ func (c *Common) validate() error {
 	if c.MaxConns <= 0 {
 		return errors.New("--max-conns must be positive")
 	}
+	if c.Listen != "" {
+		if _, _, err := proxy.ParseAddr(c.Listen); err != nil {
+			return fmt.Errorf("--listen: %w", err)
+		}
+	}
+	if c.Status != "" {
+		if _, _, err := net.SplitHostPort(c.Status); err != nil {
+			return fmt.Errorf("--status %q: want HOST:PORT: %w", c.Status, err)
+		}
+	}
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{
+		{"timed-reload", c.TimedReload}, {"shutdown-timeout", c.ShutdownTimeout}, {"connect-timeout", c.ConnectTimeout},
+		{"handshake-timeout", c.HandshakeTO}, {"idle-timeout", c.IdleTimeout}, {"session-idle-timeout", c.SessionIdle},
+		{"epoch-grace", c.Grace},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("--%s %v: must not be negative", d.flag, d.v)
+		}
+	}
+	if c.HandshakeTO == 0 {
+		return errors.New("--handshake-timeout must be positive: every handshake step needs a deadline")
+	}
 	if c.StreamWindow < psk.MinStreamWindow || c.StreamWindow > psk.MaxStreamWindow {
 		return fmt.Errorf("--stream-window %d: must be from %d to %d", c.StreamWindow, psk.MinStreamWindow, psk.MaxStreamWindow)
 	}

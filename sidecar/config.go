@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -135,7 +136,7 @@ func (c *Common) register(fs *flag.FlagSet) {
 	fs.Var(&stringList{p: &c.Quiet}, "quiet", "silence a class of log lines (handshake-errs); repeatable")
 	fs.DurationVar(&c.TimedReload, "timed-reload", c.TimedReload, "also reload keys at this interval (0: only on change and SIGHUP)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "on SIGTERM, how long to wait for connections to drain")
-	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "maximum concurrent connections")
+	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "maximum concurrent connections: the client's application connections; the server's secure sessions and, as many again, its proxied (backend) connections")
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", c.ConnectTimeout, "timeout for dialing a backend or upstream")
 	fs.DurationVar(&c.HandshakeTO, "handshake-timeout", c.HandshakeTO, "timeout for a whole secure handshake (mpinkex and DTLS)")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close a proxied connection idle this long (0: never)")
@@ -199,7 +200,9 @@ func (c *ClientConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxSessions, "max-sessions", c.MaxSessions, "secure sessions to one upstream at most (so at most this × --max-streams-per-session connections to it)")
 }
 
-// LoadYAML merges a YAML config file into c; unknown keys are errors.
+// LoadYAML merges a YAML config file into c; unknown keys are errors. An
+// empty file (or one of comments only) sets nothing; a second document
+// would be silently ignored, so it is an error.
 func LoadYAML(path string, c any) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -208,7 +211,14 @@ func LoadYAML(path string, c any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
 		return fmt.Errorf("config %s: %w", path, err)
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %s: one YAML document expected, found more", path)
 	}
 	return nil
 }

@@ -203,6 +203,7 @@ func TestLoadYAMLErrors(t *testing.T) {
 		{"bad type", "max-conns: many\n", "cannot unmarshal"},
 		{"bad duration", "idle-timeout: soon\n", ""},
 		{"not a mapping", "- a\n- b\n", "cannot unmarshal"},
+		{"two documents", "listen: :1\n---\nlisten: :2\n", "one YAML document expected"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var err error
@@ -221,6 +222,24 @@ func TestLoadYAMLErrors(t *testing.T) {
 	}
 	if err := LoadYAML(filepath.Join(t.TempDir(), "nope.yaml"), DefaultServerConfig()); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: %v", err)
+	}
+}
+
+// A file that sets nothing (empty, or a template of comments) is valid and
+// leaves the defaults.
+func TestLoadYAMLEmpty(t *testing.T) {
+	for _, body := range []string{"", "\n", "# listen: :8443\n# keys: /var/run/milagro\n", "---\n"} {
+		path := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c := DefaultServerConfig()
+		if err := LoadYAML(path, c); err != nil {
+			t.Errorf("%q: %v", body, err)
+		}
+		if d := DefaultServerConfig(); c.Listen != d.Listen || c.MaxConns != d.MaxConns {
+			t.Errorf("%q changed the defaults: %+v", body, c.Common)
+		}
 	}
 }
 

@@ -71,7 +71,7 @@ type Keystore struct {
 
 	mu       sync.Mutex // serialises reloads
 	last     atomic.Pointer[ReloadStatus]
-	onReload func(source string, err error)
+	onReload func(source string, current *Keys, err error)
 }
 
 // KeystoreOptions configures OpenKeystore.
@@ -80,8 +80,9 @@ type KeystoreOptions struct {
 	Role   Role
 	Factor string // client only, when the directory holds a token
 	Log    zerolog.Logger
-	// OnReload is called after every reload attempt (metrics).
-	OnReload func(source string, err error)
+	// OnReload is called after every reload attempt (metrics) with the
+	// keys in force after it: the new set, or the old one when err != nil.
+	OnReload func(source string, current *Keys, err error)
 }
 
 // OpenKeystore loads the key directory; the first load must succeed.
@@ -153,15 +154,18 @@ func (k *Keystore) Reload(source string) (bool, error) {
 		err = fmt.Errorf("key directory now holds keys for %q, this sidecar runs as %q: restart it to change identity", keys.Identity, old.Identity)
 	}
 	k.last.Store(&ReloadStatus{At: time.Now(), Err: err, Source: source})
-	if k.onReload != nil {
-		k.onReload(source, err)
-	}
 	if err != nil {
+		if k.onReload != nil {
+			k.onReload(source, old, err)
+		}
 		k.log.Error().Err(err).Str("source", source).Str("generation", old.Generation).Msg("key reload failed; keeping the current keys")
 		return false, err
 	}
 	changed := keys.Generation != old.Generation
 	k.cur.Store(keys)
+	if k.onReload != nil {
+		k.onReload(source, keys, nil)
+	}
 	if changed {
 		k.log.Info().Str("source", source).Str("generation", keys.Generation).Time("expires", keys.ExpiresAt).Msg("keys reloaded")
 	}

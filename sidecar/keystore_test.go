@@ -157,10 +157,15 @@ func TestKeystoreReload(t *testing.T) {
 	gen1 := writeKeys(t, dir, f.files(t, fxClientID, clientKinds))
 	var reloads []string
 	var mu sync.Mutex
-	ks, err := OpenKeystore(KeystoreOptions{Dir: dir, Role: RoleClient, Log: testLog(t), OnReload: func(src string, err error) {
+	var ks *Keystore
+	ks, err := OpenKeystore(KeystoreOptions{Dir: dir, Role: RoleClient, Log: testLog(t), OnReload: func(src string, cur *Keys, err error) {
 		mu.Lock()
 		defer mu.Unlock()
-		reloads = append(reloads, src+":"+map[bool]string{true: "ok", false: "error"}[err == nil])
+		r := src + ":" + map[bool]string{true: "ok", false: "error"}[err == nil]
+		if cur != ks.Current() { // the keys in force after the attempt, already swapped in
+			r += "(not current)"
+		}
+		reloads = append(reloads, r)
 	}})
 	if err != nil {
 		t.Fatal(err)

@@ -59,16 +59,18 @@ func (m *Metrics) observeKeys(k *Keys) {
 	m.KeyExpiry.WithLabelValues("set").Set(float64(k.ExpiresAt.Unix()))
 	if t := k.PermitExpiry(); !t.IsZero() {
 		m.KeyExpiry.WithLabelValues("permit").Set(float64(t.Unix()))
+	} else {
+		m.KeyExpiry.DeleteLabelValues("permit") // a set without permits: no stale date
 	}
 }
 
 // streamClosed counts a proxied stream that has ended (its bytes and
-// result) and returns its "stream closed" log event: debug when it ended
-// cleanly, info with the error otherwise; the caller adds who and where.
+// result) and returns its "stream closed" log event (info, with the error
+// if it did not end cleanly); the caller adds who and where.
 func (m *Metrics) streamClosed(log zerolog.Logger, start time.Time, st proxy.Stats, err error) *zerolog.Event {
 	m.Bytes.WithLabelValues("up").Add(float64(st.AToB))
 	m.Bytes.WithLabelValues("down").Add(float64(st.BToA))
-	result, ev := "ok", log.Debug()
+	result, ev := "ok", log.Info()
 	if err != nil {
 		result, ev = "error", log.Info().Err(err)
 	}

@@ -29,7 +29,8 @@ type Server struct {
 	t     *tracker
 
 	hs       chan struct{} // handshake slots
-	conns    chan struct{} // connection slots
+	conns    chan struct{} // --max-conns slots for secure sessions (TCP connections)
+	streams  chan struct{} // --max-conns slots for proxied connections (streams, backend connections)
 	inflight atomic.Int64
 	ready    atomic.Bool
 	draining atomic.Bool
@@ -71,7 +72,7 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 	}
 	m.observeKeys(ks.Current())
 	s := &Server{cfg: cfg, log: log, keys: ks, allow: allow, m: m, t: newTracker(),
-		hs: make(chan struct{}, cfg.MaxHandshakes), conns: make(chan struct{}, cfg.MaxConns)}
+		hs: make(chan struct{}, cfg.MaxHandshakes), conns: make(chan struct{}, cfg.MaxConns), streams: make(chan struct{}, cfg.MaxConns)}
 	return s, nil
 }
 
@@ -86,13 +87,14 @@ func (c *ServerConfig) routesWithDefault() map[string]string {
 	return r
 }
 
-func reloadCounter(m *Metrics) func(string, error) {
-	return func(_ string, err error) {
+func reloadCounter(m *Metrics) func(string, *Keys, error) {
+	return func(_ string, cur *Keys, err error) {
 		if err != nil {
 			m.Reloads.WithLabelValues("error").Inc()
 		} else {
 			m.Reloads.WithLabelValues("ok").Inc()
 		}
+		m.observeKeys(cur)
 	}
 }
 
@@ -119,16 +121,6 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 		ln.Close()
 		return err
 	}
-	wg.Go(func() {
-		for {
-			select {
-			case <-bg.Done():
-				return
-			case <-time.After(time.Second):
-				s.m.observeKeys(s.keys.Current())
-			}
-		}
-	})
 	if s.cfg.HTTP {
 		hp, err := proxy.NewHTTPIdentityProxy(proxy.HTTPConfig{
 			Target: s.cfg.Target, ConnectTimeout: s.cfg.ConnectTimeout, KeepAlive: localTCPKeepAlive(s.cfg.Target),
@@ -162,6 +154,9 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 	s.ready.Store(false)
 	ln.Close()
 	<-acceptDone
+	if s.httpProxy != nil {
+		s.httpProxy.Drain() // idle keep-alive connections would hold the drain to its timeout
+	}
 	s.log.Info().Int64("streams", s.t.streams.Load()).Int("sessions", s.t.numSessions()).Dur("timeout", s.cfg.ShutdownTimeout).Msg("draining")
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
@@ -196,6 +191,11 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	sess, res, err := s.handshake(ctx, c)
 	s.inflight.Add(-1)
 	<-s.hs
+	if err == nil {
+		// Tracked as a session before it stops being tracked as a
+		// connection, so that a drain's last sweep cannot miss it.
+		s.t.addSession(sess)
+	}
 	s.t.removeConn(c)
 	if err != nil {
 		s.m.Handshakes.WithLabelValues(handshakeResult(err)).Inc()
@@ -219,7 +219,6 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	s.m.Handshakes.WithLabelValues("ok").Inc()
 	s.m.HandshakeDuration.Observe(d.Seconds())
 	s.m.Sessions.Inc()
-	s.t.addSession(sess)
 	log := s.log.With().Str("client", res.ClientID).Str("remote", remote).Logger()
 	log.Info().Dur("handshake", d).Bool("permit", res.PermitUsed).Msg("session open")
 	if s.draining.Load() {
@@ -248,6 +247,19 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 				down.Add(dn)
 				s.t.streamDone()
 				s.m.Streams.Dec()
+			}
+			select {
+			case s.streams <- struct{}{}:
+				release := done
+				done = func(u, dn int64) { <-s.streams; release(u, dn) }
+			default:
+				// One authorised client must not open backend connections
+				// without bound: past --max-conns, the stream is refused.
+				_ = in.Reject(psk.StatusRefused)
+				s.m.StreamsTotal.WithLabelValues("over_limit").Inc()
+				log.Warn().Int("max_conns", s.cfg.MaxConns).Msg("stream refused: --max-conns proxied connections open")
+				done(0, 0)
+				return
 			}
 			if p := s.openStream(ctx, in, log, done); p != nil {
 				// The copy runs on goroutines of its own and this one
@@ -369,7 +381,7 @@ func (s *Server) openStream(ctx context.Context, in *psk.IncomingStream, log zer
 		return nil
 	}
 	if s.cfg.HTTP && in.Kind() == psk.KindDefault {
-		done(s.serveHTTPStream(ctx, in))
+		s.serveHTTPStream(ctx, in, log, target, done)
 		return nil
 	}
 	network, addr, _ := proxy.ParseAddr(target)
@@ -404,16 +416,19 @@ func (s *Server) openStream(ctx context.Context, in *psk.IncomingStream, log zer
 	return &openedStream{st: st, backend: backend, target: target}
 }
 
-// serveHTTPStream hands an HTTP-mode stream to the reverse proxy and waits
-// until it is done with the stream.
-func (s *Server) serveHTTPStream(ctx context.Context, in *psk.IncomingStream) (up, down int64) {
+// serveHTTPStream hands an HTTP-mode stream to the reverse proxy, waits
+// until it is done with the stream, then logs and counts it as pipeStream
+// does and calls done.
+func (s *Server) serveHTTPStream(ctx context.Context, in *psk.IncomingStream, log zerolog.Logger, target string, done func(up, down int64)) {
 	st, err := in.Accept()
 	if err != nil {
-		return 0, 0
+		done(0, 0)
+		return
 	}
-	up, down = s.httpProxy.Serve(ctx, st, st.Session().PeerID())
-	s.m.StreamsTotal.WithLabelValues("ok").Inc()
-	return up, down
+	start := time.Now()
+	up, down := s.httpProxy.Serve(ctx, st, st.Session().PeerID())
+	s.m.streamClosed(log, start, proxy.Stats{AToB: up, BToA: down}, nil).Uint32("stream", st.StreamID()).Str("target", target).Bool("http", true).Msg("stream closed")
+	done(up, down)
 }
 
 // pipeStream starts copying between an opened stream and its backend;

@@ -43,13 +43,20 @@ func (b *logBuf) String() string {
 }
 
 func bufLog(t *testing.T, name string) zerolog.Logger {
+	l, _ := bufLogs(t, name)
+	return l
+}
+
+// bufLogs is bufLog that also returns the buffer, for tests that read
+// the log lines.
+func bufLogs(t *testing.T, name string) (zerolog.Logger, *logBuf) {
 	b := &logBuf{}
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("SIDECAR_TEST_LOGS") != "" {
 			t.Logf("--- %s log:\n%s", name, b.String())
 		}
 	})
-	return zerolog.New(b).Level(zerolog.DebugLevel).With().Timestamp().Logger()
+	return zerolog.New(b).Level(zerolog.DebugLevel).With().Timestamp().Logger(), b
 }
 
 // echoBackend echoes every connection until EOF, then half-closes.
@@ -133,6 +140,7 @@ type pair struct {
 	cliRun       *runner
 	cdir, sdir   string
 	clientListen string
+	sLog, cLog   *logBuf
 }
 
 func startPair(t *testing.T, target string, mod func(*ServerConfig, *ClientConfig)) *pair {
@@ -148,12 +156,15 @@ func startPair(t *testing.T, target string, mod func(*ServerConfig, *ClientConfi
 		mod(scfg, ccfg)
 	}
 	var err error
-	if p.srv, err = NewServer(scfg, bufLog(t, "server")); err != nil {
+	var slog, clog zerolog.Logger
+	slog, p.sLog = bufLogs(t, "server")
+	clog, p.cLog = bufLogs(t, "client")
+	if p.srv, err = NewServer(scfg, slog); err != nil {
 		t.Fatal(err)
 	}
 	p.srvRun = run(t, p.srv.Run, nil)
 	ccfg.Target = waitAddr(t, p.srv.Addr)
-	if p.cli, err = NewClient(ccfg, bufLog(t, "client")); err != nil {
+	if p.cli, err = NewClient(ccfg, clog); err != nil {
 		t.Fatal(err)
 	}
 	p.cliRun = run(t, p.cli.Run, nil)
@@ -391,6 +402,11 @@ func TestNewServerConfigErrors(t *testing.T) {
 		{"max-handshakes", func(c *ServerConfig) { c.MaxHandshakes = 0 }, "--max-handshakes"},
 		{"stream window too small", func(c *ServerConfig) { c.StreamWindow = 65535 }, "--stream-window 65535"},
 		{"stream window too large", func(c *ServerConfig) { c.StreamWindow = 32 << 20 }, "--stream-window 33554432"},
+		{"bad listen", func(c *ServerConfig) { c.Listen = "nohost" }, "--listen"},
+		{"bad status", func(c *ServerConfig) { c.Status = "nohost" }, "--status"},
+		{"negative shutdown timeout", func(c *ServerConfig) { c.ShutdownTimeout = -time.Second }, "--shutdown-timeout -1s"},
+		{"negative timed reload", func(c *ServerConfig) { c.TimedReload = -time.Second }, "--timed-reload -1s"},
+		{"no handshake timeout", func(c *ServerConfig) { c.HandshakeTO = 0 }, "--handshake-timeout must be positive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultServerConfig()
@@ -441,13 +457,24 @@ func TestNewClientConfigErrors(t *testing.T) {
 		{"no sessions", func(c *ClientConfig) { c.MaxSessions = 0 }, "--max-sessions (0)"},
 		{"negative streams", func(c *ClientConfig) { c.MaxStreams = -1 }, "--max-streams-per-session (-1)"},
 		{"stream window", func(c *ClientConfig) { c.StreamWindow = 0 }, "--stream-window 0"},
+		{"bad listen", func(c *ClientConfig) { c.Listen = "unix:" }, "--listen"},
+		{"bad forward proxy", func(c *ClientConfig) { c.ForwardProxy = "nohost" }, "--forward-proxy"},
+		{"route to a bad destination", func(c *ClientConfig) {
+			c.Routes = map[string]Route{"nohost": {Upstream: "127.0.0.1:1", VerifyID: fxServerID}}
+		}, "destination must be HOST:PORT"},
+		{"route to a bad upstream", func(c *ClientConfig) {
+			c.Routes = map[string]Route{"a:1": {Upstream: "nohost", VerifyID: fxServerID}}
+		}, "route a:1: upstream"},
+		{"negative idle timeout", func(c *ClientConfig) { c.IdleTimeout = -time.Second }, "--idle-timeout -1s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultClientConfig()
 			c.Keys, c.Target, c.VerifyID = cdir, "127.0.0.1:8443", fxServerID
 			tc.mod(c)
-			if _, err := NewClient(c, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("NewClient: %v, want %q", err, tc.want)
+			_, err := NewClient(c, zerolog.Nop())
+			var ce *ConfigError // exit status 2, as for the server's usage errors
+			if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("NewClient: %v, want a ConfigError with %q", err, tc.want)
 			}
 		})
 	}

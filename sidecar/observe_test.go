@@ -1,0 +1,232 @@
+package sidecar
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/milagro-sc/milagro/dta/keydir"
+)
+
+// logLines returns the JSON log lines of b whose message is msg.
+func logLines(t *testing.T, b *logBuf, msg string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if m["message"] == msg {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// gauge reads a gauge's value.
+func gauge(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetGauge().GetValue()
+}
+
+// series counts the label combinations a vector has.
+func series(c prometheus.Collector) int {
+	ch := make(chan prometheus.Metric, 16)
+	c.Collect(ch)
+	close(ch)
+	return len(ch)
+}
+
+// TestLogLinesPerStreamAndSession: at the default level (info) each side
+// writes one line per proxied connection and one per session, with the
+// peer's identity and the bytes moved; the client's session line counts
+// the bytes of its streams, including the last ones to finish.
+func TestLogLinesPerStreamAndSession(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), nil)
+	msgs := [][]byte{[]byte("first"), []byte("the second one")}
+	var total int
+	for _, m := range msgs {
+		if err := echoOnce(p.clientListen, m); err != nil {
+			t.Fatal(err)
+		}
+		total += len(m)
+	}
+	if err := p.cliRun.stop(t); err != nil {
+		t.Fatalf("client Run: %v", err)
+	}
+	if err := p.srvRun.stop(t); err != nil {
+		t.Fatalf("server Run: %v", err)
+	}
+	for _, tc := range []struct {
+		side, peerField, peer string
+		b                     *logBuf
+	}{
+		{"client", "server", fxServerID, p.cLog},
+		{"server", "client", fxClientID, p.sLog},
+	} {
+		streams := logLines(t, tc.b, "stream closed")
+		if len(streams) != len(msgs) {
+			t.Errorf("%s: %d \"stream closed\" lines, want %d", tc.side, len(streams), len(msgs))
+		}
+		for i, l := range streams {
+			if l["level"] != "info" || l["bytes_up"] == nil || l["bytes_down"] == nil {
+				t.Errorf("%s stream line %d: %v; want level info with bytes_up and bytes_down", tc.side, i, l)
+			}
+		}
+		if tc.side == "client" { // the server's stream lines take identity from the session's logger
+			for i, l := range streams {
+				if l[tc.peerField] != tc.peer {
+					t.Errorf("client stream line %d: %s = %v, want %s", i, tc.peerField, l[tc.peerField], tc.peer)
+				}
+			}
+		}
+		sess := logLines(t, tc.b, "session closed")
+		if len(sess) != 1 {
+			t.Fatalf("%s: %d \"session closed\" lines, want 1", tc.side, len(sess))
+		}
+		l := sess[0]
+		if l[tc.peerField] != tc.peer || l["streams"] != float64(len(msgs)) ||
+			l["bytes_up"] != float64(total) || l["bytes_down"] != float64(total) {
+			t.Errorf("%s session line %v; want %s=%s, streams %d, %d bytes each way", tc.side, l, tc.peerField, tc.peer, len(msgs), total)
+		}
+	}
+}
+
+// TestServerHTTPModeAccounting: in --http mode the server counts and logs
+// each stream's bytes like any other stream's, and an idle keep-alive
+// connection does not hold a drain to its timeout: the reverse proxy stops
+// keep-alive when the drain starts.
+func TestServerHTTPModeAccounting(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello world") })}
+	go hs.Serve(ln)
+	defer hs.Close()
+	p := startPair(t, ln.Addr().String(), func(s *ServerConfig, _ *ClientConfig) {
+		s.HTTP = true
+		s.ShutdownTimeout = 20 * time.Second
+	})
+	c, err := net.Dial("tcp", p.clientListen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for range 2 {
+		req, _ := http.NewRequest("GET", "http://backend/", nil)
+		if err := req.Write(c); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	// The connection stays open and idle: a keep-alive client's normal state.
+	start := time.Now()
+	if err := p.srvRun.stop(t); err != nil {
+		t.Fatalf("server Run after %v: %v; want a clean drain (nothing in flight)", time.Since(start).Round(time.Millisecond), err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("drain took %v with only an idle keep-alive connection", d)
+	}
+	up, down := counter(t, p.srv.m.Bytes.WithLabelValues("up")), counter(t, p.srv.m.Bytes.WithLabelValues("down"))
+	if up == 0 || down == 0 {
+		t.Errorf("server milagro_bytes_total up=%v down=%v in HTTP mode", up, down)
+	}
+	if n := counter(t, p.srv.m.StreamsTotal.WithLabelValues("ok")); n != 1 {
+		t.Errorf("milagro_streams_total{result=ok} = %v, want 1 (one connection, two requests)", n)
+	}
+	lines := logLines(t, p.sLog, "stream closed")
+	if len(lines) != 1 || lines[0]["http"] != true || lines[0]["bytes_down"] != down || lines[0]["client"] != fxClientID {
+		t.Errorf("server stream lines %v; want one, http, %v bytes down, client %s", lines, down, fxClientID)
+	}
+}
+
+// TestKeyExpiryFollowsReload: both sidecars publish the expiry of the keys
+// in force as soon as a reload swaps them, and drop the permit date when
+// the new set has no permit (not keep the old one).
+func TestKeyExpiryFollowsReload(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), nil)
+	f := sharedKeys(t)
+	m := p.cli.m
+	if got, want := gauge(t, m.KeyExpiry.WithLabelValues("permit")), float64(p.cli.Keystore().Current().PermitExpiry().Unix()); got != want {
+		t.Fatalf("permit expiry %v at start, want %v", got, want)
+	}
+	gen := writeKeys(t, p.cdir, f.files(t, fxClientID, []keydir.Kind{keydir.KindClient}))
+	waitFor(t, 5*time.Second, "client reload", func() bool { return p.cli.Keystore().Current().Generation == gen })
+	want := float64(p.cli.Keystore().Current().ExpiresAt.Unix())
+	waitFor(t, 5*time.Second, "the expiry gauge to follow", func() bool {
+		return gauge(t, m.KeyExpiry.WithLabelValues("set")) == want && series(m.KeyExpiry) == 1
+	})
+	// The server side alike, on its own reload.
+	gen = writeKeys(t, p.sdir, f.files(t, fxServerID, serverKinds))
+	waitFor(t, 5*time.Second, "server reload", func() bool { return p.srv.Keystore().Current().Generation == gen })
+	want = float64(p.srv.Keystore().Current().ExpiresAt.Unix())
+	waitFor(t, 5*time.Second, "the server's expiry gauge to follow", func() bool {
+		return gauge(t, p.srv.m.KeyExpiry.WithLabelValues("set")) == want
+	})
+}
+
+// TestServerMaxConnsStreams: the server's --max-conns also bounds the
+// proxied (backend) connections one authorised client can open over its
+// sessions; a stream past it is refused, the application connection ends
+// at once, and a slot frees when a connection ends.
+func TestServerMaxConnsStreams(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, _ *ClientConfig) { s.MaxConns = 2 })
+	roundTrip := func(c net.Conn) error {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		defer c.SetDeadline(time.Time{})
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(c, make([]byte, 4))
+		return err
+	}
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", p.clientListen, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	held := []net.Conn{dial(), dial()}
+	for i, c := range held {
+		if err := roundTrip(c); err != nil {
+			t.Fatalf("connection %d within the limit: %v", i, err)
+		}
+	}
+	if err := roundTrip(dial()); err == nil {
+		t.Fatal("a third backend connection was opened past --max-conns 2")
+	}
+	if n := counter(t, p.srv.m.StreamsTotal.WithLabelValues("over_limit")); n != 1 {
+		t.Errorf("milagro_streams_total{result=over_limit} = %v, want 1", n)
+	}
+	if n := p.srv.t.streams.Load(); n != 2 {
+		t.Errorf("%d streams open at the server, want 2", n)
+	}
+	held[0].Close()
+	waitFor(t, 5*time.Second, "a freed slot", func() bool { return roundTrip(dial()) == nil })
+	if err := roundTrip(held[1]); err != nil {
+		t.Errorf("the other held connection: %v", err)
+	}
+}
