@@ -440,10 +440,25 @@ func (h *half) finish(err error) {
 	} else {
 		// An abnormal end (reset, truncated secure session) must not
 		// reach the other peer as a clean EOF: reset it where the
-		// connection allows (TCP), instead of a FIN. (net.ErrClosed is
-		// our own closeBoth: idle timeout, cancel, the other direction.)
-		if l, ok := h.dst.(interface{ SetLinger(int) error }); ok && !errors.Is(err, net.ErrClosed) {
-			_ = l.SetLinger(0)
+		// connection allows (TCP), instead of a FIN. The closing also
+		// cuts the other direction; unless that one has already ended,
+		// its receiver (this direction's source) is reset as well, or a
+		// cut-off download would end like a whole one. (net.ErrClosed
+		// is our own closeBoth: idle timeout, cancel, the other
+		// direction.)
+		if !errors.Is(err, net.ErrClosed) {
+			p.mu.Lock()
+			otherOpen := p.left == 2
+			p.mu.Unlock()
+			reset := []net.Conn{h.dst}
+			if otherOpen {
+				reset = append(reset, h.src)
+			}
+			for _, c := range reset {
+				if l, ok := c.(interface{ SetLinger(int) error }); ok {
+					_ = l.SetLinger(0)
+				}
+			}
 		}
 		p.closeBoth()
 	}

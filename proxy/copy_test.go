@@ -260,6 +260,54 @@ func TestPipeReset(t *testing.T) {
 	}
 }
 
+// TestPipeResetCutsBothWays: the backend resets while the app uploads and
+// a download to the app is still in flight (the app reads slowly). The
+// upload's write fails first; the download, cut by the same close, must
+// reach the app as a reset, not as a short transfer with a clean EOF.
+func TestPipeResetCutsBothWays(t *testing.T) {
+	r := startPipe(t, context.Background(), 0)
+	const size = 8 << 20
+	go r.backend.Write(make([]byte, size)) // the download; the app does not read yet
+	time.Sleep(300 * time.Millisecond)     // that direction is now blocked writing to the app
+	r.backend.SetLinger(0)
+	r.backend.Close()
+	time.Sleep(100 * time.Millisecond)
+	r.app.Write([]byte("more upload")) // the upload's write meets the reset
+	r.wait(t, 5*time.Second)
+	got, err := readAll(t, r.app, 3*time.Second)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("download cut at %d of %d bytes ended with %v, want ECONNRESET", len(got), size, err)
+	}
+}
+
+// TestPipeResetAfterCleanEnd: when the other direction has already ended
+// cleanly (the backend sent its whole answer and a FIN), a later reset on
+// the upload does not turn that complete answer into a reset.
+func TestPipeResetAfterCleanEnd(t *testing.T) {
+	r := startPipe(t, context.Background(), 0)
+	answer := randBytes(t, 64<<10)
+	r.backend.Write(answer)
+	r.backend.CloseWrite()
+	got, err := readAll(t, r.app, 3*time.Second) // the whole answer, then EOF
+	if err != nil || !bytes.Equal(got, answer) {
+		t.Fatalf("answer: %d bytes, %v", len(got), err)
+	}
+	r.backend.SetLinger(0)
+	r.backend.Close()
+	time.Sleep(100 * time.Millisecond)
+	r.app.Write([]byte("late upload"))
+	r.wait(t, 5*time.Second)
+	if r.err == nil {
+		t.Error("Pipe returned nil after the backend's reset")
+	}
+	// The app's socket was closed normally: its next read sees EOF, and
+	// its writes fail only once our FIN (not a reset) has been answered.
+	r.app.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, err := r.app.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Errorf("app read after a clean answer and a later upload reset: %d, %v; want EOF", n, err)
+	}
+}
+
 // Our own closes (idle timeout, cancel) end with FIN, not a reset.
 func TestPipeIdleCloseIsClean(t *testing.T) {
 	for range 20 {

@@ -42,6 +42,14 @@ type Pool struct {
 
 	mu       sync.Mutex
 	sessions []*psk.Session
+	// opening counts the Opens under way per session: they count against
+	// MaxStreamsPerSession, so that a burst does not overfill the least
+	// loaded session. (An Open's stream is in NumStreams before the Open
+	// returns, so for that moment it counts twice; an Open that finds
+	// every session full while Opens are under way waits for one to
+	// finish, on opened, instead of failing.)
+	opening  map[*psk.Session]int
+	opened   chan struct{} // closed when an Open under way finishes
 	dialing  chan struct{} // closed when the dial in flight ends
 	lastErr  error
 	failures int
@@ -71,7 +79,7 @@ func NewPool(dial SessionDialer, opt PoolOptions) *Pool {
 	if opt.MaxBackoff <= 0 {
 		opt.MaxBackoff = 30 * time.Second
 	}
-	return &Pool{dial: dial, opt: opt}
+	return &Pool{dial: dial, opt: opt, opening: map[*psk.Session]int{}}
 }
 
 // Stats returns the pool's counters.
@@ -87,9 +95,11 @@ func (p *Pool) Stats() PoolStats {
 // needed. An Open that fails because its session ended or refuses new
 // streams (the server closed it, its idle timeout fired, the server is
 // draining) drops that session and tries the next one, then a new one;
-// nothing of the app's has been sent by then. It gives up when a session
-// it dialled itself fails, so a server that takes sessions but no streams
-// costs one dial per Open, not a loop.
+// nothing of the app's has been sent by then. A session at psk's own
+// stream limit (Config.MaxStreams, which MaxStreamsPerSession should not
+// exceed) has not ended: it is kept, and the Open fails. It gives up when
+// a session it dialled itself fails, so a server that takes sessions but
+// no streams costs one dial per Open, not a loop.
 func (p *Pool) Open(ctx context.Context, target string) (*psk.Stream, error) {
 	for attempt := 0; ; attempt++ {
 		s, fresh, err := p.session(ctx)
@@ -98,13 +108,22 @@ func (p *Pool) Open(ctx context.Context, target string) (*psk.Stream, error) {
 			return nil, err
 		}
 		st, err := s.Open(ctx, target)
+		p.mu.Lock()
+		if p.opening[s]--; p.opening[s] <= 0 {
+			delete(p.opening, s)
+		}
+		if p.opened != nil {
+			close(p.opened)
+			p.opened = nil
+		}
+		p.mu.Unlock()
 		if err == nil {
 			p.count(func(st *PoolStats) { st.Opens++ })
 			return st, nil
 		}
 		var refused *psk.StreamRefusedError
 		sessionEnded := !errors.As(err, &refused) &&
-			(s.IsClosed() || errors.Is(err, psk.ErrSessionClosed) || errors.Is(err, psk.ErrTooManyStreams))
+			(s.IsClosed() || errors.Is(err, psk.ErrSessionClosed))
 		if sessionEnded {
 			p.drop(s)
 		}
@@ -151,22 +170,37 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 			return nil, false, errors.New("pool closed")
 		}
 		var best *psk.Session
+		var bestN int
 		live := p.sessions[:0]
 		for _, s := range p.sessions {
 			if s.IsClosed() {
 				continue
 			}
 			live = append(live, s)
-			if n := s.NumStreams(); n < p.opt.MaxStreamsPerSession && (best == nil || n < best.NumStreams()) {
-				best = s
+			if n := s.NumStreams() + p.opening[s]; n < p.opt.MaxStreamsPerSession && (best == nil || n < bestN) {
+				best, bestN = s, n
 			}
 		}
 		p.sessions = live
 		if best != nil {
+			p.opening[best]++
 			p.mu.Unlock()
 			return best, false, nil
 		}
 		if wait := p.dialing; wait != nil {
+			p.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, false, ctx.Err()
+			}
+		}
+		if len(p.sessions) >= p.opt.MaxSessions && len(p.opening) > 0 {
+			if p.opened == nil {
+				p.opened = make(chan struct{})
+			}
+			wait := p.opened
 			p.mu.Unlock()
 			select {
 			case <-wait:
@@ -211,6 +245,7 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 			return nil, false, errors.New("pool closed")
 		}
 		p.sessions = append(p.sessions, s)
+		p.opening[s]++
 		p.mu.Unlock()
 		return s, true, nil
 	}

@@ -756,3 +756,98 @@ func TestPoolOpenSkipsEveryDeadSession(t *testing.T) {
 		t.Errorf("Stats %+v after %+v, want exactly one more dial and one failed open", st, before)
 	}
 }
+
+// TestPoolBurstKeepsMaxStreamsPerSession: a burst of concurrent Opens
+// (the waiters released when a dial ends, say) counts the Opens under way
+// against each session's room, instead of all picking the least loaded
+// one and overfilling it.
+func TestPoolBurstKeepsMaxStreamsPerSession(t *testing.T) {
+	up := newEchoUpstream(t, "127.0.0.1:0")
+	p := newTestPool(t, up.addr, PoolOptions{MaxStreamsPerSession: 2, MaxSessions: 8})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st0, err := p.Open(ctx, "") // one session exists
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st0.Close()
+	var mu sync.Mutex
+	per := map[*psk.Session]int{st0.Session(): 1}
+	var opened []*psk.Stream
+	defer func() {
+		for _, st := range opened {
+			st.Close()
+		}
+	}()
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range 30 {
+		wg.Go(func() {
+			<-start
+			st, err := p.Open(ctx, "")
+			if err != nil {
+				return // past 8 sessions × 2 streams: refused, as it should be
+			}
+			mu.Lock()
+			per[st.Session()]++
+			opened = append(opened, st)
+			mu.Unlock()
+		})
+	}
+	close(start)
+	wg.Wait()
+	if len(opened) != 15 {
+		t.Errorf("%d Opens succeeded, want 15 (8 sessions × 2 streams, one taken before)", len(opened))
+	}
+	for s, n := range per {
+		if n > 2 {
+			t.Errorf("session %p carries %d streams, MaxStreamsPerSession is 2", s, n)
+		}
+	}
+}
+
+// TestPoolSessionAtPskLimitKept: a session at psk's own stream limit
+// (Config.MaxStreams, here below the pool's MaxStreamsPerSession) has not
+// ended: it stays pooled, and MaxSessions still bounds the sessions dialled.
+func TestPoolSessionAtPskLimitKept(t *testing.T) {
+	up := newEchoUpstream(t, "127.0.0.1:0")
+	keys := testPoolKeys(t)
+	var dials atomic.Int64
+	dial := func(ctx context.Context) (*psk.Session, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", up.addr)
+		if err != nil {
+			return nil, err
+		}
+		res, err := mpinkex.Client(ctx, c, &mpinkex.ClientConfig{Key: keys.ck, ServerID: poolServerID})
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		s, err := psk.Client(ctx, c, res, &psk.Config{MaxStreams: 2})
+		res.Zeroize()
+		if err == nil {
+			dials.Add(1)
+		}
+		return s, err
+	}
+	p := NewPool(dial, PoolOptions{MaxStreamsPerSession: 4, MaxSessions: 2})
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var ok int
+	for range 10 {
+		st, err := p.Open(ctx, "")
+		if err != nil {
+			if !errors.Is(err, psk.ErrTooManyStreams) {
+				t.Errorf("Open: %v, want ErrTooManyStreams", err)
+			}
+			continue
+		}
+		ok++
+		defer st.Close()
+	}
+	if n := dials.Load(); n != 1 || ok != 2 || p.Stats().Sessions != 1 {
+		t.Errorf("%d sessions dialled, %d streams opened, %d pooled; want 1, 2, 1", n, ok, p.Stats().Sessions)
+	}
+}

@@ -18,6 +18,9 @@ import (
 )
 
 // Config tunes a session. The zero value (or nil) gives the defaults.
+// DefaultMaxStreams is Config.MaxStreams unless set.
+const DefaultMaxStreams = 4096
+
 type Config struct {
 	// HandshakeTimeout bounds the DTLS handshake, in addition to the
 	// context (default 10 s).
@@ -56,7 +59,7 @@ type Config struct {
 	AcceptBacklog int
 	// MaxStreams bounds the streams a session carries at once: Open fails
 	// with ErrTooManyStreams and the server refuses streams beyond it
-	// (default 4096).
+	// (default DefaultMaxStreams).
 	MaxStreams int
 	// StreamWindow is the per-stream flow-control window in bytes: what a
 	// stream may have in flight in each direction, and so the most this
@@ -95,7 +98,7 @@ func (c *Config) withDefaults() (Config, error) {
 		cfg.AcceptBacklog = 256
 	}
 	if cfg.MaxStreams == 0 {
-		cfg.MaxStreams = 4096
+		cfg.MaxStreams = DefaultMaxStreams
 	}
 	if cfg.StreamWindow == 0 {
 		cfg.StreamWindow = DefaultStreamWindow

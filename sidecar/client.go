@@ -62,6 +62,11 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 	if cfg.MaxStreams <= 0 || cfg.MaxSessions <= 0 {
 		return nil, configErr(fmt.Errorf("--max-streams-per-session (%d) and --max-sessions (%d) must be positive", cfg.MaxStreams, cfg.MaxSessions))
 	}
+	if cfg.MaxStreams > psk.DefaultMaxStreams {
+		// Past it, psk and the server refuse streams on a session the
+		// pool still counts as having room.
+		return nil, configErr(fmt.Errorf("--max-streams-per-session %d: at most %d, what a secure session carries", cfg.MaxStreams, psk.DefaultMaxStreams))
+	}
 	if cfg.ForwardProxy != "" {
 		if _, _, err := proxy.ParseAddr(cfg.ForwardProxy); err != nil {
 			return nil, configErr(fmt.Errorf("--forward-proxy: %w", err))
