@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,9 +66,15 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 		Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(u)
 			r.Out.Host = r.In.Host
-			r.Out.Header.Del(IdentityHeader)
-			if id, ok := r.In.Context().Value(identityKey{}).(string); ok {
-				r.Out.Header.Set(IdentityHeader, id)
+			// Every spelling of the header goes, X_Milagro_Client_Id too:
+			// CGI-style backends (HTTP_X_MILAGRO_CLIENT_ID) fold _ into -.
+			for k := range r.Out.Header {
+				if strings.EqualFold(strings.ReplaceAll(k, "_", "-"), IdentityHeader) {
+					delete(r.Out.Header, k)
+				}
+			}
+			if ic, ok := r.In.Context().Value(identityKey{}).(*identityConn); ok {
+				r.Out.Header.Set(IdentityHeader, ic.identity)
 			}
 		},
 		Transport: p.tr,
@@ -79,12 +86,31 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 		},
 	}
 	p.srv = &http.Server{
-		Handler:           rp,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// net/http cancels a request when its connection reads EOF,
+			// but a client that half-closes after its request (nc -N,
+			// HTTP/1.0 scripts) still reads the answer: the backend
+			// request ends only when the connection is closed. (A
+			// context with a Done channel also keeps ReverseProxy off
+			// CloseNotify, which fires on that EOF too.)
+			ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+			defer cancel()
+			if ic, ok := r.Context().Value(identityKey{}).(*identityConn); ok {
+				go func() { // ends with the request (cancel) at the latest
+					select {
+					case <-ic.done:
+						cancel()
+					case <-ctx.Done():
+					}
+				}()
+			}
+			rp.ServeHTTP(w, r.WithContext(ctx))
+		}),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if ic, ok := c.(*identityConn); ok {
-				return context.WithValue(ctx, identityKey{}, ic.identity)
+				return context.WithValue(ctx, identityKey{}, ic)
 			}
 			return ctx
 		},

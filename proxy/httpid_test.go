@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -164,5 +165,86 @@ func TestHTTPIdentityProxyStop(t *testing.T) {
 	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c2.Read(make([]byte, 1)); err != io.EOF {
 		t.Errorf("connection given to a stopped proxy: read %v, want EOF (closed)", err)
+	}
+}
+
+// TestHTTPIdentityHeaderSpellings: no spelling of the identity header a
+// client sends reaches the backend — case, duplicates, underscores (which
+// CGI-style backends fold into dashes), a Connection: option naming it, a
+// trailer — only the authenticated identity does.
+func TestHTTPIdentityHeaderSpellings(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "hdr %v trailer %v", r.Header, r.Trailer)
+	})}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	p, _, _ := startHTTPProxy(t, ln.Addr().String(), nil)
+	c, _ := serveOne(t, p, "real-id")
+	br := bufio.NewReader(c)
+	for _, raw := range []string{
+		"POST /a HTTP/1.1\r\nHost: x\r\nTrailer: X-Milagro-Client-Id\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Milagro-Client-Id: admin\r\n\r\n",
+		"GET /b HTTP/1.1\r\nHost: x\r\nX_Milagro_Client_Id: admin\r\nx-milagro-client-id: admin\r\nConnection: X-Milagro-Client-Id\r\n\r\n",
+		"GET /c HTTP/1.1\r\nHost: x\r\nx_MILAGRO-client_id: admin\r\n\r\n",
+	} {
+		if _, err := io.WriteString(c, raw); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(b), "admin") || !strings.Contains(string(b), "real-id") {
+			t.Errorf("backend saw %s; want only the identity real-id", b)
+		}
+	}
+}
+
+// TestHTTPIdentityProxyHalfClose: a client that half-closes after its
+// request (nc -N, HTTP/1.0 scripts) gets the answer, as in TCP mode. (A
+// half-close and a client gone look alike, an EOF, so a backend request
+// is not cancelled by that EOF; it is when the proxy closes the
+// connection: at shutdown here, or at the stream's idle timeout.)
+func TestHTTPIdentityProxyHalfClose(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	canceled := make(chan struct{}, 1)
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/wait" {
+			<-r.Context().Done()
+			canceled <- struct{}{}
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+		io.WriteString(w, "hello")
+	})}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	p, stop, _ := startHTTPProxy(t, ln.Addr().String(), nil)
+	c, _ := serveOne(t, p, "id")
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	c.(*net.TCPConn).CloseWrite()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil || !strings.HasPrefix(string(b), "HTTP/1.1 200") || !strings.HasSuffix(string(b), "hello") {
+		t.Errorf("half-closing client got %q, %v; want 200 hello", b, err)
+	}
+
+	c2, _ := serveOne(t, p, "id")
+	io.WriteString(c2, "GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+	time.Sleep(100 * time.Millisecond)
+	stop()
+	select {
+	case <-canceled:
+	case <-time.After(5 * time.Second):
+		t.Error("the backend request was not cancelled when the proxy closed its connection")
 	}
 }

@@ -466,6 +466,7 @@ func TestNewClientConfigErrors(t *testing.T) {
 			c.Routes = map[string]Route{"a:1": {Upstream: "nohost", VerifyID: fxServerID}}
 		}, "route a:1: upstream"},
 		{"negative idle timeout", func(c *ClientConfig) { c.IdleTimeout = -time.Second }, "--idle-timeout -1s"},
+		{"streams past a session's limit", func(c *ClientConfig) { c.MaxStreams = 5000 }, "--max-streams-per-session 5000: at most 4096"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultClientConfig()
