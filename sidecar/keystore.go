@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -162,7 +161,11 @@ func (k *Keystore) Reload(source string) (bool, error) {
 		return false, err
 	}
 	changed := keys.Generation != old.Generation
-	k.cur.Store(keys)
+	if changed {
+		k.cur.Store(keys)
+	} else {
+		keys = old // the same set: keep its caches (the client's per-server pairing)
+	}
 	if k.onReload != nil {
 		k.onReload(source, keys, nil)
 	}
@@ -174,48 +177,91 @@ func (k *Keystore) Reload(source string) (bool, error) {
 
 // Watch reloads on changes of the directory (fsnotify on the folder, which
 // sees the ..data swap, debounced), on every value from hup (SIGHUP) and
-// every interval (if > 0), until ctx ends.
+// every interval (if > 0), until ctx ends. It also watches the folder's
+// parent, so a key folder deleted and written again, or replaced by a
+// rename, is watched again; a change made between the first load and the
+// start of the watch is reloaded at once. A watcher that cannot start or
+// fails later is logged, and SIGHUP and the timer go on working (the
+// timer also retries the watch). It returns nil when ctx ends.
 func (k *Keystore) Watch(ctx context.Context, hup <-chan os.Signal, interval time.Duration) error {
+	const debounce = 200 * time.Millisecond
+	deb := time.NewTimer(time.Hour)
+	deb.Stop()
+	defer deb.Stop()
+	dir := filepath.Clean(k.dir)
+	parent := filepath.Dir(dir)
+	var events <-chan fsnotify.Event
+	var errs <-chan error
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		return fmt.Errorf("watch keys: %w", err)
+		k.log.Error().Err(err).Msg("cannot watch the key directory; SIGHUP and --timed-reload still reload")
+	} else {
+		defer w.Close()
+		events, errs = w.Events, w.Errors
+		if err := w.Add(parent); err != nil {
+			k.log.Warn().Err(err).Str("dir", parent).Msg("cannot watch the key directory's parent; a key directory replaced as a whole needs SIGHUP")
+		}
 	}
-	defer w.Close()
-	if err := w.Add(k.dir); err != nil {
-		return fmt.Errorf("watch keys %s: %w", k.dir, err)
+	watching := false
+	watch := func() { // (re)add the folder's watch, then look for what changed meanwhile
+		if w == nil {
+			return
+		}
+		if !watching {
+			if err := w.Add(dir); err != nil {
+				k.log.Warn().Err(err).Str("dir", dir).Msg("cannot watch the key directory; SIGHUP and --timed-reload still reload")
+				return
+			}
+			watching = true
+		}
+		if gen, err := os.Readlink(filepath.Join(dir, keydir.DataLink)); err == nil && gen != k.Current().Generation {
+			deb.Reset(debounce)
+		}
 	}
+	watch()
 	var tick <-chan time.Time
 	if interval > 0 {
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		tick = t.C
 	}
-	const debounce = 200 * time.Millisecond
-	deb := time.NewTimer(time.Hour)
-	deb.Stop()
-	defer deb.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev, ok := <-w.Events:
-			if !ok {
-				return errors.New("watch keys: watcher closed")
+		case ev, ok := <-events:
+			switch {
+			case !ok:
+				events = nil
+				k.log.Error().Msg("key directory watcher closed; SIGHUP and --timed-reload still reload")
+			case ev.Name == dir:
+				// The folder itself, seen from its parent: gone (deleted,
+				// renamed away) or back (created, renamed into place).
+				if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
+					_ = w.Remove(dir)
+					watching = false
+				}
+				watch()
+				deb.Reset(debounce)
+			case filepath.Dir(ev.Name) != dir, filepath.Base(ev.Name) == ".."+"lock":
+				// a sibling of the key folder, or keys fetch's lock
+			default:
+				deb.Reset(debounce)
 			}
-			if filepath.Base(ev.Name) == ".."+"lock" {
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
 				continue
 			}
-			deb.Reset(debounce)
-		case err, ok := <-w.Errors:
-			if !ok {
-				return errors.New("watch keys: watcher closed")
-			}
+			// E.g. fsnotify.ErrEventOverflow: events were lost, so look.
 			k.log.Warn().Err(err).Msg("key directory watcher error")
+			deb.Reset(debounce)
 		case <-deb.C:
 			_, _ = k.Reload("fsnotify")
 		case <-hup:
 			_, _ = k.Reload("sighup")
 		case <-tick:
+			watch()
 			_, _ = k.Reload("timer")
 		}
 	}

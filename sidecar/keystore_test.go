@@ -335,17 +335,71 @@ func TestKeystoreSIGHUP(t *testing.T) {
 	f := sharedKeys(t)
 	dir := f.clientDir(t, fxClientID)
 	ks := mustOpenKS(t, dir, RoleClient)
-	gen := writeKeys(t, dir, f.files(t, fxClientID, clientKinds)) // before Watch: no event
 	hup := make(chan os.Signal, 1)
 	watchKS(t, ks, hup, 0)
 	time.Sleep(300 * time.Millisecond)
-	if ks.Current().Generation == gen {
-		t.Fatal("reloaded without a trigger")
+	if lr := ks.LastReload(); lr.Source != "start" {
+		t.Fatalf("reloaded without a trigger: %+v", lr)
 	}
 	hup <- syscall.SIGHUP
-	waitFor(t, time.Second, "SIGHUP reload", func() bool { return ks.Current().Generation == gen })
-	if lr := ks.LastReload(); lr.Source != "sighup" {
-		t.Errorf("LastReload %+v", lr)
+	waitFor(t, time.Second, "SIGHUP reload", func() bool { return ks.LastReload().Source == "sighup" })
+}
+
+// TestKeystoreWatchCatchesUp: a generation written after the first load
+// but before the watch started (no event for it) is loaded when the
+// watch starts.
+func TestKeystoreWatchCatchesUp(t *testing.T) {
+	f := sharedKeys(t)
+	dir := f.clientDir(t, fxClientID)
+	ks := mustOpenKS(t, dir, RoleClient)
+	gen := writeKeys(t, dir, f.files(t, fxClientID, clientKinds))
+	watchKS(t, ks, nil, 0)
+	waitFor(t, 2*time.Second, "the missed generation", func() bool { return ks.Current().Generation == gen })
+}
+
+// TestKeystoreWatchDirReplaced: the key folder deleted and written again,
+// or replaced by a rename, is watched again (its parent is watched too):
+// later generations are still picked up without SIGHUP.
+func TestKeystoreWatchDirReplaced(t *testing.T) {
+	f := sharedKeys(t)
+	for _, tc := range []struct {
+		name    string
+		replace func(t *testing.T, dir string)
+	}{
+		{"deleted and recreated", func(t *testing.T, dir string) {
+			if err := os.RemoveAll(dir); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(300 * time.Millisecond)
+			writeKeys(t, dir, f.files(t, fxClientID, clientKinds))
+		}},
+		{"renamed into place", func(t *testing.T, dir string) {
+			next := dir + ".next"
+			writeKeys(t, next, f.files(t, fxClientID, clientKinds))
+			old := dir + ".old"
+			if err := os.Rename(dir, old); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(next, dir); err != nil {
+				t.Fatal(err)
+			}
+			os.RemoveAll(old)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := f.clientDir(t, fxClientID)
+			ks := mustOpenKS(t, dir, RoleClient)
+			watchKS(t, ks, nil, 0)
+			time.Sleep(100 * time.Millisecond)
+			tc.replace(t, dir)
+			waitFor(t, 3*time.Second, "the replaced folder's keys", func() bool {
+				g, err := os.Readlink(filepath.Join(dir, keydir.DataLink))
+				return err == nil && ks.Current().Generation == g
+			})
+			// And the folder is watched again: the next generation comes too.
+			gen := writeKeys(t, dir, f.files(t, fxClientID, clientKinds))
+			waitFor(t, 3*time.Second, "a generation written after the replacement", func() bool { return ks.Current().Generation == gen })
+		})
 	}
 }
 
@@ -360,12 +414,30 @@ func TestKeystoreTimedReload(t *testing.T) {
 	})
 }
 
+// TestKeystoreWatchBadDir: a folder that cannot be watched (absent when
+// the watch starts) does not stop SIGHUP or the timer, and once it is back
+// its changes are watched again.
 func TestKeystoreWatchBadDir(t *testing.T) {
 	f := sharedKeys(t)
 	dir := f.clientDir(t, fxClientID)
 	ks := mustOpenKS(t, dir, RoleClient)
-	os.RemoveAll(dir)
-	if err := ks.Watch(context.Background(), nil, 0); err == nil {
-		t.Fatal("Watch of a removed folder succeeded")
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
 	}
+	hup := make(chan os.Signal, 1)
+	watchKS(t, ks, hup, 0)
+	time.Sleep(100 * time.Millisecond)
+	gen := writeKeys(t, dir, f.files(t, fxClientID, clientKinds))
+	waitFor(t, 3*time.Second, "the folder's keys once it is back", func() bool { return ks.Current().Generation == gen })
+	hup <- syscall.SIGHUP
+	waitFor(t, time.Second, "SIGHUP reload", func() bool { return ks.LastReload().Source == "sighup" })
+	if err := ks.Watch(canceledCtx(), nil, 0); err != nil {
+		t.Errorf("Watch of an absent folder: %v, want nil (it keeps serving SIGHUP and the timer)", err)
+	}
+}
+
+func canceledCtx() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
 }
