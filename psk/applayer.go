@@ -62,7 +62,12 @@ const maxSeq = 1<<48 - 1
 
 // takeOver ends pion's Conn after a successful handshake and returns the
 // record layer that continues from where it stopped: pion's goroutines are
-// gone, and the TCP connection stays open.
+// gone, and the TCP connection stays open. Secrets: psk's own copies (the
+// exported master secret, the derived keys) are cleared here, but pion's
+// Conn keeps its pre-master secret (which contains the PSK) and its master
+// secret in unexported state until the Conn is collected — pion v2 has no
+// call to wipe them, and patching it for that is not done (the gob decoder
+// keeps one more copy, see stateDecoder).
 func takeOver(dc *dtls.Conn, rc *recordConn, client bool) (*appRecords, error) {
 	st := dc.ConnectionState()
 	var es exportedState

@@ -133,7 +133,8 @@ func handshakePion(ctx context.Context, client bool, raw net.Conn, res *mpinkex.
 	rc.handover = handover
 	rc.verdict = res.VerdictPending
 	// pion derives the pre-master secret from this copy during the
-	// handshake and never asks again (no renegotiation, no resumption).
+	// handshake and never asks again (no renegotiation, no resumption);
+	// the pre-master secret itself stays in pion's state (see takeOver).
 	key := bytes.Clone(res.PSK)
 	defer clear(key)
 

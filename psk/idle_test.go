@@ -1,6 +1,7 @@
 package psk
 
 import (
+	"context"
 	"errors"
 	"sync/atomic"
 	"testing"
@@ -165,4 +166,70 @@ func openAsync(t *testing.T, cli *Session) <-chan error {
 		opened <- err
 	}()
 	return opened
+}
+
+// TestIdleTimerArmedAfterEarlyStream: on the server, yamux's receive loop
+// runs before the session arms its idle timer, so a client's first stream
+// can be in the table by then; the timer is armed anyway and fires once
+// the table has been empty for the idle time.
+func TestIdleTimerArmedAfterEarlyStream(t *testing.T) {
+	var idled atomic.Int32
+	tab := newStreamTable(false, 50*time.Millisecond, func() { idled.Add(1) })
+	defer tab.stop()
+	if _, err := tab.inbound(frameHeader(1, yFlagSYN)); err != nil { // the receive loop first
+		t.Fatal(err)
+	}
+	tab.startIdle()
+	time.Sleep(150 * time.Millisecond)
+	if idled.Load() != 0 {
+		t.Fatal("idle timeout fired with a stream open")
+	}
+	if _, err := tab.inbound(frameHeader(1, yFlagFIN)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tab.outbound(frameHeader(1, yFlagFIN)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for idled.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if idled.Load() == 0 {
+		t.Fatal("idle timeout never fired after the early stream ended")
+	}
+}
+
+// TestServerCapsRefusedStreams: streams the server refuses (a bad header
+// here) stay open at the yamux level until the client's FIN; a client that
+// opens them without end and never closes them is a protocol violation
+// once MaxStreams + 2×AcceptBacklog are open, not a goroutine per stream
+// for five minutes each.
+func TestServerCapsRefusedStreams(t *testing.T) {
+	cli, srv := sessionPair(t, nil, &Config{MaxStreams: 4, AcceptBacklog: 16})
+	go func() {
+		for {
+			if _, err := srv.Accept(context.Background()); err != nil && srv.IsClosed() {
+				return
+			}
+		}
+	}()
+	for i := 0; i < 200 && !srv.IsClosed(); i++ {
+		ys, err := cli.mux.OpenStream()
+		if err != nil {
+			break
+		}
+		if _, err := ys.Write([]byte{0x7f, 0, 0}); err != nil { // bad version; never closed
+			break
+		}
+		if i%20 == 19 {
+			time.Sleep(20 * time.Millisecond) // let the server drop them
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !srv.IsClosed() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !srv.IsClosed() || !errors.Is(srv.Err(), ErrProtocol) {
+		t.Fatalf("server: closed %v, %v, %d streams; want the session ended with ErrProtocol", srv.IsClosed(), srv.Err(), srv.NumStreams())
+	}
 }

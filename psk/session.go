@@ -17,10 +17,10 @@ import (
 	"github.com/milagro-sc/milagro/mpinkex"
 )
 
-// Config tunes a session. The zero value (or nil) gives the defaults.
 // DefaultMaxStreams is Config.MaxStreams unless set.
 const DefaultMaxStreams = 4096
 
+// Config tunes a session. The zero value (or nil) gives the defaults.
 type Config struct {
 	// HandshakeTimeout bounds the DTLS handshake, in addition to the
 	// context (default 10 s).
@@ -248,6 +248,13 @@ func newSession(ctx context.Context, client bool, conn net.Conn, res *mpinkex.Re
 		s.acceptDone = make(chan struct{})
 	}
 	s.tab = newStreamTable(client, cfg.IdleTimeout, func() { _ = s.closeWith(ErrIdleTimeout) })
+	if !client {
+		// A hard cap on the streams a client keeps open at the yamux
+		// level: streams refused (bad header, past MaxStreams) stay in
+		// the table until the client's FIN, and a client that never
+		// sends it must not pile them up without bound.
+		s.tab.maxIn = cfg.MaxStreams + 2*cfg.AcceptBacklog
+	}
 	s.pc = newPlainConn(app, rc, s.tab, s.setCause)
 	mc := muxConn{s.pc, s}
 	if client {

@@ -111,6 +111,7 @@ func (st *streamTrack) readable() {
 // error instead of a clean end (no silent truncation).
 type streamTable struct {
 	client bool
+	maxIn  int // server: streams in the table past which a client's SYN is a protocol violation (0: no cap)
 
 	mu        sync.Mutex
 	m         map[uint32]*streamTrack
@@ -135,7 +136,10 @@ func (t *streamTable) startIdle() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.zeroSince = time.Now()
-	if t.inUse() == 0 && !t.stopped {
+	if !t.stopped {
+		// Armed even with a stream already in the table (the server's
+		// receive loop runs before startIdle): fire ignores a busy
+		// table, and quiet re-arms the timer once the table empties.
 		t.timer = time.AfterFunc(t.idle, t.fire)
 	}
 }
@@ -183,6 +187,9 @@ func (t *streamTable) inbound(h *[yHeaderLen]byte) (*streamTrack, error) {
 			return nil, fmt.Errorf("%w: client stream with even ID %d", ErrProtocol, id)
 		}
 		if st == nil {
+			if t.maxIn > 0 && len(t.m) >= t.maxIn {
+				return nil, fmt.Errorf("%w: stream %d opened with %d streams open", ErrProtocol, id, len(t.m))
+			}
 			st = &streamTrack{}
 			t.add(id, st)
 		}
