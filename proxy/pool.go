@@ -187,20 +187,17 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 			p.mu.Unlock()
 			return best, false, nil
 		}
-		if wait := p.dialing; wait != nil {
-			p.mu.Unlock()
-			select {
-			case <-wait:
-				continue
-			case <-ctx.Done():
-				return nil, false, ctx.Err()
-			}
-		}
-		if len(p.sessions) >= p.opt.MaxSessions && len(p.opening) > 0 {
+		var wait chan struct{}
+		switch {
+		case p.dialing != nil:
+			wait = p.dialing // a session may come of it
+		case len(p.sessions) >= p.opt.MaxSessions && len(p.opening) > 0:
 			if p.opened == nil {
 				p.opened = make(chan struct{})
 			}
-			wait := p.opened
+			wait = p.opened // a stream slot may be counted twice until then
+		}
+		if wait != nil {
 			p.mu.Unlock()
 			select {
 			case <-wait:

@@ -218,6 +218,11 @@ func (u *echoUpstream) stop() {
 // dialer is the client side as the sidecar builds it: TCP dial,
 // mpinkex.Client, psk.Client. It counts dials that reached TCP.
 func poolDialer(t testing.TB, addr string, sessions *[]*psk.Session, mu *sync.Mutex) SessionDialer {
+	return poolDialerConfig(t, addr, sessions, mu, nil)
+}
+
+// poolDialerConfig is poolDialer with the sessions' psk.Config.
+func poolDialerConfig(t testing.TB, addr string, sessions *[]*psk.Session, mu *sync.Mutex, cfg *psk.Config) SessionDialer {
 	keys := testPoolKeys(t)
 	return func(ctx context.Context) (*psk.Session, error) {
 		var d net.Dialer
@@ -230,7 +235,7 @@ func poolDialer(t testing.TB, addr string, sessions *[]*psk.Session, mu *sync.Mu
 			c.Close()
 			return nil, err
 		}
-		s, err := psk.Client(ctx, c, res, nil)
+		s, err := psk.Client(ctx, c, res, cfg)
 		res.Zeroize()
 		if err != nil {
 			return nil, err
@@ -811,26 +816,9 @@ func TestPoolBurstKeepsMaxStreamsPerSession(t *testing.T) {
 // ended: it stays pooled, and MaxSessions still bounds the sessions dialled.
 func TestPoolSessionAtPskLimitKept(t *testing.T) {
 	up := newEchoUpstream(t, "127.0.0.1:0")
-	keys := testPoolKeys(t)
-	var dials atomic.Int64
-	dial := func(ctx context.Context) (*psk.Session, error) {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", up.addr)
-		if err != nil {
-			return nil, err
-		}
-		res, err := mpinkex.Client(ctx, c, &mpinkex.ClientConfig{Key: keys.ck, ServerID: poolServerID})
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		s, err := psk.Client(ctx, c, res, &psk.Config{MaxStreams: 2})
-		res.Zeroize()
-		if err == nil {
-			dials.Add(1)
-		}
-		return s, err
-	}
+	var sessions []*psk.Session
+	var mu sync.Mutex
+	dial := poolDialerConfig(t, up.addr, &sessions, &mu, &psk.Config{MaxStreams: 2})
 	p := NewPool(dial, PoolOptions{MaxStreamsPerSession: 4, MaxSessions: 2})
 	defer p.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -847,7 +835,10 @@ func TestPoolSessionAtPskLimitKept(t *testing.T) {
 		ok++
 		defer st.Close()
 	}
-	if n := dials.Load(); n != 1 || ok != 2 || p.Stats().Sessions != 1 {
+	mu.Lock()
+	n := len(sessions)
+	mu.Unlock()
+	if n != 1 || ok != 2 || p.Stats().Sessions != 1 {
 		t.Errorf("%d sessions dialled, %d streams opened, %d pooled; want 1, 2, 1", n, ok, p.Stats().Sessions)
 	}
 }

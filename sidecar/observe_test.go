@@ -191,24 +191,8 @@ func TestKeyExpiryFollowsReload(t *testing.T) {
 // at once, and a slot frees when a connection ends.
 func TestServerMaxConnsStreams(t *testing.T) {
 	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, _ *ClientConfig) { s.MaxConns = 2 })
-	roundTrip := func(c net.Conn) error {
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		defer c.SetDeadline(time.Time{})
-		if _, err := c.Write([]byte("ping")); err != nil {
-			return err
-		}
-		_, err := io.ReadFull(c, make([]byte, 4))
-		return err
-	}
-	dial := func() net.Conn {
-		t.Helper()
-		c, err := net.DialTimeout("tcp", p.clientListen, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	roundTrip := pingEcho
+	dial := func() net.Conn { return p.dialApp(t) }
 	held := []net.Conn{dial(), dial()}
 	for i, c := range held {
 		if err := roundTrip(c); err != nil {

@@ -172,6 +172,29 @@ func startPair(t *testing.T, target string, mod func(*ServerConfig, *ClientConfi
 	return p
 }
 
+// dialApp opens an application connection to the client sidecar, closed
+// when the test ends.
+func (p *pair) dialApp(t *testing.T) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", p.clientListen, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// pingEcho sends "ping" on c and reads the echo back.
+func pingEcho(c net.Conn) error {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, make([]byte, 4))
+	return err
+}
+
 func echoOnce(addr string, msg []byte) error {
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -496,24 +519,8 @@ func TestMpinkexGrace(t *testing.T) {
 // once, and a slot frees when its connection ends.
 func TestClientMaxConns(t *testing.T) {
 	p := startPair(t, echoBackend(t, 0), func(_ *ServerConfig, c *ClientConfig) { c.MaxConns = 2 })
-	roundTrip := func(c net.Conn) error {
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		defer c.SetDeadline(time.Time{})
-		if _, err := c.Write([]byte("ping")); err != nil {
-			return err
-		}
-		_, err := io.ReadFull(c, make([]byte, 4))
-		return err
-	}
-	dial := func() net.Conn {
-		t.Helper()
-		c, err := net.DialTimeout("tcp", p.clientListen, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	roundTrip := pingEcho
+	dial := func() net.Conn { return p.dialApp(t) }
 	held := []net.Conn{dial(), dial()}
 	for i, c := range held {
 		if err := roundTrip(c); err != nil {
