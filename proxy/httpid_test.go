@@ -13,6 +13,20 @@ import (
 	"time"
 )
 
+// httpBackend serves h on a loopback port until the test ends and returns
+// its address.
+func httpBackend(t *testing.T, h http.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: h}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	return ln.Addr().String()
+}
+
 // startHTTPProxy runs an HTTPIdentityProxy to target until the test ends.
 func startHTTPProxy(t *testing.T, target string, onErr func(error)) (*HTTPIdentityProxy, context.CancelFunc, <-chan struct{}) {
 	t.Helper()
@@ -50,18 +64,12 @@ func serveOne(t *testing.T, p *HTTPIdentityProxy, identity string) (net.Conn, <-
 // the backend with the connection's identity in IdentityHeader, whatever
 // copies the client sent; Serve returns the bytes once the client leaves.
 func TestHTTPIdentityProxy(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Got-Id", strings.Join(r.Header.Values(IdentityHeader), "|"))
 		w.Header().Set("Got-Host", r.Host)
 		io.Copy(w, r.Body)
-	})}
-	go hs.Serve(ln)
-	t.Cleanup(func() { hs.Close() })
-	p, _, _ := startHTTPProxy(t, ln.Addr().String(), nil)
+	}))
+	p, _, _ := startHTTPProxy(t, backend, nil)
 
 	const id = "spiffe://test.example/ns/web/sa/a"
 	c, done := serveOne(t, p, id)
@@ -173,17 +181,11 @@ func TestHTTPIdentityProxyStop(t *testing.T) {
 // CGI-style backends fold into dashes), a Connection: option naming it, a
 // trailer — only the authenticated identity does.
 func TestHTTPIdentityHeaderSpellings(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		fmt.Fprintf(w, "hdr %v trailer %v", r.Header, r.Trailer)
-	})}
-	go hs.Serve(ln)
-	t.Cleanup(func() { hs.Close() })
-	p, _, _ := startHTTPProxy(t, ln.Addr().String(), nil)
+	}))
+	p, _, _ := startHTTPProxy(t, backend, nil)
 	c, _ := serveOne(t, p, "real-id")
 	br := bufio.NewReader(c)
 	for _, raw := range []string{
@@ -212,12 +214,8 @@ func TestHTTPIdentityHeaderSpellings(t *testing.T) {
 // is not cancelled by that EOF; it is when the proxy closes the
 // connection: at shutdown here, or at the stream's idle timeout.)
 func TestHTTPIdentityProxyHalfClose(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	canceled := make(chan struct{}, 1)
-	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/wait" {
 			<-r.Context().Done()
 			canceled <- struct{}{}
@@ -225,10 +223,8 @@ func TestHTTPIdentityProxyHalfClose(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 		io.WriteString(w, "hello")
-	})}
-	go hs.Serve(ln)
-	t.Cleanup(func() { hs.Close() })
-	p, stop, _ := startHTTPProxy(t, ln.Addr().String(), nil)
+	}))
+	p, stop, _ := startHTTPProxy(t, backend, nil)
 	c, _ := serveOne(t, p, "id")
 	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 	c.(*net.TCPConn).CloseWrite()

@@ -226,31 +226,18 @@ type sessionLog struct {
 	write             func(streams, up, down int64)
 }
 
-func (l *sessionLog) streamStarted() {
-	l.mu.Lock()
-	l.open++
-	l.streams++
-	l.mu.Unlock()
-}
+func (l *sessionLog) streamStarted() { l.update(func() { l.open++; l.streams++ }) }
 
 func (l *sessionLog) streamDone(up, down int64) {
-	l.mu.Lock()
-	l.open--
-	l.up += up
-	l.down += down
-	l.mu.Unlock()
-	l.maybeWrite()
+	l.update(func() { l.open--; l.up += up; l.down += down })
 }
 
-func (l *sessionLog) sessionEnded() {
-	l.mu.Lock()
-	l.ended = true
-	l.mu.Unlock()
-	l.maybeWrite()
-}
+func (l *sessionLog) sessionEnded() { l.update(func() { l.ended = true }) }
 
-func (l *sessionLog) maybeWrite() {
+// update applies f under the lock, then writes the line if it is due.
+func (l *sessionLog) update(f func()) {
 	l.mu.Lock()
+	f()
 	fire := l.ended && l.open == 0 && !l.written
 	l.written = l.written || fire
 	streams, up, down := l.streams, l.up, l.down

@@ -110,14 +110,8 @@ func TestLogLinesPerStreamAndSession(t *testing.T) {
 // connection does not hold a drain to its timeout: the reverse proxy stops
 // keep-alive when the drain starts.
 func TestServerHTTPModeAccounting(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello world") })}
-	go hs.Serve(ln)
-	defer hs.Close()
-	p := startPair(t, ln.Addr().String(), func(s *ServerConfig, _ *ClientConfig) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello world") }))
+	p := startPair(t, backend, func(s *ServerConfig, _ *ClientConfig) {
 		s.HTTP = true
 		s.ShutdownTimeout = 20 * time.Second
 	})
@@ -191,15 +185,8 @@ func TestKeyExpiryFollowsReload(t *testing.T) {
 // at once, and a slot frees when a connection ends.
 func TestServerMaxConnsStreams(t *testing.T) {
 	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, _ *ClientConfig) { s.MaxConns = 2 })
-	roundTrip := pingEcho
-	dial := func() net.Conn { return p.dialApp(t) }
-	held := []net.Conn{dial(), dial()}
-	for i, c := range held {
-		if err := roundTrip(c); err != nil {
-			t.Fatalf("connection %d within the limit: %v", i, err)
-		}
-	}
-	if err := roundTrip(dial()); err == nil {
+	held := p.holdApps(t, 2)
+	if err := pingEcho(p.dialApp(t)); err == nil {
 		t.Fatal("a third backend connection was opened past --max-conns 2")
 	}
 	if n := counter(t, p.srv.m.StreamsTotal.WithLabelValues("over_limit")); n != 1 {
@@ -209,8 +196,8 @@ func TestServerMaxConnsStreams(t *testing.T) {
 		t.Errorf("%d streams open at the server, want 2", n)
 	}
 	held[0].Close()
-	waitFor(t, 5*time.Second, "a freed slot", func() bool { return roundTrip(dial()) == nil })
-	if err := roundTrip(held[1]); err != nil {
+	waitFor(t, 5*time.Second, "a freed slot", func() bool { return pingEcho(p.dialApp(t)) == nil })
+	if err := pingEcho(held[1]); err != nil {
 		t.Errorf("the other held connection: %v", err)
 	}
 }

@@ -59,6 +59,20 @@ func bufLogs(t *testing.T, name string) (zerolog.Logger, *logBuf) {
 	return zerolog.New(b).Level(zerolog.DebugLevel).With().Timestamp().Logger(), b
 }
 
+// httpBackend serves h on a loopback port until the test ends and returns
+// its address.
+func httpBackend(t *testing.T, h http.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: h}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	return ln.Addr().String()
+}
+
 // echoBackend echoes every connection until EOF, then half-closes.
 func echoBackend(t *testing.T, delay time.Duration) string {
 	t.Helper()
@@ -182,6 +196,20 @@ func (p *pair) dialApp(t *testing.T) net.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// holdApps opens n application connections and checks each carries an
+// echo: connections within a limit, held open by the caller.
+func (p *pair) holdApps(t *testing.T, n int) []net.Conn {
+	t.Helper()
+	held := make([]net.Conn, n)
+	for i := range held {
+		held[i] = p.dialApp(t)
+		if err := pingEcho(held[i]); err != nil {
+			t.Fatalf("connection %d within the limit: %v", i, err)
+		}
+	}
+	return held
 }
 
 // pingEcho sends "ping" on c and reads the echo back.
@@ -328,17 +356,11 @@ func TestServerDrain(t *testing.T) {
 // HTTP mode: the backend sees the authenticated identity, never the
 // client's own header.
 func TestServerHTTPMode(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Got-Id", strings.Join(r.Header.Values(proxy.IdentityHeader), "|"))
 		io.Copy(w, r.Body)
-	})}
-	go hs.Serve(ln)
-	defer hs.Close()
-	p := startPair(t, ln.Addr().String(), func(s *ServerConfig, _ *ClientConfig) { s.HTTP = true })
+	}))
+	p := startPair(t, backend, func(s *ServerConfig, _ *ClientConfig) { s.HTTP = true })
 	c, err := net.Dial("tcp", p.clientListen)
 	if err != nil {
 		t.Fatal(err)
@@ -519,21 +541,14 @@ func TestMpinkexGrace(t *testing.T) {
 // once, and a slot frees when its connection ends.
 func TestClientMaxConns(t *testing.T) {
 	p := startPair(t, echoBackend(t, 0), func(_ *ServerConfig, c *ClientConfig) { c.MaxConns = 2 })
-	roundTrip := pingEcho
-	dial := func() net.Conn { return p.dialApp(t) }
-	held := []net.Conn{dial(), dial()}
-	for i, c := range held {
-		if err := roundTrip(c); err != nil {
-			t.Fatalf("connection %d within the limit: %v", i, err)
-		}
-	}
-	extra := dial()
-	if err := roundTrip(extra); err == nil {
+	held := p.holdApps(t, 2)
+	extra := p.dialApp(t)
+	if err := pingEcho(extra); err == nil {
 		t.Fatal("a connection beyond --max-conns was proxied")
 	}
 	held[0].Close()
-	waitFor(t, 5*time.Second, "a freed slot", func() bool { return roundTrip(dial()) == nil })
-	if err := roundTrip(held[1]); err != nil {
+	waitFor(t, 5*time.Second, "a freed slot", func() bool { return pingEcho(p.dialApp(t)) == nil })
+	if err := pingEcho(held[1]); err != nil {
 		t.Errorf("the other held connection after the slot freed: %v", err)
 	}
 }
