@@ -1,7 +1,10 @@
 package psk
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -64,5 +67,108 @@ func TestOpenCrossesGoAway(t *testing.T) {
 	}
 	if cli.IsClosed() {
 		t.Error("a GoAway closed the client session")
+	}
+}
+
+// TestDrainWaitsForStreamsInFlight: a stream the client opened before the
+// server's GoAway, which the server has not accepted yet, is served, not
+// cut: Drain waits for every stream in the session's table, accepted or
+// not. (A SYN that arrives after the GoAway is reset by yamux and the
+// client's Open reports it: TestOpenCrossesGoAway.)
+func TestDrainWaitsForStreamsInFlight(t *testing.T) {
+	leakCheck(t)
+	pr := dialPair(t, sharedDomain(t), pairOpts{})
+	if pr.cliErr != nil || pr.srvErr != nil {
+		t.Fatalf("session setup: client %v, server %v", pr.cliErr, pr.srvErr)
+	}
+	cli, srv := pr.cli, pr.srv
+	echoed := make(chan error, 1)
+	go func() {
+		st, err := cli.Open(openCtx(t), "")
+		if err != nil {
+			echoed <- err
+			return
+		}
+		defer st.Close()
+		_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := st.Write([]byte("late")); err != nil {
+			echoed <- err
+			return
+		}
+		_ = st.CloseWrite()
+		got, err := io.ReadAll(st)
+		if err == nil && string(got) != "late" {
+			err = fmt.Errorf("echo %q, want %q", got, "late")
+		}
+		echoed <- err
+	}()
+	waitFor(t, "the stream at the server", func() bool { return srv.NumStreams() == 1 })
+
+	drained := make(chan error, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go func() { drained <- srv.Drain(ctx) }()
+	select {
+	case err := <-drained:
+		t.Fatalf("Drain returned (%v) with a stream not yet accepted", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	serveEcho(t, srv) // accepts it now
+	if err := <-echoed; err != nil {
+		t.Fatalf("stream opened before the GoAway: %v", err)
+	}
+	if err := <-drained; err != nil {
+		t.Fatalf("Drain: %v", err)
+	}
+	if srv.IsClosed() {
+		t.Error("Drain closed the session; closing is the caller's")
+	}
+	if _, err := cli.Open(openCtx(t), ""); !errors.Is(err, ErrSessionClosed) {
+		t.Errorf("Open after the drain = %v, want ErrSessionClosed", err)
+	}
+}
+
+// TestDrainEnds: Drain returns at once on an idle session, ctx's error
+// while a stream stays open, and nil once the session has ended.
+func TestDrainEnds(t *testing.T) {
+	leakCheck(t)
+	d := sharedDomain(t)
+	for _, tc := range []struct {
+		name   string
+		open   bool // a stream stays open
+		closed bool // the client closes the session during the drain
+		want   error
+	}{
+		{"idle", false, false, nil},
+		{"stream open", true, false, context.DeadlineExceeded},
+		{"session ends", true, true, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pr := dialPair(t, d, pairOpts{})
+			if pr.cliErr != nil || pr.srvErr != nil {
+				t.Fatalf("session setup: client %v, server %v", pr.cliErr, pr.srvErr)
+			}
+			cli, srv := pr.cli, pr.srv
+			serveEcho(t, srv)
+			if tc.open {
+				st, err := cli.Open(openCtx(t), "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+			}
+			timeout := 10 * time.Second
+			if tc.want != nil {
+				timeout = 300 * time.Millisecond
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			if tc.closed {
+				time.AfterFunc(100*time.Millisecond, func() { _ = cli.Close() })
+			}
+			if err := srv.Drain(ctx); !errors.Is(err, tc.want) && err != tc.want {
+				t.Fatalf("Drain = %v, want %v", err, tc.want)
+			}
+		})
 	}
 }

@@ -367,6 +367,34 @@ func (s *Session) GoAway() error {
 	return nil
 }
 
+// Drain is the graceful end of a session: it sends GoAway and waits until
+// this side has finished every stream, that is sent its FIN (CloseWrite,
+// Close, a Reject) or reset it, counting the streams the peer opened
+// before the GoAway arrived that nobody has accepted yet (a SYN that
+// arrives after it is reset, and the peer's Open says so). It does not
+// wait for the peer's side of a stream: a caller still reading a stream it
+// has half-closed waits for that itself. Streams continue meanwhile: the
+// caller keeps serving them (Accept) and closes the session afterwards.
+//
+// Drain returns nil once nothing is left to finish, or the session has
+// ended; ctx's error if ctx ends first.
+func (s *Session) Drain(ctx context.Context) error {
+	if err := s.GoAway(); err != nil {
+		if s.mux.IsClosed() {
+			return nil
+		}
+		return err
+	}
+	select {
+	case <-s.tab.whenDone():
+		return nil
+	case <-s.mux.CloseChan():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // Stats are counters for observability.
 type Stats struct {
 	RecordsIn  uint64 // DTLS records read

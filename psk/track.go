@@ -122,6 +122,8 @@ type streamTable struct {
 	stopped   bool
 	idled     bool // stopped by the idle timer's decision
 	onIdle    func()
+	writing   int             // streams in the table we have not finished (no FIN or reset from us)
+	done      []chan struct{} // closed once writing and opening are 0 (whenDone)
 }
 
 func newStreamTable(client bool, idle time.Duration, onIdle func()) *streamTable {
@@ -223,8 +225,9 @@ func (t *streamTable) outbound(h *[yHeaderLen]byte) error {
 	if st == nil {
 		return nil
 	}
-	if flags&yFlagFIN != 0 {
+	if flags&yFlagFIN != 0 && !st.finOut {
 		st.finOut = true
+		t.finished()
 	}
 	if flags&yFlagRST != 0 {
 		st.rst = true
@@ -235,6 +238,7 @@ func (t *streamTable) outbound(h *[yHeaderLen]byte) error {
 
 func (t *streamTable) add(id uint32, st *streamTrack) {
 	t.m[id] = st
+	t.writing++
 	if t.inUse() == 1 {
 		t.busy()
 	}
@@ -285,6 +289,7 @@ func (t *streamTable) unreserve() {
 	if t.inUse() == 0 {
 		t.quiet()
 	}
+	t.releaseDone()
 }
 
 // settle removes a finished stream, as yamux does at the same frame.
@@ -294,6 +299,9 @@ func (t *streamTable) settle(id uint32, st *streamTrack) {
 	}
 	delete(t.m, id)
 	st.gone = true
+	if !st.finOut {
+		t.finished() // reset
+	}
 	for _, f := range st.onGone {
 		f()
 	}
@@ -353,6 +361,41 @@ func (t *streamTable) whenGone(st *streamTrack, f func()) {
 	f()
 }
 
+// finished counts a stream we have finished: our FIN has gone out, or it
+// was reset. t.mu held.
+func (t *streamTable) finished() {
+	t.writing--
+	t.releaseDone()
+}
+
+// whenDone returns a channel that is closed once every stream in the table
+// is finished on our side (we sent its FIN, or it was reset) and no Open
+// is under way (at once if so now), or once the table stops. The peer's
+// side of a stream may still be open then.
+func (t *streamTable) whenDone() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ch := make(chan struct{})
+	if t.stopped || t.writing+t.opening == 0 {
+		close(ch)
+		return ch
+	}
+	t.done = append(t.done, ch)
+	return ch
+}
+
+// releaseDone closes whenDone's channels if nothing is left to finish (or
+// the table has stopped). t.mu held.
+func (t *streamTable) releaseDone() {
+	if len(t.done) == 0 || (!t.stopped && t.writing+t.opening > 0) {
+		return
+	}
+	for _, ch := range t.done {
+		close(ch)
+	}
+	t.done = nil
+}
+
 func (t *streamTable) len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -382,6 +425,7 @@ func (t *streamTable) stop() {
 	if t.timer != nil {
 		t.timer.Stop()
 	}
+	t.releaseDone()
 	var fs []func()
 	for _, st := range t.m {
 		fs = append(fs, st.onGone...)

@@ -210,24 +210,40 @@ func (t *tracker) streamDone() {
 	}
 }
 
-// drain waits until no stream is open or ctx ends; then it closes every
-// session and connection. It reports whether the drain was clean.
+// drain tells every session to open no more streams and waits until none
+// has a stream left, counting those a peer opened that are not accepted yet
+// (psk.Session.Drain), and until the streams this sidecar counts have
+// ended, or until ctx ends; then it closes every session and connection.
+// A session that comes up meanwhile (a handshake under way when the drain
+// began) is drained in turn. It reports whether the drain was clean.
 func (t *tracker) drain(ctx context.Context) bool {
-	t.mu.Lock()
-	for s := range t.sessions {
-		_ = s.GoAway()
+	done := map[*psk.Session]bool{}
+	for ctx.Err() == nil {
+		t.mu.Lock()
+		var ss []*psk.Session
+		for s := range t.sessions {
+			if !done[s] {
+				ss = append(ss, s)
+				done[s] = true
+			}
+		}
+		t.mu.Unlock()
+		if len(ss) == 0 {
+			break
+		}
+		var wg sync.WaitGroup
+		for _, s := range ss {
+			wg.Go(func() { _ = s.Drain(ctx) }) // ctx's end is seen below
+		}
+		wg.Wait()
 	}
-	t.mu.Unlock()
-	clean := true
-	for t.streams.Load() > 0 {
+	clean := ctx.Err() == nil
+	for clean && t.streams.Load() > 0 {
 		select {
 		case <-t.idle:
 		case <-time.After(50 * time.Millisecond):
 		case <-ctx.Done():
 			clean = false
-		}
-		if !clean {
-			break
 		}
 	}
 	t.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -22,6 +23,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/milagro-sc/milagro/proxy"
+	"github.com/milagro-sc/milagro/psk"
 )
 
 // logBuf collects a sidecar's log lines; shown if the test fails.
@@ -582,5 +584,106 @@ func TestClientMaxSessions(t *testing.T) {
 	}
 	if st := p.cli.status(false); len(st.Upstreams) != 1 || st.Upstreams[0].Stats.Dials != 1 {
 		t.Errorf("client status %+v, want one upstream with one dial", st.Upstreams)
+	}
+}
+
+// TestDrainCountsUnacceptedStreams: a stream the client opened before the
+// drain, which the server has not accepted yet (its header is read, Accept
+// has not taken it), holds the drain like any open stream: it is served,
+// not cut by the close that ends the drain.
+func TestDrainCountsUnacceptedStreams(t *testing.T) {
+	f := sharedKeys(t)
+	scfg := DefaultServerConfig()
+	scfg.Listen, scfg.Target, scfg.Keys = "127.0.0.1:0", "127.0.0.1:1", f.serverDir(t, fxServerID)
+	scfg.AllowIDs = []string{"spiffe://test.example/ns/web/**"}
+	srv, err := NewServer(scfg, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ccfg := DefaultClientConfig()
+	ccfg.Listen, ccfg.Keys, ccfg.VerifyID, ccfg.Target = "127.0.0.1:0", f.clientDir(t, fxClientID), fxServerID, ln.Addr().String()
+	cli, err := NewClient(ccfg, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	type accepted struct {
+		sess *psk.Session
+		err  error
+	}
+	sc := make(chan accepted, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			sc <- accepted{err: err}
+			return
+		}
+		sess, _, err := srv.handshake(ctx, c)
+		sc <- accepted{sess, err}
+	}()
+	csess, err := cli.dial(ctx, cli.def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer csess.Close()
+	a := <-sc
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	ssess := a.sess
+	defer ssess.Close()
+	srv.t.addSession(ssess)
+
+	echoed := make(chan error, 1)
+	go func() {
+		st, err := csess.Open(ctx, "")
+		if err != nil {
+			echoed <- err
+			return
+		}
+		defer st.Close()
+		if _, err := st.Write([]byte("late")); err != nil {
+			echoed <- err
+			return
+		}
+		st.CloseWrite()
+		got, err := io.ReadAll(st)
+		if err == nil && string(got) != "late" {
+			err = fmt.Errorf("echo %q", got)
+		}
+		echoed <- err
+	}()
+	waitFor(t, 5*time.Second, "the stream at the server", func() bool { return ssess.NumStreams() == 1 })
+
+	drained := make(chan bool, 1)
+	go func() { drained <- srv.t.drain(ctx) }()
+	select {
+	case clean := <-drained:
+		t.Fatalf("drain ended (clean %v) with a stream not accepted yet", clean)
+	case <-time.After(200 * time.Millisecond):
+	}
+	in, err := ssess.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := in.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(st, st)
+	st.CloseWrite()
+	st.Close()
+	if err := <-echoed; err != nil {
+		t.Errorf("stream opened before the drain: %v", err)
+	}
+	if !<-drained {
+		t.Error("drain not clean")
 	}
 }
