@@ -272,6 +272,7 @@ func Watch(ctx context.Context, opt FetchOptions, log zerolog.Logger, onFetch fu
 			}
 			wait = backoff/2 + rand.N(backoff/2+1)
 			if cur, err := keydir.Load(opt.Out); err == nil {
+				cur.Zeroize() // only its epochs are needed
 				if e := cur.Epochs(); len(e) > 0 {
 					end := time.Unix(int64(e[len(e)-1]+1)*int64(cur.Domain.EpochLen), 0)
 					if left := end.Sub(opt.now()); left > 0 {

@@ -107,6 +107,7 @@ func (k *Keystore) load() (*Keys, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer set.Zeroize() // mpinkex's keys below hold copies
 	keys := &Keys{
 		Identity: set.Identity, Domain: set.Domain.Name, EpochLen: time.Duration(set.Domain.EpochLen) * time.Second,
 		Generation: set.Generation, IssuedAt: set.IssuedAt, ExpiresAt: set.ExpiresAt, LoadedAt: time.Now(),

@@ -156,11 +156,13 @@ func runKeysCheck(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	defer client.Zeroize()
 	server := client
 	if fs.NArg() == 2 {
 		if server, err = keydir.Load(fs.Arg(1)); err != nil {
 			return err
 		}
+		defer server.Zeroize()
 	}
 	if client.CS == nil && client.Token == nil && server.CS != nil {
 		client, server = server, client
@@ -195,6 +197,7 @@ func runKeysShow(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	defer s.Zeroize()
 	describeSet(stdout, fs.Arg(0), s)
 	return nil
 }

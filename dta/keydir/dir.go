@@ -64,6 +64,7 @@ func ParseToken(b []byte) (string, pairing.G1, error) {
 	if err != nil {
 		return "", pairing.G1{}, fmt.Errorf("%w: %s: token is not hex", ErrMalformed, TokenFile)
 	}
+	defer clear(raw)
 	p, err := pairing.DecodeG1(raw)
 	if err != nil {
 		return "", pairing.G1{}, fmt.Errorf("%w: %s: %w", ErrMalformed, TokenFile, err)
@@ -218,6 +219,16 @@ type Set struct {
 	SK, SS *pairing.G2
 }
 
+// Zeroize overwrites the secret points of the set (client key or token,
+// permits, server keys); the caller does once it has built its keys from
+// them.
+func (s *Set) Zeroize() {
+	(&Shares{Client: s.CS, Permits: s.Permits, Server: s.SK, Domain: s.SS}).Zeroize()
+	if s.Token != nil {
+		s.Token.Zeroize()
+	}
+}
+
 // Epochs returns the permit epochs, ascending.
 func (s *Set) Epochs() []uint64 {
 	var e []uint64
@@ -307,6 +318,7 @@ func load(dir string, resolved *string) (*Set, error) {
 	tokID := ""
 	if b, err := read(TokenFile); err == nil {
 		id, p, err := ParseToken(b)
+		clear(b)
 		if err != nil {
 			return nil, fmt.Errorf("load keys %s: %w", dir, err)
 		}
@@ -315,7 +327,13 @@ func load(dir string, resolved *string) (*Set, error) {
 		return nil, fmt.Errorf("load keys %s: %w", dir, err)
 	}
 	set, err := Assemble(dom, files, token != nil)
+	for _, b := range files {
+		clear(b)
+	}
 	if err != nil {
+		if token != nil {
+			token.Zeroize()
+		}
 		return nil, fmt.Errorf("load keys %s: %w", dir, err)
 	}
 	if token != nil {
@@ -333,8 +351,19 @@ func load(dir string, resolved *string) (*Set, error) {
 // replaces the client shares, whose values must then be withheld.
 func Assemble(dom *Domain, files map[string][]byte, withToken bool) (*Set, error) {
 	set := &Set{Domain: dom}
-	var cs, permits = []pairing.G1{}, map[uint64][]pairing.G1{}
-	var sk, ss []pairing.G2
+	// Sized up front: append must not leave copies of shares behind in
+	// arrays it outgrew.
+	n := len(dom.DTAs)
+	cs, permits := make([]pairing.G1, 0, n), map[uint64][]pairing.G1{}
+	sk, ss := make([]pairing.G2, 0, n), make([]pairing.G2, 0, n)
+	defer func() { // the shares, once summed (or on failure)
+		zeroG1s(cs)
+		for _, v := range permits {
+			zeroG1s(v)
+		}
+		zeroG2s(sk)
+		zeroG2s(ss)
+	}()
 	var kinds string
 	for i, t := range dom.DTAs {
 		b, ok := files[t.ID]
@@ -353,6 +382,7 @@ func Assemble(dom *Domain, files map[string][]byte, withToken bool) (*Set, error
 		if err != nil {
 			return nil, fmt.Errorf("D-TA %s: %w", t.ID, err)
 		}
+		defer o.Shares.Zeroize() // copied below
 		p := &o.Payload
 		switch {
 		case p.DTA != t.ID:
@@ -387,6 +417,9 @@ func Assemble(dom *Domain, files map[string][]byte, withToken bool) (*Set, error
 			cs = append(cs, *o.Shares.Client)
 		}
 		for e, v := range o.Shares.Permits {
+			if permits[e] == nil {
+				permits[e] = make([]pairing.G1, 0, n)
+			}
 			permits[e] = append(permits[e], v)
 		}
 		if o.Shares.Server != nil {
@@ -421,6 +454,18 @@ func Assemble(dom *Domain, files map[string][]byte, withToken bool) (*Set, error
 		return nil, fmt.Errorf("sum shares: %w", err)
 	}
 	return set, nil
+}
+
+func zeroG1s(ps []pairing.G1) {
+	for i := range ps {
+		ps[i].Zeroize()
+	}
+}
+
+func zeroG2s(ps []pairing.G2) {
+	for i := range ps {
+		ps[i].Zeroize()
+	}
 }
 
 // shareSignature lists an envelope's share keys, sorted, for comparing sets.

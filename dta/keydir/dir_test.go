@@ -712,3 +712,42 @@ func TestLoadDuringWritesSmall(t *testing.T) {
 		t.Errorf("the race did not run: %d writes, sets seen %d and %d", writes, seenA, seenB)
 	}
 }
+
+// TestSetZeroize: Zeroize overwrites every secret point of a set, and
+// Assemble (whose caller keeps the envelopes) leaves its input as it was.
+func TestSetZeroize(t *testing.T) {
+	fx := sharedFixture(t)
+	for _, withToken := range []bool{false, true} {
+		dir, _ := writeSet(t, fx.dirFiles(t, withToken))
+		set, err := Load(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if withToken != (set.Token != nil) || len(set.Permits) == 0 || set.SK == nil || set.SS == nil {
+			t.Fatalf("token %v: set lacks material: %+v", withToken, set)
+		}
+		set.Zeroize()
+		for name, p := range map[string]*pairing.G1{"CS": set.CS, "Token": set.Token} {
+			if p != nil && *p != (pairing.G1{}) {
+				t.Errorf("token %v: %s not zeroed", withToken, name)
+			}
+		}
+		for e, p := range set.Permits {
+			if p != (pairing.G1{}) {
+				t.Errorf("token %v: permit %d not zeroed", withToken, e)
+			}
+		}
+		if *set.SK != (pairing.G2{}) || *set.SS != (pairing.G2{}) {
+			t.Errorf("token %v: server keys not zeroed", withToken)
+		}
+	}
+	files := fx.cloneFiles()
+	if _, err := Assemble(fx.dom, files, false); err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range fx.cloneFiles() {
+		if !bytes.Equal(files[name], b) {
+			t.Errorf("Assemble changed its input %s", name)
+		}
+	}
+}

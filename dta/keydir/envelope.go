@@ -189,7 +189,26 @@ type Shares struct {
 	Domain  *pairing.G2
 }
 
+// Zeroize overwrites the shares (the map's values and the points).
+func (s *Shares) Zeroize() {
+	for _, p := range []*pairing.G1{s.Client} {
+		if p != nil {
+			p.Zeroize()
+		}
+	}
+	for _, p := range []*pairing.G2{s.Server, s.Domain} {
+		if p != nil {
+			p.Zeroize()
+		}
+	}
+	for e, v := range s.Permits {
+		v.Zeroize()
+		s.Permits[e] = v
+	}
+}
+
 // Opened is a verified envelope.
+// Its Shares are secret: Zeroize them once used.
 type Opened struct {
 	Payload Payload
 	Shares  Shares
@@ -211,6 +230,12 @@ func (e *Envelope) Open(pub ed25519.PublicKey, opt OpenOptions) (*Opened, error)
 		return nil, ErrSignature
 	}
 	var o Opened
+	ok := false
+	defer func() {
+		if !ok {
+			o.Shares.Zeroize()
+		}
+	}()
 	if err := strictUnmarshal(e.Payload, &o.Payload); err != nil {
 		return nil, fmt.Errorf("%w: payload: %w", ErrMalformed, err)
 	}
@@ -240,6 +265,7 @@ func (e *Envelope) Open(pub ed25519.PublicKey, opt OpenOptions) (*Opened, error)
 		if err != nil {
 			return nil, fmt.Errorf("%w: share %s: not hex", ErrMalformed, key)
 		}
+		defer clear(b) // the share's encoding (the hex string cannot be cleared)
 		sum := sha256.Sum256(b)
 		if hex.EncodeToString(sum[:]) != ref.SHA256 {
 			return nil, fmt.Errorf("%w: share %s does not match its signed digest", ErrSignature, key)
@@ -275,6 +301,7 @@ func (e *Envelope) Open(pub ed25519.PublicKey, opt OpenOptions) (*Opened, error)
 			return nil, fmt.Errorf("%w: value %q is not covered by the signature", ErrMalformed, key)
 		}
 	}
+	ok = true
 	return &o, nil
 }
 
