@@ -164,7 +164,7 @@ func (c *ServerConfig) RegisterFlags(fs *flag.FlagSet) {
 	})
 	fs.Var(&stringList{p: &c.AllowIDs}, "allow-id", "allow clients whose identity matches this pattern (* one segment, ** any); repeatable")
 	fs.BoolVar(&c.AllowAll, "allow-all", c.AllowAll, "allow every authenticated client of the domain")
-	fs.BoolVar(&c.HTTP, "http", c.HTTP, "HTTP reverse proxy: set X-Milagro-Client-Id to the authenticated identity")
+	fs.BoolVar(&c.HTTP, "http", c.HTTP, "HTTP reverse proxy to --target: set X-Milagro-Client-Id to the authenticated identity (named --route targets stay TCP)")
 	fs.BoolVar(&c.ProxyProtocol, "proxy-protocol", c.ProxyProtocol, "send a PROXY protocol v2 header with the client identity (TLV 0xE0) to TCP backends")
 	fs.BoolVar(&c.UnsafeTarget, "unsafe-target", c.UnsafeTarget, "allow a backend that is not on loopback (plaintext leaves the host)")
 	fs.IntVar(&c.MaxHandshakes, "max-handshakes", c.MaxHandshakes, "concurrent handshakes; more are answered 'overloaded'")
