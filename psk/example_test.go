@@ -65,6 +65,10 @@ func Example() {
 		defer st.Close()
 		_, _ = io.Copy(st, st) // echo until the client's FIN
 		_ = st.CloseWrite()
+		// A graceful end, as on SIGTERM: the client may open no more
+		// streams, and Drain returns once this side has finished the open
+		// ones (here at once: the echo is done).
+		_ = sess.Drain(ctx)
 	}()
 
 	// Client.
