@@ -252,6 +252,12 @@ func (t *tracker) drain(ctx context.Context) bool {
 		ss = append(ss, s)
 	}
 	for c := range t.conns {
+		// Cut in the middle (an application connection still open at the
+		// timeout, a handshake under way): a reset, so that the peer does
+		// not take what it got so far for a whole answer.
+		if l, ok := c.(interface{ SetLinger(int) error }); ok {
+			_ = l.SetLinger(0)
+		}
 		c.Close()
 	}
 	t.mu.Unlock()
