@@ -196,6 +196,14 @@ func (c *cluster) mustFetch(domainFile, identity, requester, out string, extra .
 	return r
 }
 
+// in returns the cluster as seen from t, a subtest of the test that made
+// it: its failures are then reported on (and stop) the subtest.
+func (c *cluster) in(t *testing.T) *cluster {
+	cc := *c
+	cc.t = t
+	return &cc
+}
+
 // fetchClient and fetchServer fetch the usual two sets from the cluster's
 // domain.
 func (c *cluster) fetchClient(identity, out string) result {

@@ -75,7 +75,7 @@ func TestKeystoreProcess(t *testing.T) {
 	// keys keep serving; the failure is logged, counted and in /_status.
 	t.Run("failed-reload", func(t *testing.T) {
 		sdir := filepath.Join(e.c.base, "fail-server")
-		e.c.fetchServer(serverID, sdir)
+		e.c.in(t).fetchServer(serverID, sdir)
 		good := scKeyGen(t, sdir)
 		s := e.server(t, "server (broken reload)", e.echo.addr, "--keys", sdir)
 		c := e.client(t, "client (broken reload)", s.listen)
@@ -105,7 +105,7 @@ func TestKeystoreProcess(t *testing.T) {
 			t.Errorf("SIGHUP to the server process: /_status %+v, reload errors %v (were %v)", s.statusDoc(t).Keys, s.metric(t, "milagro_key_reloads_total", `result="error"`), before)
 		}
 		// Recovery: a good set clears the error.
-		e.c.fetchServer(serverID, sdir)
+		e.c.in(t).fetchServer(serverID, sdir)
 		want := scKeyGen(t, sdir)
 		if !eventually(5*time.Second, func() bool {
 			st := s.statusDoc(t)

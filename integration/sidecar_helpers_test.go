@@ -38,14 +38,14 @@ type scSidecar struct {
 	args   []string // without --status
 	listen string   // bound --listen address ("" if none)
 	fwd    string   // bound --forward-proxy address
-	status string   // --status address
+	status string   // bound --status address
 }
 
-// scStart runs `milagro ROLE ARGS --status 127.0.0.1:PORT`, waits for
-// its "ready" log line (which carries the bound addresses) and for /readyz.
+// scStart runs `milagro ROLE ARGS --status 127.0.0.1:0`, waits for its
+// "ready" log line (which carries the bound addresses) and for /readyz.
 func scStart(t *testing.T, name, role string, args ...string) *scSidecar {
 	t.Helper()
-	return scStartOn(t, name, role, fmt.Sprintf("127.0.0.1:%d", freePort(t)), args...)
+	return scStartOn(t, name, role, "127.0.0.1:0", args...)
 }
 
 func scStartOn(t *testing.T, name, role, status string, args ...string) *scSidecar {
@@ -57,6 +57,7 @@ func scStartOn(t *testing.T, name, role, status string, args ...string) *scSidec
 	ready := sc.waitLogJSON(t, 20*time.Second, role+" ready")
 	sc.listen, _ = ready["listen"].(string)
 	sc.fwd, _ = ready["forward_proxy"].(string)
+	sc.status, _ = ready["status"].(string)
 	sc.waitReady(t, 20*time.Second)
 	return sc
 }
@@ -127,6 +128,20 @@ func (sc *scSidecar) logCount(atLeast int, msg string, substrings ...string) int
 		return n >= atLeast
 	})
 	return n
+}
+
+// logExactly is logCount for a count that must be exactly n: once n lines
+// have come, it watches for quiet more whether another one follows, and
+// returns the count.
+func (sc *scSidecar) logExactly(n int, msg string, substrings ...string) int {
+	got := sc.logCount(n, msg, substrings...)
+	if got == n {
+		eventually(quiet, func() bool {
+			got = sc.logMatches(msg, substrings...)
+			return got != n
+		})
+	}
+	return got
 }
 
 // logNone checks that no line with message msg contains every substring,
@@ -364,10 +379,24 @@ func scEcho(c *net.TCPConn) {
 	}
 }
 
-// scClosedPort returns a loopback address where nothing listens.
+// scClosedPort returns a loopback address where nothing listens, for as
+// long as the test runs: a socket bound to it and never listening holds
+// the port, so no other listener takes it, and connections are refused.
 func scClosedPort(t *testing.T) string {
 	t.Helper()
-	return fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }
 
 // --- traffic ---

@@ -293,7 +293,8 @@ func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
 	var wg sync.WaitGroup
 	bg, stopBG := context.WithCancel(context.Background())
 	defer func() { stopBG(); wg.Wait() }()
-	if err := c.cfg.runBeside(bg, &wg, c.m, c.keys, hup, c.log, c.status); err != nil {
+	statusAddr, err := c.cfg.runBeside(bg, &wg, c.m, c.keys, hup, c.log, c.status)
+	if err != nil {
 		closeAll()
 		return err
 	}
@@ -311,7 +312,7 @@ func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
 	}
 	c.ready.Store(true)
 	k := c.keys.Current()
-	c.log.Info().Str("listen", c.Addr()).Str("forward_proxy", c.ForwardProxyAddr()).Str("identity", k.Identity).
+	c.log.Info().Str("listen", c.Addr()).Str("forward_proxy", c.ForwardProxyAddr()).Str("status", statusAddr).Str("identity", k.Identity).
 		Str("target", c.cfg.Target).Str("verify_id", c.cfg.VerifyID).Msg("client ready")
 	<-ctx.Done()
 	c.draining.Store(true)

@@ -102,14 +102,16 @@ func (c *Common) sessionTCPKeepAlive() time.Duration {
 
 // runBeside starts what both sidecars run beside their listeners, on wg
 // until bg ends: the status endpoint (with --status; its address is bound
-// before runBeside returns) and the key watcher.
+// before runBeside returns, and returned: port 0 picks one) and the key
+// watcher.
 func (c *Common) runBeside(bg context.Context, wg *sync.WaitGroup, m *Metrics, keys *Keystore, hup <-chan os.Signal,
-	log zerolog.Logger, status func(probe bool) StatusInfo) error {
+	log zerolog.Logger, status func(probe bool) StatusInfo) (statusAddr string, err error) {
 	if c.Status != "" {
 		sl, err := net.Listen("tcp", c.Status)
 		if err != nil {
-			return fmt.Errorf("status listener: %w", err)
+			return "", fmt.Errorf("status listener: %w", err)
 		}
+		statusAddr = sl.Addr().String()
 		wg.Go(func() {
 			if err := serveStatus(bg, sl, m, c.EnablePprof, status); err != nil {
 				log.Error().Err(err).Msg("status endpoint failed")
@@ -121,7 +123,7 @@ func (c *Common) runBeside(bg context.Context, wg *sync.WaitGroup, m *Metrics, k
 			log.Error().Err(err).Msg("key watcher stopped")
 		}
 	})
-	return nil
+	return statusAddr, nil
 }
 
 // bufConn reads a session connection through a small buffer: each

@@ -156,3 +156,13 @@ func tamper(t testing.TB, files map[string][]byte) map[string][]byte {
 func testLog(t testing.TB) zerolog.Logger {
 	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel).With().Timestamp().Logger()
 }
+
+// TestMain removes the shared domain's folder (it holds the D-TAs' master
+// shares) once the package's tests are done.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if fxBaseDir != "" {
+		os.RemoveAll(fxBaseDir)
+	}
+	os.Exit(code)
+}

@@ -96,7 +96,7 @@ func TestKeystoreOpenErrors(t *testing.T) {
 	}{
 		{"missing", filepath.Join(base, "nope"), RoleClient, "no ..data"},
 		{"empty", empty, RoleClient, "no ..data"},
-		{"not a folder", notDir, RoleClient, ""},
+		{"not a folder", notDir, RoleClient, "not a directory"},
 		{"tampered envelope", broken, RoleClient, "signature"},
 		{"missing D-TA", partial, RoleClient, "dta-3"},
 		{"group-readable", loose, RoleClient, "group- or world-accessible"},
@@ -320,17 +320,22 @@ func TestKeystoreWatch(t *testing.T) {
 		t.Fatal("a broken generation replaced the keys")
 	}
 
-	// SIGHUP reloads (here: nothing new on disk but the broken set).
+	// SIGHUP reloads (here: nothing new on disk but the broken set, so
+	// it fails again and the keys stay).
 	hup <- syscall.SIGHUP
 	waitFor(t, time.Second, "SIGHUP reload", func() bool { return ks.LastReload().Source == "sighup" })
+	if lr := ks.LastReload(); lr.Err == nil || ks.Current() != before {
+		t.Fatalf("SIGHUP with a broken set on disk: %+v; want an error and the keys kept", lr)
+	}
 
 	// And the next good generation is taken.
 	gen = writeKeys(t, dir, f.files(t, fxClientID, clientKinds))
 	waitFor(t, 1500*time.Millisecond, "recovery", func() bool { return ks.Current().Generation == gen && ks.LastReload().Err == nil })
 }
 
-// SIGHUP alone (no file events in flight) reloads: a generation written
-// while nobody watched is taken on SIGHUP.
+// SIGHUP alone (no file events in flight) reloads: the reload is recorded
+// with its source, and the unchanged generation keeps the same Keys (the
+// client's per-server caches survive).
 func TestKeystoreSIGHUP(t *testing.T) {
 	f := sharedKeys(t)
 	dir := f.clientDir(t, fxClientID)
@@ -341,8 +346,12 @@ func TestKeystoreSIGHUP(t *testing.T) {
 	if lr := ks.LastReload(); lr.Source != "start" {
 		t.Fatalf("reloaded without a trigger: %+v", lr)
 	}
+	before := ks.Current()
 	hup <- syscall.SIGHUP
 	waitFor(t, time.Second, "SIGHUP reload", func() bool { return ks.LastReload().Source == "sighup" })
+	if lr := ks.LastReload(); lr.Err != nil || ks.Current() != before {
+		t.Errorf("SIGHUP with the same set on disk: %+v, keys replaced: %v", lr, ks.Current() != before)
+	}
 }
 
 // TestKeystoreWatchCatchesUp: a generation written after the first load
@@ -432,7 +441,7 @@ func TestKeystoreWatchBadDir(t *testing.T) {
 	hup <- syscall.SIGHUP
 	waitFor(t, time.Second, "SIGHUP reload", func() bool { return ks.LastReload().Source == "sighup" })
 	if err := ks.Watch(canceledCtx(), nil, 0); err != nil {
-		t.Errorf("Watch of an absent folder: %v, want nil (it keeps serving SIGHUP and the timer)", err)
+		t.Errorf("Watch ended by its context: %v, want nil", err)
 	}
 }
 

@@ -53,7 +53,9 @@ func TestCloseAfterAlert(t *testing.T) {
 				}
 				// The client's pipelined bytes arrive while the server
 				// decides, and stay unread.
-				time.Sleep(30 * time.Millisecond)
+				if err := waitUnread(c, 600); err != nil {
+					t.Error(err)
+				}
 				_, _ = c.Write(alert)
 				t0 := time.Now()
 				tc.close(c)
@@ -85,6 +87,29 @@ func TestCloseAfterAlert(t *testing.T) {
 			}
 		})
 	}
+}
+
+// waitUnread waits until n bytes are waiting to be read on c, and leaves
+// them there (MSG_PEEK).
+func waitUnread(c net.Conn, n int) error {
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, n)
+	var perr error
+	err = rc.Read(func(fd uintptr) bool {
+		k, _, err := syscall.Recvfrom(int(fd), buf, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		if err != nil && err != syscall.EAGAIN {
+			perr = err
+			return true
+		}
+		return k >= n // else wait for more
+	})
+	if err == nil {
+		err = perr
+	}
+	return err
 }
 
 // TestServerOverloaded: past --max-handshakes a connection is answered

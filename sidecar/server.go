@@ -117,7 +117,8 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 	var wg sync.WaitGroup
 	bg, stopBG := context.WithCancel(context.Background())
 	defer func() { stopBG(); wg.Wait() }()
-	if err := s.cfg.runBeside(bg, &wg, s.m, s.keys, hup, s.log, s.status); err != nil {
+	statusAddr, err := s.cfg.runBeside(bg, &wg, s.m, s.keys, hup, s.log, s.status)
+	if err != nil {
 		ln.Close()
 		return err
 	}
@@ -138,7 +139,7 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 	}
 	s.ready.Store(true)
 	k := s.keys.Current()
-	s.log.Info().Str("listen", ln.Addr().String()).Str("identity", k.Identity).Str("domain", k.Domain).
+	s.log.Info().Str("listen", ln.Addr().String()).Str("status", statusAddr).Str("identity", k.Identity).Str("domain", k.Domain).
 		Str("target", s.cfg.Target).Bool("http", s.cfg.HTTP).Bool("proxy_protocol", s.cfg.ProxyProtocol).Msg("server ready")
 
 	acceptDone := make(chan struct{})

@@ -266,6 +266,8 @@ func TestSidecarsInProcess(t *testing.T) {
 	f := sharedKeys(t)
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
+	halt := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	t.Cleanup(halt) // also when the test fails before the end
 	var failures int
 	var mu sync.Mutex
 	for range 8 {
@@ -291,8 +293,7 @@ func TestSidecarsInProcess(t *testing.T) {
 		gens[1] = writeKeys(t, p.sdir, f.files(t, fxServerID, serverKinds))
 		time.Sleep(300 * time.Millisecond)
 	}
-	close(stop)
-	wg.Wait()
+	halt()
 	waitFor(t, 2*time.Second, "reloads", func() bool {
 		return p.cli.Keystore().Current().Generation == gens[0] && p.srv.Keystore().Current().Generation == gens[1]
 	})
