@@ -56,6 +56,9 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 	if cfg.Target == "" && cfg.ForwardProxy == "" && !cfg.Transparent {
 		return nil, configErr(errors.New("--target (with --listen), --transparent or --forward-proxy is required"))
 	}
+	if cfg.Transparent && cfg.Target != "" {
+		return nil, configErr(errors.New("--transparent and --target exclude each other: --transparent sends each connection by its original destination (--route)"))
+	}
 	if cfg.Transparent && len(cfg.Routes) == 0 {
 		return nil, configErr(errors.New("--transparent needs at least one --route IP:PORT=UPSTREAM@VERIFY-ID"))
 	}

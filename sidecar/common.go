@@ -24,6 +24,16 @@ import (
 // within the shutdown timeout and connections were cut (exit status 1).
 var ErrDrainTimeout = errors.New("shutdown timeout: connections were still open and have been closed")
 
+// LogTimeFormat is the format of the logs' "time" field: RFC 3339 with
+// milliseconds (zerolog's default stops at seconds, which neither orders
+// the lines of a second nor gives the console format its milliseconds).
+const LogTimeFormat = "2006-01-02T15:04:05.000Z07:00"
+
+func init() {
+	// zerolog's setting is global; set before any logger runs.
+	zerolog.TimeFieldFormat = LogTimeFormat
+}
+
 // NewLogger builds the zerolog logger of a sidecar.
 func NewLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
 	lv, err := zerolog.ParseLevel(level)

@@ -39,6 +39,20 @@ func (s *stringList) Set(v string) error {
 	return nil
 }
 
+func (s *stringList) repeatable() {}
+
+// funcList is a repeatable flag whose values go through a function (the
+// routes).
+type funcList func(string) error
+
+func (f funcList) String() string     { return "" }
+func (f funcList) Set(v string) error { return f(v) }
+func (f funcList) repeatable()        {}
+
+// repeatable marks the flags that may be given several times: from the
+// environment they take several values, separated by white space.
+type repeatable interface{ repeatable() }
+
 // Common settings of both sidecars.
 type Common struct {
 	Listen          string        `yaml:"listen"`
@@ -151,7 +165,7 @@ func (c *ServerConfig) RegisterFlags(fs *flag.FlagSet) {
 	c.register(fs)
 	fs.StringVar(&c.Target, "target", c.Target, "backend for streams that name no target (HOST:PORT or unix:PATH)")
 	routesSet := false // the first --route replaces the YAML file's routes
-	fs.Func("route", "named target NAME=ADDR that clients may ask for; repeatable", func(v string) error {
+	fs.Var(funcList(func(v string) error {
 		name, addr, ok := strings.Cut(v, "=")
 		if !ok || name == "" || addr == "" {
 			return errors.New("want NAME=ADDR")
@@ -161,7 +175,7 @@ func (c *ServerConfig) RegisterFlags(fs *flag.FlagSet) {
 		}
 		c.Routes[name] = addr
 		return nil
-	})
+	}), "route", "named target NAME=ADDR that clients may ask for; repeatable")
 	fs.Var(&stringList{p: &c.AllowIDs}, "allow-id", "allow clients whose identity matches this pattern (* one segment, ** any); repeatable")
 	fs.BoolVar(&c.AllowAll, "allow-all", c.AllowAll, "allow every authenticated client of the domain")
 	fs.BoolVar(&c.HTTP, "http", c.HTTP, "HTTP reverse proxy to --target: set X-Milagro-Client-Id to the authenticated identity (named --route targets stay TCP)")
@@ -183,7 +197,7 @@ func (c *ClientConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ForwardProxy, "forward-proxy", c.ForwardProxy, "serve an HTTP CONNECT forward proxy on this address (routes from --route)")
 	routesSet := false // the first --route replaces the YAML file's routes
 	fs.BoolVar(&c.Transparent, "transparent", c.Transparent, "--listen receives connections redirected by iptables (REDIRECT/DNAT, Linux): each goes to the --route of its original destination IP:PORT")
-	fs.Func("route", "route for --forward-proxy and --transparent: HOST:PORT=UPSTREAM@VERIFY-ID[#TARGET]; repeatable", func(v string) error {
+	fs.Var(funcList(func(v string) error {
 		dest, r, ok := strings.Cut(v, "=")
 		up, id, ok2 := strings.Cut(r, "@")
 		if !ok || !ok2 || dest == "" || up == "" || id == "" {
@@ -195,9 +209,24 @@ func (c *ClientConfig) RegisterFlags(fs *flag.FlagSet) {
 		}
 		c.Routes[dest] = Route{Upstream: up, VerifyID: id, Target: target}
 		return nil
-	})
+	}), "route", "route for --forward-proxy and --transparent: HOST:PORT=UPSTREAM@VERIFY-ID[#TARGET]; repeatable")
 	fs.IntVar(&c.MaxStreams, "max-streams-per-session", c.MaxStreams, "open another secure session when each carries this many streams")
 	fs.IntVar(&c.MaxSessions, "max-sessions", c.MaxSessions, "secure sessions to one upstream at most (so at most this × --max-streams-per-session connections to it)")
+}
+
+// Prefer settles the server settings that exclude each other (--allow-all
+// and --allow-id, --http and --proxy-protocol) when they come from
+// different sources: the flag overrides the environment and the file, the
+// environment the file, as for any other setting.
+func (c *ServerConfig) Prefer(level func(flagName string) Level) {
+	prefer(level, "allow-all", "allow-id", c.AllowAll, len(c.AllowIDs) > 0, func() { c.AllowAll = false }, func() { c.AllowIDs = nil })
+	prefer(level, "http", "proxy-protocol", c.HTTP, c.ProxyProtocol, func() { c.HTTP = false }, func() { c.ProxyProtocol = false })
+}
+
+// Prefer settles the client settings that exclude each other (--target
+// and --transparent) as ServerConfig.Prefer does.
+func (c *ClientConfig) Prefer(level func(flagName string) Level) {
+	prefer(level, "target", "transparent", c.Target != "", c.Transparent, func() { c.Target = "" }, func() { c.Transparent = false })
 }
 
 // LoadYAML merges a YAML config file into c; unknown keys are errors. An
@@ -223,25 +252,131 @@ func LoadYAML(path string, c any) error {
 	return nil
 }
 
-// ApplyEnv sets every flag not given on the command line from
-// MILAGRO_<FLAG> (upper case, dashes as underscores), so the precedence is
-// flags > environment > YAML file > defaults.
-func ApplyEnv(fs *flag.FlagSet, environ func(string) (string, bool)) error {
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+// EnvName is the environment variable of a flag: MILAGRO_<FLAG>, upper
+// case, dashes as underscores.
+func EnvName(flagName string) string {
+	return "MILAGRO_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Settings is a sidecar's configuration as the command line sees it
+// (*ServerConfig, *ClientConfig).
+type Settings interface {
+	RegisterFlags(*flag.FlagSet)
+	Prefer(level func(flagName string) Level)
+}
+
+// ApplyEnv completes a configuration whose YAML file is loaded and whose
+// flags fs has parsed: it sets every flag not given on the command line
+// from its environment variable (EnvName), so the precedence is flags >
+// environment > YAML file > defaults, and settles the settings that
+// exclude each other by the same precedence (Prefer). A repeatable flag
+// (--allow-id, --route, --quiet) takes several values from one variable,
+// separated by white space (none of its values can contain any).
+func ApplyEnv(fs *flag.FlagSet, cfg Settings, environ func(string) (string, bool)) error {
+	given := map[string]bool{} // on the command line (before fs.Set marks the others)
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	fromEnv, err := setFromEnv(fs, environ)
+	if err != nil {
+		return err
+	}
+	cfg.Prefer(func(name string) Level {
+		switch {
+		case given[name]:
+			return FromFlag
+		case fromEnv[name]:
+			return FromEnv
+		}
+		return FromFile
+	})
+	return nil
+}
+
+// setFromEnv is ApplyEnv's first part; it returns the flags it set.
+func setFromEnv(fs *flag.FlagSet, environ func(string) (string, bool)) (map[string]bool, error) {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	fromEnv := map[string]bool{}
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] || err != nil || f.Name == "config" {
+		if given[f.Name] || err != nil || f.Name == "config" {
 			return
 		}
-		key := "MILAGRO_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := environ(key); ok {
+		key := EnvName(f.Name)
+		v, ok := environ(key)
+		if !ok {
+			return
+		}
+		vals := []string{v}
+		if _, ok := f.Value.(repeatable); ok {
+			vals = strings.Fields(v)
+		}
+		for _, v := range vals {
 			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("%s: %w", key, e)
+				err = fmt.Errorf("%s=%q: %w%s", key, v, e, durationHint(f))
+				return
 			}
 		}
+		fromEnv[f.Name] = true
 	})
-	return err
+	return fromEnv, err
+}
+
+// durationHint completes the flag package's "parse error" for durations.
+func durationHint(f *flag.Flag) string {
+	if g, ok := f.Value.(flag.Getter); ok {
+		if _, ok := g.Get().(time.Duration); ok {
+			return " (want a duration with its unit, such as 30s or 1m)"
+		}
+	}
+	return ""
+}
+
+// UnknownEnv lists the MILAGRO_* variables of env (KEY=VALUE entries) that
+// are neither a flag of fs nor known (another command's setting, such as
+// MILAGRO_CONFIG or `keys fetch`'s): most likely misspelt settings, which
+// would otherwise be ignored in silence. The variables Kubernetes makes for
+// a Service named "milagro" (MILAGRO_SERVICE_*, MILAGRO_PORT*) are not
+// listed.
+func UnknownEnv(fs *flag.FlagSet, env []string, known func(name string) bool) []string {
+	flags := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) { flags[EnvName(f.Name)] = true })
+	var out []string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(k, "MILAGRO_") || flags[k] || known(k) ||
+			strings.HasPrefix(k, "MILAGRO_SERVICE_") || k == "MILAGRO_PORT" || strings.HasPrefix(k, "MILAGRO_PORT_") {
+			continue
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
+// Level is where a setting came from, for settings that exclude each
+// other.
+type Level int
+
+// The sources of a setting, lowest first.
+const (
+	FromFile Level = iota // the YAML file, or the default
+	FromEnv
+	FromFlag
+)
+
+// prefer settles two settings that exclude each other, a (set when isA)
+// and b (set when isB), when they come from different sources: the one
+// from the higher source stays and clearB or clearA clears the other.
+// From the same source both stay, and the config's check refuses them.
+func prefer(level func(string) Level, a, b string, isA, isB bool, clearA, clearB func()) {
+	if !isA || !isB {
+		return
+	}
+	switch la, lb := level(a), level(b); {
+	case la > lb:
+		clearB()
+	case lb > la:
+		clearA()
+	}
 }
 
 // ConfigError is a mistake in the configuration (exit status 2), as opposed

@@ -3,6 +3,7 @@ package sidecar
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -17,16 +18,16 @@ import (
 func parseServer(t *testing.T, yaml string, env map[string]string, args ...string) (*ServerConfig, error) {
 	t.Helper()
 	cfg := DefaultServerConfig()
-	return cfg, parseInto(t, yaml, env, args, cfg, cfg.RegisterFlags)
+	return cfg, parseInto(t, yaml, env, args, cfg)
 }
 
 func parseClient(t *testing.T, yaml string, env map[string]string, args ...string) (*ClientConfig, error) {
 	t.Helper()
 	cfg := DefaultClientConfig()
-	return cfg, parseInto(t, yaml, env, args, cfg, cfg.RegisterFlags)
+	return cfg, parseInto(t, yaml, env, args, cfg)
 }
 
-func parseInto(t *testing.T, yaml string, env map[string]string, args []string, cfg any, register func(*flag.FlagSet)) error {
+func parseInto(t *testing.T, yaml string, env map[string]string, args []string, cfg Settings) error {
 	t.Helper()
 	if yaml != "" {
 		p := filepath.Join(t.TempDir(), "config.yaml")
@@ -40,11 +41,11 @@ func parseInto(t *testing.T, yaml string, env map[string]string, args []string, 
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.String("config", "", "")
-	register(fs)
+	cfg.RegisterFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	return ApplyEnv(fs, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	return ApplyEnv(fs, cfg, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 }
 
 func TestConfigDefaults(t *testing.T) {
@@ -251,13 +252,98 @@ func TestApplyEnvErrors(t *testing.T) {
 		{"MILAGRO_ROUTE", "no-equals-sign"},
 	} {
 		_, err := parseServer(t, "", map[string]string{kv[0]: kv[1]})
-		if err == nil || !strings.HasPrefix(err.Error(), kv[0]+":") {
-			t.Errorf("%s=%s: %v, want an error naming the variable", kv[0], kv[1], err)
+		if err == nil || !strings.HasPrefix(err.Error(), fmt.Sprintf("%s=%q:", kv[0], kv[1])) {
+			t.Errorf("%s=%s: %v, want an error naming the variable and its value", kv[0], kv[1], err)
+		}
+		if strings.HasSuffix(kv[0], "TIMEOUT") && (err == nil || !strings.Contains(err.Error(), "such as 30s")) {
+			t.Errorf("%s=%s: %v, want the duration format explained", kv[0], kv[1], err)
 		}
 	}
-	// Unrelated and unknown variables are ignored.
+	// Unrelated and unknown variables are ignored here (UnknownEnv finds
+	// the unknown ones, for a warning).
 	if _, err := parseServer(t, "", map[string]string{"MILAGRO_NO_SUCH_FLAG": "x", "HOME": "/"}); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestUnknownEnv: a misspelt MILAGRO_* variable is found; flags, known
+// names, other variables and Kubernetes' service variables are not.
+func TestUnknownEnv(t *testing.T) {
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	DefaultServerConfig().RegisterFlags(fs)
+	env := []string{
+		"MILAGRO_REQUIRE_PERMITS=true", // misspelt
+		"MILAGRO_REQUIRE_PERMIT=true", "MILAGRO_ALLOW_ID=spiffe://x/*", "MILAGRO_CONFIG=/etc/m.yaml",
+		"MILAGRO_SERVICE_HOST=10.0.0.1", "MILAGRO_PORT=tcp://10.0.0.1:8443", "MILAGRO_PORT_8443_TCP_ADDR=10.0.0.1",
+		"HOME=/root", "MILAGRO_VERIFY_ID=spiffe://y", "MILAGRO_ALLOWID=z",
+	}
+	got := UnknownEnv(fs, env, func(k string) bool { return k == "MILAGRO_CONFIG" || k == "MILAGRO_VERIFY_ID" })
+	if want := []string{"MILAGRO_REQUIRE_PERMITS", "MILAGRO_ALLOWID"}; !slices.Equal(got, want) {
+		t.Errorf("UnknownEnv = %v, want %v", got, want)
+	}
+}
+
+// TestEnvRepeatable: one variable gives a repeatable flag several values,
+// separated by white space.
+func TestEnvRepeatable(t *testing.T) {
+	s, err := parseServer(t, "allow-id: [spiffe://file/*]\n", map[string]string{
+		"MILAGRO_ALLOW_ID": "spiffe://a/*  spiffe://b/**\n",
+		"MILAGRO_ROUTE":    "a=127.0.0.1:1 b=127.0.0.1:2",
+		"MILAGRO_QUIET":    "handshake-errs",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(s.AllowIDs, []string{"spiffe://a/*", "spiffe://b/**"}) || len(s.Routes) != 2 ||
+		s.Routes["b"] != "127.0.0.1:2" || !slices.Equal(s.Quiet, []string{"handshake-errs"}) {
+		t.Errorf("allow-id %q, routes %v, quiet %q", s.AllowIDs, s.Routes, s.Quiet)
+	}
+	c, err := parseClient(t, "", map[string]string{"MILAGRO_ROUTE": "h:1=up:1@spiffe://u h:2=up:2@spiffe://v#db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Routes) != 2 || c.Routes["h:2"] != (Route{Upstream: "up:2", VerifyID: "spiffe://v", Target: "db"}) {
+		t.Errorf("client routes %v", c.Routes)
+	}
+}
+
+// TestPreferBySource: of two settings that exclude each other, the one
+// from the higher source wins (flag > environment > file); from the same
+// source both stay, for NewServer/NewClient to refuse.
+func TestPreferBySource(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		yaml     string
+		env      map[string]string
+		args     []string
+		allowAll bool
+		allowIDs int
+		http     bool
+		pp       bool
+	}{
+		{"flag over file", "allow-id: [spiffe://x/*]\n", nil, []string{"--allow-all"}, true, 0, false, false},
+		{"env over file", "allow-all: true\n", map[string]string{"MILAGRO_ALLOW_ID": "spiffe://x/*"}, nil, false, 1, false, false},
+		{"flag over env", "", map[string]string{"MILAGRO_ALLOW_ALL": "true"}, []string{"--allow-id", "spiffe://x/*"}, false, 1, false, false},
+		{"same source: both stay", "", nil, []string{"--allow-all", "--allow-id", "spiffe://x/*"}, true, 1, false, false},
+		{"proxy protocol over http", "http: true\n", nil, []string{"--proxy-protocol"}, false, 0, false, true},
+		{"http (env) over proxy protocol", "proxy-protocol: true\n", map[string]string{"MILAGRO_HTTP": "true"}, nil, false, 0, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := parseServer(t, tc.yaml, tc.env, tc.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.AllowAll != tc.allowAll || len(s.AllowIDs) != tc.allowIDs || s.HTTP != tc.http || s.ProxyProtocol != tc.pp {
+				t.Errorf("allow-all %v allow-id %q http %v proxy-protocol %v", s.AllowAll, s.AllowIDs, s.HTTP, s.ProxyProtocol)
+			}
+		})
+	}
+	c, err := parseClient(t, "target: up:1\nverify-id: spiffe://x\n", nil, "--transparent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Target != "" || !c.Transparent {
+		t.Errorf("client: --transparent over the file's target: target %q transparent %v", c.Target, c.Transparent)
 	}
 }
 

@@ -62,6 +62,9 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 	if cfg.HTTP && cfg.ProxyProtocol {
 		return nil, configErr(errors.New("--http and --proxy-protocol exclude each other"))
 	}
+	if cfg.HTTP && cfg.Target == "" {
+		return nil, configErr(errors.New("--http needs --target, the backend its reverse proxy serves (named --route targets stay TCP)"))
+	}
 	if cfg.MaxHandshakes <= 0 {
 		return nil, configErr(errors.New("--max-handshakes must be positive"))
 	}

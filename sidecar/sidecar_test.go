@@ -446,6 +446,7 @@ func TestNewServerConfigErrors(t *testing.T) {
 		{"remote target", func(c *ServerConfig) { c.Target = "10.0.0.1:80" }, "not on loopback"},
 		{"bad route", func(c *ServerConfig) { c.Routes = map[string]string{"x": "nohost"} }, "target x"},
 		{"http and proxy protocol", func(c *ServerConfig) { c.HTTP, c.ProxyProtocol = true, true }, "exclude each other"},
+		{"http without target", func(c *ServerConfig) { c.HTTP, c.Target, c.Routes = true, "", map[string]string{"a": "127.0.0.1:1"} }, "--http needs --target"},
 		{"bad quiet", func(c *ServerConfig) { c.Quiet = []string{"everything"} }, "--quiet"},
 		{"max-handshakes", func(c *ServerConfig) { c.MaxHandshakes = 0 }, "--max-handshakes"},
 		{"stream window too small", func(c *ServerConfig) { c.StreamWindow = 65535 }, "--stream-window 65535"},
@@ -496,7 +497,10 @@ func TestNewClientConfigErrors(t *testing.T) {
 		{"no verify-id", func(c *ClientConfig) { c.VerifyID = "" }, "--verify-id is required"},
 		{"bad verify-id", func(c *ClientConfig) { c.VerifyID = "spiffe://x/***" }, "verify-id"},
 		{"bad upstream", func(c *ClientConfig) { c.Target = "nohost" }, "HOST:PORT"},
-		{"transparent without routes", func(c *ClientConfig) { c.Transparent = true }, "--transparent needs"},
+		{"transparent without routes", func(c *ClientConfig) { c.Target, c.Transparent = "", true }, "--transparent needs"},
+		{"transparent and target", func(c *ClientConfig) {
+			c.Transparent, c.Routes = true, map[string]Route{"10.0.0.1:5432": {Upstream: "127.0.0.1:1", VerifyID: "spiffe://x"}}
+		}, "--transparent and --target exclude each other"},
 		{"forward proxy without routes", func(c *ClientConfig) { c.Target = ""; c.ForwardProxy = "127.0.0.1:0" }, "needs at least one --route"},
 		{"route without verify-id", func(c *ClientConfig) {
 			c.Routes = map[string]Route{"a:1": {Upstream: "127.0.0.1:1"}}

@@ -1,13 +1,12 @@
-// Command milagro is the certificate-less secure channel: D-TA service,
-// key fetcher and (in later releases) the server and client sidecars.
-// This file only parses flags and wires packages together.
+// Command milagro is the certificate-less secure channel: the D-TA
+// service, the key fetcher, the server and client sidecars, and a demo of
+// them all. This file only parses flags and wires packages together.
 package main
 
 import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/milagro-sc/milagro/sidecar"
 	"io"
 	"os"
 	"runtime/debug"
@@ -15,6 +14,8 @@ import (
 	"strings"
 
 	"github.com/rs/zerolog"
+
+	"github.com/milagro-sc/milagro/sidecar"
 )
 
 // usageError makes main exit 2.
@@ -48,6 +49,13 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	switch {
+	case len(args) > 0 && (args[0] == "--version" || args[0] == "-version"):
+		args = append([]string{"version"}, args[1:]...)
+	case len(args) > 1 && args[0] == "help":
+		// milagro help CMD: CMD's own flags.
+		args = append(append([]string(nil), args[1:]...), "-h")
+	}
 	name, rest := "", args
 	for _, n := range []int{2, 1} {
 		if len(args) >= n {
@@ -63,10 +71,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			printUsage(stderr)
 			return 2
 		}
-		printUsage(stdout)
-		if len(args) == 0 {
+		if len(args) == 0 { // a usage mistake: to stderr
+			printUsage(stderr)
 			return 2
 		}
+		printUsage(stdout)
 		return 0
 	}
 	err := commands[name].run(rest, stdout, stderr)
@@ -98,7 +107,10 @@ func printUsage(w io.Writer) {
 	fmt.Fprintln(w, "\nRun 'milagro <command> -h' for its flags.")
 }
 
-func runVersion(args []string, stdout, _ io.Writer) error {
+func runVersion(args []string, stdout, stderr io.Writer) error {
+	if err := parse(newFlags("version", stderr), args, 0); err != nil {
+		return err
+	}
 	v := "(devel)"
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
 		v = bi.Main.Version
@@ -129,8 +141,20 @@ func parse(fs *flag.FlagSet, args []string, maxPositional int) error {
 	return nil
 }
 
-// envDefault returns $MILAGRO_<NAME> or def.
+// otherEnv lists the MILAGRO_* variables that are not a sidecar flag's
+// (sidecar.EnvName): the sidecars do not warn about them.
+var otherEnv = map[string]bool{
+	"MILAGRO_CONFIG": true, "MILAGRO_DTA_PASSPHRASE": true,
+	// envDefault's, for keys fetch and dta serve
+	"MILAGRO_DTA_DIR": true, "MILAGRO_DTA_LISTEN": true, "MILAGRO_DTA_POLICY": true,
+	"MILAGRO_DOMAIN": true, "MILAGRO_IDENTITY": true, "MILAGRO_KEYS": true, "MILAGRO_KINDS": true, "MILAGRO_TOKEN_FILE": true,
+}
+
+// envDefault returns $MILAGRO_<NAME> or def. NAME must be in otherEnv.
 func envDefault(name, def string) string {
+	if !otherEnv["MILAGRO_"+name] {
+		panic("envDefault: MILAGRO_" + name + " is not in otherEnv")
+	}
 	if v, ok := os.LookupEnv("MILAGRO_" + name); ok {
 		return v
 	}

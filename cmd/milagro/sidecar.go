@@ -10,6 +10,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/rs/zerolog"
+
 	"github.com/milagro-sc/milagro/sidecar"
 )
 
@@ -36,22 +38,43 @@ func cutPrefix(s, p string) (string, bool) {
 	return "", false
 }
 
-func sidecarFlags(name string, stderr io.Writer, args []string, cfg any, register func(*flag.FlagSet)) error {
+// sidecarFlags fills cfg from the YAML file, the flags and the environment,
+// in that order of precedence (lowest first). It returns the MILAGRO_*
+// variables that are no setting (sidecar.UnknownEnv), for a warning once
+// the logger is up.
+func sidecarFlags(name string, stderr io.Writer, args []string, cfg sidecar.Settings) ([]string, error) {
 	if path := configFile(args); path != "" {
 		if err := sidecar.LoadYAML(path, cfg); err != nil {
-			return usagef("%v", err)
+			return nil, usagef("%v", err)
 		}
 	}
 	fs := newFlags(name, stderr)
 	fs.String("config", "", "YAML file with the same settings as the flags (flags and MILAGRO_* override it)")
-	register(fs)
+	cfg.RegisterFlags(fs)
 	if err := parse(fs, args, 0); err != nil {
-		return err
+		return nil, err
 	}
-	if err := sidecar.ApplyEnv(fs, os.LookupEnv); err != nil {
-		return usagef("%v", err)
+	if err := sidecar.ApplyEnv(fs, cfg, os.LookupEnv); err != nil {
+		return nil, usagef("%v", err)
 	}
-	return nil
+	// A variable of the other sidecar, or of another command, is no
+	// mistake: one environment often serves several.
+	other := newFlags("", io.Discard)
+	if name == "server" {
+		sidecar.DefaultClientConfig().RegisterFlags(other)
+	} else {
+		sidecar.DefaultServerConfig().RegisterFlags(other)
+	}
+	known := map[string]bool{}
+	other.VisitAll(func(f *flag.Flag) { known[sidecar.EnvName(f.Name)] = true })
+	return sidecar.UnknownEnv(fs, os.Environ(), func(k string) bool { return known[k] || otherEnv[k] }), nil
+}
+
+// warnUnknownEnv logs sidecarFlags' list.
+func warnUnknownEnv(log zerolog.Logger, cmd string, names []string) {
+	for _, k := range names {
+		log.Warn().Str("variable", k).Msgf("%s is not a setting of milagro %s (misspelt?); ignored", k, cmd)
+	}
 }
 
 // runSidecar runs a server or client until SIGTERM/SIGINT, reloading keys on
@@ -67,13 +90,15 @@ func runSidecar(run func(ctx context.Context, hup <-chan os.Signal) error) error
 
 func runServer(args []string, _, stderr io.Writer) error {
 	cfg := sidecar.DefaultServerConfig()
-	if err := sidecarFlags("server", stderr, args, cfg, cfg.RegisterFlags); err != nil {
+	unknown, err := sidecarFlags("server", stderr, args, cfg)
+	if err != nil {
 		return err
 	}
 	log, err := sidecar.NewLogger(stderr, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
 		return usagef("%v", err)
 	}
+	warnUnknownEnv(log, "server", unknown)
 	srv, err := sidecar.NewServer(cfg, log)
 	if err != nil {
 		return configError(err)
@@ -83,13 +108,15 @@ func runServer(args []string, _, stderr io.Writer) error {
 
 func runClient(args []string, _, stderr io.Writer) error {
 	cfg := sidecar.DefaultClientConfig()
-	if err := sidecarFlags("client", stderr, args, cfg, cfg.RegisterFlags); err != nil {
+	unknown, err := sidecarFlags("client", stderr, args, cfg)
+	if err != nil {
 		return err
 	}
 	log, err := sidecar.NewLogger(stderr, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
 		return usagef("%v", err)
 	}
+	warnUnknownEnv(log, "client", unknown)
 	cl, err := sidecar.NewClient(cfg, log)
 	if err != nil {
 		return configError(err)
