@@ -49,16 +49,33 @@ type appRecords struct {
 	rc   *recordConn
 	gcm  *ciphersuite.GCM
 	rerr error
+	nin  uint64 // records opened (read side: one goroutine)
 
 	wmu    sync.Mutex
 	sealer cipher.AEAD
 	salt   [4]byte // client_write_IV or server_write_IV (RFC 5288 §3)
 	seq    uint64  // next epoch-1 sequence number to send
 	werr   error
+
+	// limit is KeyRecordLimit when the records were set up; onLimit, if
+	// set, is called (once per direction) when either key has carried
+	// that many records. It must not block or write.
+	limit   uint64
+	onLimit func()
 }
 
 // maxSeq is the last DTLS sequence number (48 bits).
 const maxSeq = 1<<48 - 1
+
+// KeyRecordLimit is how many records one direction's key carries before
+// the session stops taking new streams (ErrKeyLimit; the server also sends
+// GoAway), so that the connections are carried on by a new session with
+// new keys: DTLS 1.2 has no rekeying, and AES-GCM's margin against
+// forgery and distinguishing shrinks with the amount it encrypts (RFC 8446
+// §5.5 caps TLS 1.3 at 2^24.5 full records per key). 2^24 records of up to
+// 8000 bytes are 134 GB per direction. Streams already open continue; the
+// hard end is the sequence number's, 2^48 records. A variable for tests.
+var KeyRecordLimit uint64 = 1 << 24
 
 // takeOver ends pion's Conn after a successful handshake and returns the
 // record layer that continues from where it stopped: pion's goroutines are
@@ -75,16 +92,20 @@ func takeOver(dc *dtls.Conn, rc *recordConn, client bool) (*appRecords, error) {
 	defer clear(es.MasterSecret)
 	switch {
 	case err != nil:
-		return nil, fmt.Errorf("psk: export DTLS state: %w", err)
+		err = fmt.Errorf("psk: export DTLS state: %w", err)
 	case es.CipherSuiteID != uint16(dtls.TLS_PSK_WITH_AES_128_GCM_SHA256):
-		return nil, fmt.Errorf("psk: DTLS state has cipher suite %#04x", es.CipherSuiteID)
+		err = fmt.Errorf("psk: DTLS state has cipher suite %#04x", es.CipherSuiteID)
 	case es.IsClient != client || es.LocalEpoch != 1 || len(es.MasterSecret) != 48:
-		return nil, errors.New("psk: DTLS state is not that of a finished handshake")
+		err = errors.New("psk: DTLS state is not that of a finished handshake")
 	}
-	// Stop pion before taking its place: its final writes (close_notify)
-	// are discarded and its Close leaves the TCP connection open.
+	// Stop pion before taking its place (or on failure): its final writes
+	// (close_notify) are discarded and its Close leaves the TCP connection
+	// open; its goroutines end.
 	rc.detach()
 	_ = dc.Close()
+	if err != nil {
+		return nil, err
+	}
 
 	rc.wmu.Lock()
 	next := rc.outNext[1]
@@ -133,14 +154,15 @@ func newAppRecords(rc *recordConn, localKey, localIV, remoteKey, remoteIV []byte
 	if err != nil {
 		return nil, err
 	}
-	a := &appRecords{rc: rc, gcm: gcm, sealer: aead, seq: seq}
+	a := &appRecords{rc: rc, gcm: gcm, sealer: aead, seq: seq, limit: KeyRecordLimit}
 	copy(a.salt[:], localIV)
 	return a, nil
 }
 
 // next returns the plaintext of the next application data record (valid
-// until the following call), io.EOF after the peer's close_notify, or the
-// error that ended the stream (sticky).
+// until the following call), io.EOF after the peer's close_notify,
+// ErrTruncated if the connection ends without one, or the error that ended
+// the stream (sticky).
 func (a *appRecords) next() ([]byte, error) {
 	if a.rerr != nil {
 		return nil, a.rerr
@@ -149,6 +171,9 @@ func (a *appRecords) next() ([]byte, error) {
 		// Opened in place, in the record reader's buffer.
 		rec, err := a.rc.readOwn(maxRecordLen)
 		if err != nil {
+			if err == io.EOF { // at a record boundary, but no close_notify
+				err = ErrTruncated
+			}
 			if !isTimeout(err) {
 				a.rerr = err
 			}
@@ -161,6 +186,9 @@ func (a *appRecords) next() ([]byte, error) {
 			a.rc.fail(a.rerr)
 			_ = a.writeAlert(alert.Fatal, alert.BadRecordMac)
 			return nil, a.rerr
+		}
+		if a.nin++; a.nin == a.limit && a.onLimit != nil {
+			a.onLimit()
 		}
 		body := out[recordlayer.HeaderSize:]
 		switch typ {
@@ -251,6 +279,9 @@ func (a *appRecords) seal(typ protocol.ContentType, p []byte) error {
 	rec = append(rec, nonce[4:]...)
 	rec = a.sealer.Seal(rec, nonce[:], p, ad[:])
 	a.seq++
+	if a.seq == a.limit && a.onLimit != nil { // seq counts pion's handshake records too: a few more or less
+		a.onLimit()
+	}
 	if err := a.rc.doneRecord(rec, from); err != nil {
 		a.werr = err
 		return err

@@ -47,7 +47,8 @@ func fuzzRecords(tb testing.TB, input io.Reader) (ours, peer *appRecords) {
 
 // FuzzAppRecords: on any byte stream after the handshake, appRecords
 // returns only plaintext that authenticated (never more than came in), and
-// ends with io.EOF or a typed, sticky error; it never panics.
+// ends with io.EOF (close_notify) or a typed, sticky error (ErrTruncated
+// without one); it never panics.
 func FuzzAppRecords(f *testing.F) {
 	_, peer := fuzzRecords(f, nil)
 	var seed bytes.Buffer
@@ -62,8 +63,8 @@ func FuzzAppRecords(f *testing.F) {
 			f.Fatalf("seed record: %d bytes, %v; want %d", len(p), err, want)
 		}
 	}
-	if _, err := check.next(); err != io.EOF {
-		f.Fatalf("after the seed records: %v, want io.EOF", err)
+	if _, err := check.next(); !errors.Is(err, ErrTruncated) {
+		f.Fatalf("after the seed records (no close_notify): %v, want ErrTruncated", err)
 	}
 	f.Add(data)
 	f.Add(append(bytes.Clone(data), sealWith(f, peer, protocol.ContentTypeAlert, []byte{byte(alert.Warning), byte(alert.CloseNotify)})...))
@@ -117,3 +118,78 @@ type captureConn struct {
 }
 
 func (c *captureConn) Write(p []byte) (int, error) { return c.out.Write(p) }
+
+// FuzzSealedRecords reaches what follows decryption, which FuzzAppRecords
+// cannot (a mutated record fails authentication): the input is a list of
+// (type, length, payload) items, each sealed with the peer's key, and the
+// stream of them must read as the rules say — application data in order
+// (empty records skipped), a two-byte close_notify as io.EOF, any other
+// two-byte alert as *AlertError, an alert of another length or a record of
+// any other type as ErrBadRecord, and the end without close_notify as
+// ErrTruncated.
+func FuzzSealedRecords(f *testing.F) {
+	types := []protocol.ContentType{protocol.ContentTypeApplicationData, protocol.ContentTypeAlert,
+		protocol.ContentTypeHandshake, protocol.ContentTypeChangeCipherSpec, 99}
+	f.Add([]byte{0, 5, 'h', 'e', 'l', 'l', 'o', 0, 0, 1, 2, byte(alert.Warning), byte(alert.CloseNotify)})
+	f.Add([]byte{0, 1, 'x', 1, 2, byte(alert.Fatal), byte(alert.InternalError)})
+	f.Add([]byte{0, 3, 'a', 'b', 'c', 1, 3, 1, 0, 0})
+	f.Add([]byte{2, 4, 20, 0, 0, 0})
+	f.Add([]byte{3, 1, 1})
+	f.Add([]byte{4, 2, 1, 2})
+	f.Add([]byte{0, 0xff, 0x80})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		_, peer := fuzzRecords(t, nil)
+		var stream bytes.Buffer
+		type item struct {
+			typ protocol.ContentType
+			p   []byte
+		}
+		var items []item
+		for i := 0; i+2 <= len(in) && len(items) < 64; {
+			typ, n := types[int(in[i])%len(types)], int(in[i+1])
+			i += 2
+			p := in[i:min(i+n, len(in))]
+			i += len(p)
+			if in[i-len(p)-2]&0x80 != 0 && typ == protocol.ContentTypeApplicationData {
+				// A large record: the payload repeated up to the limit.
+				p = bytes.Repeat(append([]byte{0}, p...), MaxRecordPlaintext/(len(p)+1))
+			}
+			stream.Write(sealWith(t, peer, typ, p))
+			items = append(items, item{typ, p})
+		}
+		ours, _ := fuzzRecords(t, bytes.NewReader(stream.Bytes()))
+		for _, it := range items {
+			if it.typ == protocol.ContentTypeApplicationData && len(it.p) == 0 {
+				continue
+			}
+			got, err := ours.next()
+			var ae *AlertError
+			switch {
+			case it.typ == protocol.ContentTypeApplicationData:
+				if err != nil || !bytes.Equal(got, it.p) {
+					t.Fatalf("application data of %d bytes: %d bytes, %v", len(it.p), len(got), err)
+				}
+				continue
+			case it.typ == protocol.ContentTypeAlert && len(it.p) == 2 && alert.Description(it.p[1]) == alert.CloseNotify:
+				if err != io.EOF {
+					t.Fatalf("close_notify: %v, want io.EOF", err)
+				}
+			case it.typ == protocol.ContentTypeAlert && len(it.p) == 2:
+				if !errors.As(err, &ae) || ae.Level != it.p[0] || ae.Description != it.p[1] {
+					t.Fatalf("alert %v: %v, want *AlertError", it.p, err)
+				}
+			default:
+				if !errors.Is(err, ErrBadRecord) {
+					t.Fatalf("%v record of %d bytes: %v, want ErrBadRecord", it.typ, len(it.p), err)
+				}
+			}
+			if _, err2 := ours.next(); err2 != err {
+				t.Fatalf("error not sticky: %v then %v", err, err2)
+			}
+			return
+		}
+		if _, err := ours.next(); !errors.Is(err, ErrTruncated) {
+			t.Fatalf("end without close_notify: %v, want ErrTruncated", err)
+		}
+	})
+}

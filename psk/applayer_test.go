@@ -118,7 +118,13 @@ func TestAppRecordsInterop(t *testing.T) {
 			if err := closer.close(); err != nil {
 				t.Fatalf("close: %v", err)
 			}
-			if _, err := other.recv(); !errors.Is(err, io.EOF) {
+			_, err := other.recv()
+			// pion's Conn.Close races its own read loop, which it wakes to
+			// end and which may close the connection before close_notify
+			// is written (pion v2.2.12; in about 1 of 70 runs under -race):
+			// what we read then is the end without close_notify. Ours
+			// always sends it (TestCloseNotifyIsEOF).
+			if !errors.Is(err, io.EOF) && (tc.closeOur || !errors.Is(err, ErrTruncated)) {
 				t.Fatalf("after close_notify the peer reads %v, want io.EOF", err)
 			}
 		})

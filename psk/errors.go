@@ -3,6 +3,7 @@ package psk
 import (
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/pion/dtls/v2/pkg/protocol/alert"
 )
@@ -33,8 +34,13 @@ var (
 	// ErrSessionClosed: the session is closed; the wrapped cause says why
 	// (local Close, idle timeout, peer close, keepalive failure, I/O error).
 	ErrSessionClosed = errors.New("psk: session closed")
-	// ErrPeerClosed is the cause when the peer closed the session.
+	// ErrPeerClosed is the cause when the peer closed the session (its
+	// close_notify came).
 	ErrPeerClosed = errors.New("psk: peer closed the session")
+	// ErrTruncated is the cause when the connection ended without the
+	// peer's close_notify, between two records: the peer crashed, or a
+	// FIN was injected on the way. It wraps io.ErrUnexpectedEOF.
+	ErrTruncated = fmt.Errorf("psk: connection closed without close_notify: %w", io.ErrUnexpectedEOF)
 	// ErrIdleTimeout is the cause when the session had no stream for
 	// Config.IdleTimeout.
 	ErrIdleTimeout = errors.New("psk: session idle timeout")
@@ -44,6 +50,9 @@ var (
 	// ErrTooManyStreams: the session already carries Config.MaxStreams
 	// streams.
 	ErrTooManyStreams = errors.New("psk: too many streams on this session")
+	// ErrKeyLimit: the session's record keys have carried KeyRecordLimit
+	// records; it takes no new streams (the pool opens another session).
+	ErrKeyLimit = errors.New("psk: the session's keys have carried their limit of records")
 	// ErrStreamReset: the peer (or the local stream close timeout) reset
 	// the stream; data may have been lost.
 	ErrStreamReset = errors.New("psk: stream reset")

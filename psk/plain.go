@@ -155,6 +155,7 @@ func (c *plainConn) readFailed(err error) error {
 		err = c.rc.failure()
 	case errors.Is(err, io.EOF):
 		err = ErrPeerClosed
+	case errors.Is(err, ErrTruncated):
 	case errors.Is(err, ErrProtocol):
 	case errors.Is(err, ErrBadRecord):
 		err = unwrapPion(err)
@@ -229,6 +230,9 @@ func (c *plainConn) Close() error {
 	c.rc.beginClose(closeGrace)
 	// The peer may be gone already: its absence is no error of ours.
 	_ = c.app.writeAlert(alert.Warning, alert.CloseNotify)
+	// A Write under way may hold a batch open, with close_notify now in
+	// it: it goes out before the connection closes.
+	_ = c.rc.flush()
 	if err := c.rc.Conn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
 	}

@@ -325,6 +325,7 @@ type recordConn struct {
 	failErr error
 
 	closing      atomic.Bool
+	closeBy      atomic.Int64 // beginClose's deadline (Unix ns; 0: not closing)
 	wmu          sync.Mutex
 	writeTimeout time.Duration
 	batching     int // nesting depth of beginBatch
@@ -566,9 +567,23 @@ func (c *recordConn) flushLocked() error {
 	return err
 }
 
+// flush writes what a batch holds now, batch or not (Close: the records
+// so far and close_notify go out before the connection closes).
+func (c *recordConn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.flushLocked()
+}
+
 func (c *recordConn) writeLocked(b []byte) (int, error) {
 	if c.writeTimeout > 0 && !c.closing.Load() {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+		// beginClose may have set its shorter deadline meanwhile, before
+		// the one just set: set it again (if it has not come yet, its own
+		// call comes after ours).
+		if cb := c.closeBy.Load(); cb != 0 {
+			_ = c.Conn.SetWriteDeadline(time.Unix(0, cb))
+		}
 	}
 	c.writesOut.Add(1)
 	return c.Conn.Write(b)
@@ -620,6 +635,8 @@ func (c *recordConn) sendPlainAlert(desc alert.Description) error {
 // beginClose bounds the remaining writes (close_notify, a writer blocked on
 // a peer that stopped reading) by grace.
 func (c *recordConn) beginClose(grace time.Duration) {
+	by := time.Now().Add(grace)
+	c.closeBy.Store(by.UnixNano())
 	c.closing.Store(true)
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(grace))
+	_ = c.Conn.SetWriteDeadline(by)
 }

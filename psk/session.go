@@ -178,6 +178,19 @@ type Session struct {
 	sweep   *time.Timer // releases drained receive buffers (sweepBuffers)
 
 	badStreams atomic.Uint64
+
+	// worn is set once a record key has carried KeyRecordLimit records.
+	worn atomic.Bool
+}
+
+// keyLimit is appRecords.onLimit: from now on the session takes no new
+// streams. The client's Open refuses them (ErrKeyLimit); the server sends
+// GoAway, so that a client not counting itself stops too.
+func (s *Session) keyLimit() {
+	if !s.worn.CompareAndSwap(false, true) || s.client {
+		return
+	}
+	s.spawn(func() { _ = s.GoAway() }) // not here: seal holds the write locks
 }
 
 type acceptItem struct {
@@ -256,6 +269,7 @@ func newSession(ctx context.Context, client bool, conn net.Conn, res *mpinkex.Re
 		s.tab.maxIn = cfg.MaxStreams + 2*cfg.AcceptBacklog
 	}
 	s.pc = newPlainConn(app, rc, s.tab, s.setCause)
+	app.onLimit = s.keyLimit
 	mc := muxConn{s.pc, s}
 	if client {
 		s.mux, err = yamux.Client(mc, cfg.yamux())
@@ -571,6 +585,9 @@ func (s *Session) Open(ctx context.Context, target string) (*Stream, error) {
 	}
 	if s.mux.IsClosed() {
 		return nil, s.closedErr()
+	}
+	if s.worn.Load() {
+		return nil, fmt.Errorf("%w: %w", ErrSessionClosed, ErrKeyLimit)
 	}
 	if n := s.tab.len(); n >= s.cfg.MaxStreams {
 		return nil, fmt.Errorf("%w (%d)", ErrTooManyStreams, n)
