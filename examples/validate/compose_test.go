@@ -3,7 +3,9 @@ package validate
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"net"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -22,10 +24,13 @@ import (
 func loadCompose(t *testing.T) *types.Project {
 	t.Helper()
 	dir := filepath.Join(examplesDir, "compose")
-	env := []string{
-		"DTA1_PASSPHRASE=x", "DTA2_PASSPHRASE=y", "DTA3_PASSPHRASE=z",
-		"PAY_TOKEN=pay", "PAY_TOKEN_SHA256=" + dta.HashToken("pay"),
-		"WEB_TOKEN=web", "WEB_TOKEN_SHA256=" + dta.HashToken("web"),
+	env := []string{"DTA1_PASSPHRASE=x", "DTA2_PASSPHRASE=y", "DTA3_PASSPHRASE=z"}
+	// A different token per workload and D-TA, and its hash.
+	for _, w := range []string{"PAY", "WEB"} {
+		for i := 1; i <= 3; i++ {
+			tok := fmt.Sprintf("%s_TOKEN_DTA%d", w, i)
+			env = append(env, tok+"="+strings.ToLower(tok), tok+"_SHA256="+dta.HashToken(strings.ToLower(tok)))
+		}
 	}
 	opts, err := composecli.NewProjectOptions([]string{filepath.Join(dir, "compose.yaml")},
 		composecli.WithWorkingDirectory(dir), composecli.WithEnv(env), composecli.WithProfiles([]string{"setup"}))
@@ -87,16 +92,23 @@ func TestCompose(t *testing.T) {
 		}
 		cmds[name] = pc
 		checkRuns(t, c, inv)
-		if tok := pc.get("token-file"); tok != "" {
-			ok := false
+		if pc.cmd == "keys fetch" {
+			var files []tokenFile
 			for _, sec := range s.Secrets {
-				if sec.Target == tok || "/run/secrets/"+sec.Target == tok {
-					ok = sec.UID == "65532" && sec.Mode != nil && *sec.Mode&0o077 == 0
+				target := secretTarget(sec)
+				if target != path.Clean(pc.get("token-file")) && path.Dir(target) != path.Clean(pc.get("token-file")) {
+					continue
 				}
+				mode := fs.FileMode(0o444) // compose's default
+				if sec.Mode != nil {
+					mode = fs.FileMode(*sec.Mode)
+				}
+				if sec.UID != "65532" || mode&0o077 != 0 {
+					t.Errorf("%s: token %s must be a secret with uid 65532 and mode 0400 (milagro refuses others)", sw, target)
+				}
+				files = append(files, tokenFile{path: target, mode: mode})
 			}
-			if !ok {
-				t.Errorf("%s: --token-file %s must be a secret with uid 65532 and mode 0400 (milagro refuses others)", sw, tok)
-			}
+			checkTokenFolder(t, sw, pc, files)
 		}
 		if pc.cmd == "keys fetch" && (s.HealthCheck == nil || !slices.Equal(s.HealthCheck.Test, []string{"CMD", "milagro", "keys", "show", pc.get("out")})) {
 			t.Errorf("%s: want healthcheck [CMD, milagro, keys, show, %s], so that the sidecar waits for keys", sw, pc.get("out"))
@@ -156,25 +168,51 @@ func TestCompose(t *testing.T) {
 		}
 	}
 
-	// The policy the D-TAs get, as they parse it, grants every fetcher.
-	pol, err := dta.ParsePolicy([]byte(p.Configs["dta-policy"].Content))
-	if err != nil {
-		t.Fatalf("dta-policy: %v", err)
-	}
-	for name, pc := range cmds {
-		if pc.cmd != "keys fetch" {
+	// The policy each D-TA gets, as it parses it, grants every fetcher, under
+	// the hash of the token that fetcher sends to this D-TA (the file named
+	// by the D-TA's id, which is the service's name) and of no other.
+	for dname, dc := range cmds {
+		if dc.cmd != "dta serve" {
 			continue
 		}
-		var kinds []keydir.Kind
-		for _, k := range strings.Split(pc.get("kinds"), ",") {
-			kinds = append(kinds, keydir.Kind(k))
+		var pol *dta.Policy
+		for _, cf := range p.Services[dname].Configs {
+			if cf.Target == dc.get("policy") {
+				var err error
+				if pol, err = dta.ParsePolicy([]byte(p.Configs[cf.Source].Content)); err != nil {
+					t.Errorf("service %s: config %s: %v", dname, cf.Source, err)
+				}
+			}
 		}
-		ok := false
-		for _, r := range pol.Requesters {
-			ok = ok || r.Authorize(pc.get("identity"), kinds) == nil
+		if pol == nil {
+			t.Errorf("service %s: no config at --policy %s", dname, dc.get("policy"))
+			continue
 		}
-		if !ok {
-			t.Errorf("service %s: the policy grants no one %s for %s", name, pc.get("kinds"), pc.get("identity"))
+		for name, pc := range cmds {
+			if pc.cmd != "keys fetch" {
+				continue
+			}
+			hash := ""
+			for _, sec := range p.Services[name].Secrets {
+				if secretTarget(sec) == path.Join(pc.get("token-file"), dname) {
+					hash = dta.HashToken(p.Environment[p.Secrets[sec.Source].Environment])
+				}
+			}
+			var kinds []keydir.Kind
+			for _, k := range strings.Split(pc.get("kinds"), ",") {
+				kinds = append(kinds, keydir.Kind(k))
+			}
+			var grants []string // requesters that grant it
+			ok := false
+			for _, r := range pol.Requesters {
+				if r.Authorize(pc.get("identity"), kinds) == nil {
+					grants = append(grants, r.Name)
+					ok = ok || r.TokenSHA256 == hash
+				}
+			}
+			if !ok {
+				t.Errorf("service %s: the policy of D-TA %s grants %s for %s to no requester with the hash of the token %s sends it (requesters granting it: %v)", dname, dname, pc.get("kinds"), pc.get("identity"), name, grants)
+			}
 		}
 	}
 	for name, v := range p.Volumes {
@@ -201,8 +239,12 @@ func TestCompose(t *testing.T) {
 			continue
 		}
 		if len(words) > 0 && words[0] != "" {
-			c.mustParse(t, invocation{where: rel(readme), argv: append([]string{"milagro"}, words...)})
+			pc := c.mustParse(t, invocation{where: rel(readme), argv: append([]string{"milagro"}, words...)})
 			n++
+			// The policies and the token files are named by the D-TA's id.
+			if pc != nil && pc.cmd == "dta init" && pc.get("id") != m[1] {
+				t.Errorf("%s: docker compose run %s dta init --id %s: name the D-TA as its service", rel(readme), m[1], pc.get("id"))
+			}
 		}
 	}
 	if n < 3 {
@@ -211,3 +253,14 @@ func TestCompose(t *testing.T) {
 }
 
 func path0(s string) string { return filepath.Base(s) }
+
+// secretTarget is where a service's secret appears in its container.
+func secretTarget(sec types.ServiceSecretConfig) string {
+	switch {
+	case sec.Target == "":
+		return "/run/secrets/" + sec.Source
+	case !strings.HasPrefix(sec.Target, "/"):
+		return path.Clean("/run/secrets/" + sec.Target)
+	}
+	return path.Clean(sec.Target)
+}

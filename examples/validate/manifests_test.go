@@ -405,28 +405,32 @@ func envSecret(c *corev1.Container, name string) bool {
 	return false
 }
 
-// checkFetcher: the token is a 0400 copy in memory (a Secret volume would
-// be refused), domain.json comes from a ConfigMap, the keys go to a memory
-// volume, and a startup probe holds the next sidecar back until they exist.
+// checkFetcher: the tokens, one per D-TA in the folder --token-file names,
+// are 0400 copies in memory (a Secret volume would be refused), domain.json
+// comes from a ConfigMap, the keys go to a memory volume, and a startup
+// probe holds the next sidecar back until they exist.
 func checkFetcher(t *testing.T, where string, spec *corev1.PodSpec, i int, ct *corev1.Container, p *parsed) {
 	t.Helper()
 	if !p.has("watch") {
 		t.Errorf("%s: %s: keys fetch without --watch would not renew the time permits", where, ct.Name)
 	}
-	if tok := p.get("token-file"); tok != "" {
-		m := mountOf(ct, tok)
-		switch v := volumeOf(spec, m); {
-		case m == nil || v == nil:
-			t.Errorf("%s: %s: --token-file %s is on no volume", where, ct.Name, tok)
-		case v.Secret != nil || v.Projected != nil:
-			t.Errorf("%s: %s: --token-file %s is on a Secret volume: milagro refuses it (root-owned, or group-readable with fsGroup); copy it into a memory emptyDir first", where, ct.Name, tok)
-		case !isMemoryEmptyDir(v):
-			t.Errorf("%s: %s: --token-file %s should be on an emptyDir with medium Memory", where, ct.Name, tok)
-		default:
-			if !writtenEarlierWithMode(spec, i, v.Name, "0400") {
-				t.Errorf("%s: %s: no earlier init container writes volume %s with mode 0400", where, ct.Name, v.Name)
-			}
+	tok := p.get("token-file")
+	tm := mountOf(ct, tok)
+	switch v := volumeOf(spec, tm); {
+	case tok == "":
+		checkTokenFolder(t, where+" "+ct.Name, p, nil)
+	case tm == nil || v == nil:
+		t.Errorf("%s: %s: --token-file %s is on no volume", where, ct.Name, tok)
+	case v.Secret != nil || v.Projected != nil:
+		t.Errorf("%s: %s: --token-file %s is on a Secret volume: milagro refuses it (root-owned, or group-readable with fsGroup); copy the tokens into a memory emptyDir first", where, ct.Name, tok)
+	case !isMemoryEmptyDir(v):
+		t.Errorf("%s: %s: --token-file %s should be on an emptyDir with medium Memory", where, ct.Name, tok)
+	default:
+		files := tokensCopied(t, where, spec, i, v.Name, tm.MountPath)
+		if len(files) == 0 {
+			t.Errorf("%s: %s: no earlier init container installs the tokens into volume %s (install -m 0400 ...)", where, ct.Name, v.Name)
 		}
+		checkTokenFolder(t, where+" "+ct.Name, p, files)
 	}
 	if d := p.get("domain"); d != "" {
 		if v := volumeOf(spec, mountOf(ct, d)); v == nil || v.ConfigMap == nil {
@@ -451,18 +455,45 @@ func volumeOf(spec *corev1.PodSpec, m *corev1.VolumeMount) *corev1.Volume {
 	return volumeNamed(spec, m.Name)
 }
 
-// writtenEarlierWithMode: an init container before index i mounts volume
-// writable and mentions mode in its command.
-func writtenEarlierWithMode(spec *corev1.PodSpec, i int, volume, mode string) bool {
+// tokensCopied returns the files that the `install` commands of the init
+// containers before index i write into volume, as seen where the fetcher
+// mounts it (at mountPath). Their sources must come from a Secret volume.
+func tokensCopied(t *testing.T, where string, spec *corev1.PodSpec, i int, volume, mountPath string) []tokenFile {
+	t.Helper()
+	var files []tokenFile
 	for j := 0; j < i && j < len(spec.InitContainers); j++ {
 		c := &spec.InitContainers[j]
-		for _, m := range c.VolumeMounts {
-			if m.Name == volume && !m.ReadOnly && slices.Contains(append(slices.Clone(c.Command), c.Args...), mode) {
-				return true
+		argv := append(slices.Clone(c.Command), c.Args...)
+		if len(argv) == 0 || path.Base(argv[0]) != "install" {
+			continue
+		}
+		ic, err := parseInstall(argv)
+		if err != nil {
+			t.Errorf("%s: init container %s: %v", where, c.Name, err)
+			continue
+		}
+		for _, d := range ic.dests {
+			m := mountOf(c, d)
+			if m == nil || m.Name != volume || m.ReadOnly || ic.dir {
+				continue
+			}
+			r, _ := filepath.Rel(m.MountPath, d)
+			files = append(files, tokenFile{path: path.Join(mountPath, filepath.ToSlash(r)), mode: ic.mode})
+		}
+		for _, src := range ic.srcs {
+			sm := mountOf(c, src)
+			v := volumeOf(spec, sm)
+			if v == nil || v.Secret == nil {
+				t.Errorf("%s: init container %s copies %s, which is not on a Secret volume", where, c.Name, src)
+				continue
+			}
+			r, _ := filepath.Rel(sm.MountPath, src)
+			if len(v.Secret.Items) > 0 && !slices.ContainsFunc(v.Secret.Items, func(k corev1.KeyToPath) bool { return k.Path == filepath.ToSlash(r) }) {
+				t.Errorf("%s: init container %s copies %s, but Secret volume %s has no item with path %s", where, c.Name, src, v.Name, r)
 			}
 		}
 	}
-	return false
+	return files
 }
 
 // statusPort returns the port of --status; it must be reachable from the

@@ -78,6 +78,10 @@ func TestSystemdUnits(t *testing.T) {
 					continue
 				}
 				checkRuns(t, c, inv)
+				if p.cmd == "keys fetch" {
+					user, _ := u.last("User")
+					checkTokenFolder(t, where+" "+k, p, hostTokens(t, f, p.get("token-file"), user))
+				}
 				// ProtectSystem=strict: written paths must be in the
 				// unit's state or runtime directory.
 				for _, fl := range []string{"out", "keys"} {
@@ -117,6 +121,51 @@ func TestSystemdUnits(t *testing.T) {
 		}
 	}
 	verifyUnits(t, files)
+}
+
+// hostTokens returns the files that the `install` lines of the README
+// next to a unit put at or in the folder tok, and requires them to belong
+// to the unit's user.
+func hostTokens(t *testing.T, unit, tok, user string) []tokenFile {
+	t.Helper()
+	readme := filepath.Join(filepath.Dir(unit), "README.md")
+	if _, err := os.Stat(readme); err != nil {
+		t.Errorf("%s: no README.md next to it that installs the tokens: %v", rel(unit), err)
+		return nil
+	}
+	tok = path.Clean(tok)
+	var files []tokenFile
+	blocks, _ := markdownCode(readFile(t, readme))
+	for _, b := range blocks {
+		for _, line := range strings.Split(strings.ReplaceAll(b, "\\\n", " "), "\n") {
+			line, _, _ = strings.Cut(line, " #")
+			argv, err := splitShell(line)
+			if err != nil || len(argv) == 0 {
+				continue
+			}
+			if argv[0] == "sudo" {
+				argv = argv[1:]
+			}
+			if len(argv) == 0 || argv[0] != "install" {
+				continue
+			}
+			ic, err := parseInstall(argv)
+			if err != nil {
+				t.Errorf("%s: %v", rel(readme), err)
+				continue
+			}
+			for _, d := range ic.dests {
+				if ic.dir || d != tok && path.Dir(d) != tok {
+					continue
+				}
+				if ic.owner != user {
+					t.Errorf("%s: %s: token %s should belong to the unit's user %s (install -o %s)", rel(readme), line, d, user, user)
+				}
+				files = append(files, tokenFile{path: d, mode: ic.mode})
+			}
+		}
+	}
+	return files
 }
 
 func under(p string, dirs []string) bool {
