@@ -30,8 +30,10 @@ import (
 const (
 	demoDomain   = "demo.example"
 	demoClientID = "spiffe://demo.example/ns/web/sa/frontend"
-	demoServerID = "spiffe://demo.example/ns/pay/sa/api"
-	demoEpochLen = 3 // seconds, so that revocation shows within the demo
+	// demoControlID is a client that is not revoked, for comparison.
+	demoControlID = "spiffe://demo.example/ns/web/sa/checkout"
+	demoServerID  = "spiffe://demo.example/ns/pay/sa/api"
+	demoEpochLen  = 3 // seconds, so that revocation shows within the demo
 )
 
 // runDemo shows the whole system in one process, on loopback: three D-TAs,
@@ -53,7 +55,9 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	d := &demo{root: root, out: stdout}
 	fmt.Fprintf(stdout, "milagro demo: three trust authorities, two sidecars and a backend, all in this process on 127.0.0.1\n(files in %s, %s)\n\n", root, map[bool]string{true: "kept", false: "removed at the end"}[*keep])
 	err = d.run()
-	d.stop()
+	if serr := d.stop(); err == nil && serr != nil {
+		err = fmt.Errorf("shutdown: %w", serr)
+	}
 	if err != nil {
 		fmt.Fprintf(stdout, "\nFAILED: %v\n(sidecar logs: %s)\n", err, filepath.Join(root, "sidecars.log"))
 		return errors.New("demo failed")
@@ -90,13 +94,25 @@ func (d *demo) detail(format string, args ...any) {
 	fmt.Fprintf(d.out, "    "+format+"\n", args...)
 }
 
-func (d *demo) stop() {
+// stop stops everything and returns what the sidecars' Run returned (a
+// drain that timed out, a failure) joined.
+func (d *demo) stop() error {
 	for i := len(d.stops) - 1; i >= 0; i-- {
 		d.stops[i]()
 	}
 	if d.logFile != nil {
 		d.logFile.Close()
 	}
+	var errs []error
+	for d.errs != nil {
+		select {
+		case err := <-d.errs:
+			errs = append(errs, err)
+		default:
+			d.errs = nil
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func randomToken() string {
@@ -257,8 +273,22 @@ func (d *demo) run() error {
 	k := d.client.Keystore().Current()
 	expiry := k.PermitExpiry()
 	d.detail("its last time permit (epoch %d) ends at %s; waiting %s…", k.Permits[len(k.Permits)-1].Epoch,
-		expiry.Format("15:04:05"), time.Until(expiry).Round(100*time.Millisecond))
-	time.Sleep(time.Until(expiry) + 200*time.Millisecond)
+		expiry.Format("15:04:05"), max(0, time.Until(expiry)).Round(100*time.Millisecond))
+	time.Sleep(max(0, time.Until(expiry)) + 200*time.Millisecond)
+	// Not just the clock: in the same epoch a client that is not revoked
+	// gets its permits and is let in, the revoked one is not.
+	controlDir := filepath.Join(d.root, "control-client")
+	if _, err := d.fetch(demoControlID, d.clientTk, controlDir, keydir.KindClient, keydir.KindPermit); err != nil {
+		return fmt.Errorf("revocation: a client that is not revoked: %w", err)
+	}
+	ck, err := sidecar.OpenKeystore(sidecar.KeystoreOptions{Dir: controlDir, Role: sidecar.RoleClient, Log: zerolog.Nop()})
+	if err != nil {
+		return err
+	}
+	if err := handshakeOnce(d.server.Addr(), ck.Current()); err != nil {
+		return fmt.Errorf("revocation: a client that is not revoked was refused: %w", err)
+	}
+	d.detail("%s, not revoked, fetches permits for this epoch and its handshake is accepted", demoControlID)
 	err = handshakeOnce(d.server.Addr(), k)
 	var ae *mpinkex.AlertError
 	if !errors.As(err, &ae) || ae.Code != mpinkex.AlertHandshakeFailure {
