@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -366,6 +367,16 @@ func TestNewLogger(t *testing.T) {
 	}
 	if _, err := NewLogger(io.Discard, "debug", "console"); err != nil {
 		t.Error(err)
+	}
+	// Console format into a file or pipe: no colour codes, milliseconds.
+	var buf strings.Builder
+	cl, err := NewLogger(&buf, "info", "console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Info().Msg("hello")
+	if line := buf.String(); strings.Contains(line, "\x1b[") || !regexp.MustCompile(`^\d\d:\d\d:\d\d\.\d{3} INF hello`).MatchString(line) {
+		t.Errorf("console line %q: want HH:MM:SS.mmm INF hello, no colour", line)
 	}
 	for _, c := range [][2]string{{"", "json"}, {"loud", "json"}, {"info", "xml"}} {
 		if _, err := NewLogger(io.Discard, c[0], c[1]); err == nil {
