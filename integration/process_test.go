@@ -196,17 +196,7 @@ func TestLimitsProcess(t *testing.T) {
 	t.Run("client-max-conns", func(t *testing.T) {
 		s := e.server(t, "server (client max-conns)", e.echo.addr)
 		c := e.client(t, "client (max-conns 2)", s.listen, "--max-conns", "2")
-		var held []net.Conn
-		for i := range 2 {
-			conn, err := net.Dial("tcp", c.listen)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			conn.SetDeadline(time.Now().Add(20 * time.Second))
-			echoLine(t, conn, "held "+string(rune('0'+i)))
-			held = append(held, conn)
-		}
+		held := holdConns(t, c.listen, 2, 20*time.Second)
 		mustBeRefused(t, c, 2*time.Second)
 		c.waitLog(t, 5*time.Second, 1, "connection limit reached; closing")
 		held[0].Close()

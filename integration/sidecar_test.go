@@ -644,17 +644,7 @@ func TestSidecarChannel(t *testing.T) {
 
 		// Four app connections, opened one by one: two sessions to A with
 		// two streams each (the pool fills the least loaded session).
-		var held []net.Conn
-		for i := range 4 {
-			conn, err := net.Dial("tcp", c.listen)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			conn.SetDeadline(time.Now().Add(30 * time.Second))
-			echoLine(t, conn, fmt.Sprintf("held %d", i))
-			held = append(held, conn)
-		}
+		held := holdConns(t, c.listen, 4, 30*time.Second)
 		if got := lb.served(); got[0] != 2 || got[1] != 0 {
 			t.Fatalf("balancer sent %v connections to (A, B), want 2 sessions to A", got)
 		}
@@ -878,6 +868,25 @@ func TestSidecarTrust(t *testing.T) {
 
 // echoLine writes msg on an app connection to an echo path and reads it
 // back.
+// holdConns opens n connections to addr, one after the other, each with
+// the deadline d from now, and checks that each carries an echo; they are
+// closed when the test ends.
+func holdConns(t *testing.T, addr string, n int, d time.Duration) []net.Conn {
+	t.Helper()
+	held := make([]net.Conn, n)
+	for i := range held {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		conn.SetDeadline(time.Now().Add(d))
+		echoLine(t, conn, fmt.Sprintf("held %d", i))
+		held[i] = conn
+	}
+	return held
+}
+
 func echoLine(t *testing.T, conn net.Conn, msg string) {
 	t.Helper()
 	if _, err := conn.Write([]byte(msg)); err != nil {

@@ -231,15 +231,8 @@ func checkRuns(t *testing.T, c *cli, inv invocation) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, milagroBin, args...)
-	cmd.Dir = scratch
-	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, "MILAGRO_") {
-			cmd.Env = append(cmd.Env, e)
-		}
-	}
 	var stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	cmd := milagroCmd(ctx, scratch, &stderr, args...)
 	err = cmd.Run()
 	var ee *exec.ExitError
 	switch {

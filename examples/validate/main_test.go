@@ -1,10 +1,13 @@
 package validate
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -40,6 +43,21 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	return m.Run()
+}
+
+// milagroCmd runs milagroBin with args in dir, output to out, in this
+// environment without its MILAGRO_* variables (which would change the
+// command's defaults).
+func milagroCmd(ctx context.Context, dir string, out io.Writer, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, milagroBin, args...)
+	cmd.Dir = dir
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "MILAGRO_") {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	return cmd
 }
 
 // goBuild builds ./cmd/milagro in dir with the Dockerfile's settings.

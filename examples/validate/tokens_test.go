@@ -126,15 +126,8 @@ func runFetchTokens(t *testing.T, where string, p *parsed, files []tokenFile) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, milagroBin, args...)
-	cmd.Dir = root
-	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, "MILAGRO_") {
-			cmd.Env = append(cmd.Env, e)
-		}
-	}
 	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd := milagroCmd(ctx, root, &out, args...)
 	err = cmd.Run()
 	var ee *exec.ExitError
 	switch {
