@@ -114,6 +114,17 @@ func Start(ctx context.Context, a, b net.Conn, idle time.Duration, done func(Sta
 	newPipe(ctx, a, b, idle, done).start(false)
 }
 
+// StartCounting is Start that also reports the bytes as they move: count
+// is called after each write with its direction (aToB) and byte count, on
+// the copying goroutine, so that live figures (metrics) need not wait for
+// the end of a long connection. It must be quick and must not block.
+func StartCounting(ctx context.Context, a, b net.Conn, idle time.Duration, count func(aToB bool, n int), done func(Stats, error)) {
+	p := newPipe(ctx, a, b, idle, done)
+	p.halves[0].count = func(n int) { count(true, n) }
+	p.halves[1].count = func(n int) { count(false, n) }
+	p.start(false)
+}
+
 // pipe is one Pipe or Start: two halves, the idle watch and the end.
 type pipe struct {
 	a, b    net.Conn
@@ -134,6 +145,7 @@ type half struct {
 	p        *pipe
 	dst, src net.Conn
 	n        *int64
+	count    func(int) // StartCounting's, for this direction
 	i        int
 
 	// For a socket src: one goroutine, parked until src is readable
@@ -178,6 +190,14 @@ func (p *pipe) closeBoth() {
 	})
 }
 
+// moved counts nw bytes written to dst.
+func (h *half) moved(nw int) {
+	*h.n += int64(nw)
+	if h.count != nil && nw > 0 {
+		h.count(nw)
+	}
+}
+
 // rawConn returns c's syscall.RawConn if c is a socket, else nil.
 func rawConn(c net.Conn) syscall.RawConn {
 	if sc, ok := c.(syscall.Conn); ok {
@@ -216,10 +236,10 @@ func (p *pipe) start(inline bool) {
 	}
 	for i, h := range run {
 		if inline && i == len(run)-1 {
-			h.finish(copyHalf(h.dst, h.src, h.n, p.w))
+			h.finish(h.copyAll())
 			return
 		}
-		go func() { h.finish(copyHalf(h.dst, h.src, h.n, p.w)) }()
+		go func() { h.finish(h.copyAll()) }()
 	}
 }
 
@@ -298,7 +318,7 @@ func (h *half) copyInline() {
 		}
 		h.p.w.touch()
 		nw, werr := writeNow(h.dstRC, (*bp)[:nr])
-		*h.n += int64(nw)
+		h.moved(nw)
 		if werr != nil {
 			putBuf(bp, 0)
 			if errno, ok := werr.(syscall.Errno); ok {
@@ -336,7 +356,7 @@ func (h *half) copyInline() {
 // copies on as drain does.
 func (h *half) writeRest(bp *[]byte, from, to int) {
 	nw, werr := h.dst.Write((*bp)[from:to])
-	*h.n += int64(nw)
+	h.moved(nw)
 	h.bulk = putBuf(bp, to)
 	if werr != nil {
 		h.end(werr)
@@ -408,7 +428,7 @@ func (h *half) copyReadable() (end bool, err error) {
 		if nr > 0 {
 			h.p.w.touch()
 			nw, werr := h.dst.Write((*bp)[:nr])
-			*h.n += int64(nw)
+			h.moved(nw)
 			if werr != nil {
 				putBuf(bp, nr)
 				return true, werr
@@ -559,7 +579,7 @@ func (h *half) copySocket() {
 			moved = true
 			h.p.w.touch()
 			nw, werr := h.dst.Write((*bp)[:nr])
-			*h.n += int64(nw)
+			h.moved(nw)
 			if werr != nil {
 				putBuf(bp, nr)
 				h.finish(werr)
@@ -618,10 +638,11 @@ func (h *half) readSocket() (*[]byte, int, error) {
 	return bp, n, nil
 }
 
-// copyHalf copies src to dst until src's EOF (nil) or an error, for
+// copyAll copies src to dst until src's EOF (nil) or an error, for
 // connections that are neither sockets nor ReadNotifiers: it holds a
 // buffer while blocked in Read.
-func copyHalf(dst, src net.Conn, n *int64, w *idleWatch) error {
+func (h *half) copyAll() error {
+	dst, src, w := h.dst, h.src, h.p.w
 	bulk := false
 	for {
 		bp := getBuf(bulk)
@@ -629,7 +650,7 @@ func copyHalf(dst, src net.Conn, n *int64, w *idleWatch) error {
 		if nr > 0 {
 			w.touch()
 			nw, werr := dst.Write((*bp)[:nr])
-			*n += int64(nw)
+			h.moved(nw)
 			if werr != nil {
 				putBuf(bp, nr)
 				return werr

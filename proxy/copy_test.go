@@ -491,7 +491,7 @@ func pipeGoroutines() (waiters, copiers int) {
 		}
 		switch {
 		case strings.Contains(g, "proxy.(*half).drain"), strings.Contains(g, "proxy.(*half).copySocket"),
-			strings.Contains(g, "proxy.copyHalf"):
+			strings.Contains(g, "proxy.(*half).copyAll"):
 			copiers++
 		case strings.Contains(g, "proxy.(*half).waitSocket"):
 			waiters++

@@ -405,8 +405,8 @@ func (c *Client) pipe(ctx context.Context, r *route, done func()) {
 	if sl != nil {
 		sl.(*sessionLog).streamStarted()
 	}
-	proxy.Start(ctx, r.app, r.st, c.cfg.IdleTimeout, func(stats proxy.Stats, err error) {
-		c.m.streamClosed(c.log, start, stats, err).Str("upstream", r.u.addr).Str("server", r.st.Session().PeerID()).
+	proxy.StartCounting(ctx, r.app, r.st, c.cfg.IdleTimeout, c.m.countBytes, func(stats proxy.Stats, err error) {
+		c.m.streamClosed(c.log, start, stats, err, true).Str("upstream", r.u.addr).Str("server", r.st.Session().PeerID()).
 			Uint32("stream", r.st.StreamID()).Msg("stream closed")
 		if sl != nil {
 			sl.(*sessionLog).streamDone(stats.AToB, stats.BToA)

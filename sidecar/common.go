@@ -329,11 +329,15 @@ func ReadSecretFile(path, what string) (string, error) {
 
 // acceptLoop accepts on ln until it is closed. Accept errors other than
 // closure (out of file descriptors and the like) back off as net/http does;
-// a connection beyond the slots (maxConns) is closed at once; every other
-// runs handle in its own goroutine, and handle calls release (once, from
-// any goroutine) when the connection is finished with, to free its slot.
+// a connection beyond the slots (maxConns) is closed at once, counted, and
+// logged at most once a second (a flood must not become a log flood); every
+// other runs handle in its own goroutine, and handle calls release (once,
+// from any goroutine) when the connection is finished with, to free its
+// slot.
 func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, log zerolog.Logger, handle func(c net.Conn, release func())) {
 	var delay time.Duration
+	var lastRefusal time.Time
+	var unlogged int
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -350,7 +354,14 @@ func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, 
 		select {
 		case slots <- struct{}{}:
 		default:
-			log.Warn().Str("remote", c.RemoteAddr().String()).Int("max_conns", maxConns).Msg("connection limit reached; closing")
+			m.OverLimit.Inc()
+			if now := time.Now(); now.Sub(lastRefusal) >= time.Second {
+				log.Warn().Str("remote", c.RemoteAddr().String()).Int("max_conns", maxConns).Int("also_refused", unlogged).
+					Msg("connection limit reached; closing")
+				lastRefusal, unlogged = now, 0
+			} else {
+				unlogged++
+			}
 			c.Close()
 			continue
 		}

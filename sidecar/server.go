@@ -7,8 +7,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -37,6 +40,11 @@ type Server struct {
 	addr     atomic.Value // string
 
 	httpProxy *proxy.HTTPIdentityProxy // HTTP mode
+
+	routes    map[string]string // route name → address, "(default)" for --target
+	probeMu   sync.Mutex        // backendStatus
+	backendMu sync.Mutex
+	backends  map[string]Reachable // by route name, for /_status
 }
 
 // NewServer validates cfg and loads the keys.
@@ -75,7 +83,8 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 	}
 	m.observeKeys(ks.Current())
 	s := &Server{cfg: cfg, log: log, keys: ks, allow: allow, m: m, t: newTracker(),
-		hs: make(chan struct{}, cfg.MaxHandshakes), conns: make(chan struct{}, cfg.MaxConns), streams: make(chan struct{}, cfg.MaxConns)}
+		hs: make(chan struct{}, cfg.MaxHandshakes), conns: make(chan struct{}, cfg.MaxConns), streams: make(chan struct{}, cfg.MaxConns),
+		routes: cfg.routesWithDefault(), backends: map[string]Reachable{}}
 	return s, nil
 }
 
@@ -130,6 +139,8 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 			Target: s.cfg.Target, ConnectTimeout: s.cfg.ConnectTimeout, KeepAlive: localTCPKeepAlive(s.cfg.Target),
 			ReadHeaderTimeout: s.cfg.HandshakeTO, IdleTimeout: s.cfg.SessionIdle,
 			OnBackendError: func(err error) {
+				s.m.BackendErrors.Inc()
+				s.noteBackend(s.cfg.Target, err)
 				s.log.Warn().Err(err).Str("target", s.cfg.Target).Msg("backend unreachable")
 			},
 		})
@@ -352,6 +363,9 @@ func handshakeResult(err error) string {
 		return "key_mismatch"
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET):
+		// The peer closed: a TCP health check or a port scan, mostly.
+		return "closed"
 	}
 	return "error"
 }
@@ -391,6 +405,7 @@ func (s *Server) openStream(ctx context.Context, in *psk.IncomingStream, log zer
 	network, addr, _ := proxy.ParseAddr(target)
 	d := net.Dialer{Timeout: s.cfg.ConnectTimeout, KeepAlive: localTCPKeepAlive(target)}
 	backend, err := d.DialContext(ctx, network, addr)
+	s.noteBackend(target, err)
 	if err != nil {
 		_ = in.Reject(psk.StatusUnreachable)
 		s.m.StreamsTotal.WithLabelValues("unreachable").Inc()
@@ -431,7 +446,7 @@ func (s *Server) serveHTTPStream(ctx context.Context, in *psk.IncomingStream, lo
 	}
 	start := time.Now()
 	up, down := s.httpProxy.Serve(ctx, st, st.Session().PeerID())
-	s.m.streamClosed(log, start, proxy.Stats{AToB: up, BToA: down}, nil).Uint32("stream", st.StreamID()).Str("target", target).Bool("http", true).Msg("stream closed")
+	s.m.streamClosed(log, start, proxy.Stats{AToB: up, BToA: down}, nil, false).Uint32("stream", st.StreamID()).Str("target", target).Bool("http", true).Msg("stream closed")
 	done(up, down)
 }
 
@@ -441,31 +456,80 @@ func (s *Server) serveHTTPStream(ctx context.Context, in *psk.IncomingStream, lo
 // backend socket's reader (proxy.Start).
 func (s *Server) pipeStream(ctx context.Context, p *openedStream, log zerolog.Logger, finish func(up, down int64)) {
 	start := time.Now()
-	proxy.Start(ctx, p.st, p.backend, s.cfg.IdleTimeout, func(stats proxy.Stats, err error) {
-		s.m.streamClosed(log, start, stats, err).Uint32("stream", p.st.StreamID()).Str("target", p.target).Msg("stream closed")
+	proxy.StartCounting(ctx, p.st, p.backend, s.cfg.IdleTimeout, s.m.countBytes, func(stats proxy.Stats, err error) {
+		s.m.streamClosed(log, start, stats, err, true).Uint32("stream", p.st.StreamID()).Str("target", p.target).Msg("stream closed")
 		finish(stats.AToB, stats.BToA)
 	})
 }
 
-// status builds /_status; probe dials the backends.
-func (s *Server) status(probe bool) StatusInfo {
+// backendProbeInterval is how long a backend's last check holds for
+// /_status: a stream's own dial, or a probe that /_status makes when the
+// last check is older (one at a time, all stale routes at once). So
+// scrapers cost a backend at most one connection per interval, and
+// nothing while streams reach it or nobody asks.
+const backendProbeInterval = 5 * time.Second
+
+// backendStatus returns every backend's last check, probing those whose
+// check is older than backendProbeInterval.
+func (s *Server) backendStatus() []Reachable {
+	s.probeMu.Lock() // one probe at a time; who waited reads its results
+	defer s.probeMu.Unlock()
+	var stale []string
+	s.backendMu.Lock()
+	for name, addr := range s.routes {
+		if r, ok := s.backends[name]; !ok || time.Since(r.CheckedAt) > backendProbeInterval {
+			stale = append(stale, addr)
+		}
+	}
+	s.backendMu.Unlock()
+	var wg sync.WaitGroup
+	for _, addr := range stale {
+		wg.Go(func() {
+			network, a, _ := proxy.ParseAddr(addr)
+			c, err := net.DialTimeout(network, a, time.Second)
+			if err == nil {
+				c.Close()
+			}
+			s.noteBackend(addr, err)
+		})
+	}
+	wg.Wait()
+	s.backendMu.Lock()
+	out := make([]Reachable, 0, len(s.backends))
+	for _, r := range s.backends {
+		out = append(out, r)
+	}
+	s.backendMu.Unlock()
+	slices.SortFunc(out, func(a, b Reachable) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// noteBackend records what a dial of the backend at addr found.
+func (s *Server) noteBackend(addr string, err error) {
+	now := time.Now().UTC()
+	s.backendMu.Lock()
+	defer s.backendMu.Unlock()
+	for name, a := range s.routes {
+		if a != addr {
+			continue
+		}
+		r := Reachable{Name: name, Address: a, OK: err == nil, CheckedAt: now}
+		if err != nil {
+			r.Error = err.Error()
+		}
+		s.backends[name] = r
+	}
+}
+
+// status builds /_status; full adds the backends (as last checked).
+func (s *Server) status(full bool) StatusInfo {
 	k := s.keys.Current()
 	st := StatusInfo{Role: "server", Identity: k.Identity, Domain: k.Domain, Listen: s.Addr(),
 		Draining: s.draining.Load(), Keys: keysStatus(s.keys), Sessions: s.t.numSessions(),
 		Streams: int(s.t.streams.Load()), Handshakes: s.inflight.Load(), Time: time.Now().UTC()}
 	st.Ready = s.ready.Load() && time.Now().Before(k.ExpiresAt)
-	if probe {
-		for name, t := range s.cfg.routesWithDefault() {
-			r := Reachable{Name: name, Address: t, OK: true}
-			network, addr, _ := proxy.ParseAddr(t)
-			c, err := net.DialTimeout(network, addr, time.Second)
-			if err != nil {
-				r.OK, r.Error = false, err.Error()
-			} else {
-				c.Close()
-			}
-			st.Backends = append(st.Backends, r)
-		}
+	if full {
+		st.Backends = s.backendStatus()
 	}
 	return st
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 
 	"github.com/milagro-sc/milagro/proxy"
 )
@@ -44,12 +45,14 @@ type KeysStatus struct {
 	LastError    string    `json:"last_reload_error,omitempty"`
 }
 
-// Reachable is the result of a backend probe.
+// Reachable is what the last dial of a backend found: a stream's own, or
+// a probe of /_status's (see backendProbeInterval).
 type Reachable struct {
-	Name    string `json:"name"`
-	Address string `json:"address"`
-	OK      bool   `json:"ok"`
-	Error   string `json:"error,omitempty"`
+	Name      string    `json:"name"`
+	Address   string    `json:"address"`
+	OK        bool      `json:"ok"`
+	Error     string    `json:"error,omitempty"`
+	CheckedAt time.Time `json:"checked_at"`
 }
 
 // PoolStatus describes the sessions to one upstream.
@@ -62,8 +65,14 @@ type PoolStatus struct {
 func keysStatus(ks *Keystore) KeysStatus {
 	k := ks.Current()
 	lr := ks.LastReload()
-	s := KeysStatus{Generation: k.Generation, LoadedAt: k.LoadedAt, IssuedAt: k.IssuedAt, ExpiresAt: k.ExpiresAt,
-		PermitExpiry: k.PermitExpiry(), LastReload: lr.At, LastSource: lr.Source}
+	utc := func(t time.Time) time.Time {
+		if t.IsZero() {
+			return t
+		}
+		return t.UTC()
+	}
+	s := KeysStatus{Generation: k.Generation, LoadedAt: utc(k.LoadedAt), IssuedAt: utc(k.IssuedAt), ExpiresAt: utc(k.ExpiresAt),
+		PermitExpiry: utc(k.PermitExpiry()), LastReload: utc(lr.At), LastSource: lr.Source}
 	for _, p := range k.Permits {
 		s.PermitEpochs = append(s.PermitEpochs, p.Epoch)
 	}
@@ -72,6 +81,9 @@ func keysStatus(ks *Keystore) KeysStatus {
 	}
 	return s
 }
+
+// maxStatusConns bounds the status endpoint's open connections.
+const maxStatusConns = 64
 
 // serveStatus runs the status endpoint until ctx ends.
 // With pprof, Go's runtime profiles are served under /debug/pprof/ as well
@@ -107,10 +119,14 @@ func serveStatus(ctx context.Context, ln net.Listener, m *Metrics, pprofOn bool,
 		w.Write([]byte("ready\n"))
 	})
 	mux.Handle("GET /_metrics/prometheus", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
+	// Bounded like the data plane: idle keep-alive connections end, and
+	// at most maxStatusConns are open (probes and scrapers need a few).
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second}
 	if pprofOn {
 		srv.WriteTimeout = 70 * time.Second // /debug/pprof/profile?seconds=60
 	}
+	ln = netutil.LimitListener(ln, maxStatusConns)
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
