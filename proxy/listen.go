@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -56,9 +57,14 @@ func Listen(addr string, keepAlive time.Duration) (net.Listener, error) {
 		return nil, err
 	}
 	if network == "unix" {
+		// A socket file is stale, and taken over, only if connecting to it
+		// is refused: a busy owner (backlog full: EAGAIN) or one we may
+		// not reach (EACCES) is alive, and keeps its socket.
 		if c, err := net.Dial("unix", a); err == nil {
 			c.Close()
 			return nil, fmt.Errorf("listen %s: another process is accepting on it", addr)
+		} else if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ENOENT) {
+			return nil, fmt.Errorf("listen %s: cannot tell whether the socket file is stale: %w", addr, err)
 		}
 		if fi, err := os.Lstat(a); err == nil && fi.Mode()&os.ModeSocket != 0 {
 			os.Remove(a)

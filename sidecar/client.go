@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,6 +60,9 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 	}
 	if cfg.Transparent && cfg.Target != "" {
 		return nil, configErr(errors.New("--transparent and --target exclude each other: --transparent sends each connection by its original destination (--route)"))
+	}
+	if cfg.Transparent && strings.HasPrefix(cfg.Listen, "unix:") {
+		return nil, configErr(errors.New("--transparent needs a TCP --listen: a unix socket has no original destination"))
 	}
 	if cfg.Transparent && len(cfg.Routes) == 0 {
 		return nil, configErr(errors.New("--transparent needs at least one --route IP:PORT=UPSTREAM@VERIFY-ID"))
@@ -115,7 +120,14 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 		if err != nil {
 			return nil, configErr(fmt.Errorf("route %s: %w", dest, err))
 		}
-		c.routes[routeKey(dest)] = u
+		k := routeKey(dest)
+		if _, dup := c.routes[k]; dup {
+			return nil, configErr(fmt.Errorf("route %s: another route names the same destination (%s)", dest, k))
+		}
+		if _, err := netip.ParseAddrPort(k); err != nil && cfg.Transparent && cfg.ForwardProxy == "" {
+			return nil, configErr(fmt.Errorf("route %s: --transparent routes by original destination IP:PORT; a host name never matches", dest))
+		}
+		c.routes[k] = u
 	}
 	if cfg.ForwardProxy != "" && len(c.routes) == 0 && !cfg.Transparent {
 		return nil, configErr(errors.New("--forward-proxy needs at least one --route"))
@@ -126,6 +138,9 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 func (c *Client) newUpstream(addr, verifyID, serverID, target string) (*upstream, error) {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return nil, fmt.Errorf("upstream %q: want HOST:PORT", addr)
+	}
+	if len(target) > 255 {
+		return nil, fmt.Errorf("target name of %d bytes: at most 255 (PROTOCOL.md §7)", len(target))
 	}
 	if err := pattern.Validate(verifyID); err != nil {
 		return nil, fmt.Errorf("verify-id %q: %w", verifyID, err)
@@ -461,29 +476,62 @@ func (c *Client) openTransparent(ctx context.Context, conn net.Conn) *route {
 	return c.openApp(ctx, conn, u)
 }
 
+// validPort reports whether p is a port number, 1 to 65535.
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n > 0 && n <= 65535 && p[0] != '+'
+}
+
+// isTimeout reports whether err is a timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// maxConnectHead bounds a CONNECT request's head (net/http's server would
+// stop at 1 MiB; a CONNECT needs a few hundred bytes).
+const maxConnectHead = 64 << 10
+
 // openConnect is the HTTP CONNECT forward proxy: CONNECT host:port is
-// carried to the route's upstream; anything else is refused.
+// carried to the route's upstream; anything else is refused with an
+// answer that says why (400 malformed or oversized, 405 not CONNECT, 403
+// no route or refused by the server, 502 upstream or backend unreachable,
+// 504 timed out), a log line, and a clean close that reads what the app
+// still sends (closeAfterAlert), so that the answer is not lost to a reset.
 func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
+	app := conn.RemoteAddr().String()
+	reply := func(code int, msg string) {
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		fmt.Fprintf(conn, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", code, http.StatusText(code), len(msg), msg)
+		closeAfterAlert(conn, alertLingerTime)
+	}
 	_ = conn.SetReadDeadline(time.Now().Add(c.cfg.HandshakeTO))
-	br := bufio.NewReader(conn)
+	br := bufio.NewReader(io.LimitReader(conn, maxConnectHead))
 	req, err := http.ReadRequest(br)
 	if err != nil {
-		conn.Close()
+		c.log.Warn().Err(err).Str("app", app).Msg("CONNECT refused: malformed, oversized or incomplete request head")
+		if isTimeout(err) {
+			conn.Close()
+		} else {
+			reply(http.StatusBadRequest, "malformed or oversized request head\n")
+		}
 		return nil
 	}
 	_ = conn.SetReadDeadline(time.Time{})
-	reply := func(code int, msg string) {
-		fmt.Fprintf(conn, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", code, http.StatusText(code), len(msg), msg)
-		conn.Close()
-	}
 	if req.Method != http.MethodConnect {
+		c.log.Warn().Str("method", req.Method).Str("app", app).Msg("CONNECT refused: not a CONNECT request")
 		reply(http.StatusMethodNotAllowed, "this forward proxy only tunnels with CONNECT\n")
 		return nil
 	}
-	dest := routeKey(req.Host)
+	if _, port, err := net.SplitHostPort(req.RequestURI); err != nil || !validPort(port) {
+		c.log.Warn().Str("target", req.RequestURI).Str("app", app).Msg("CONNECT refused: the target is not HOST:PORT")
+		reply(http.StatusBadRequest, "CONNECT needs HOST:PORT\n")
+		return nil
+	}
+	dest := routeKey(req.RequestURI)
 	u, ok := c.routes[dest]
 	if !ok {
-		c.log.Warn().Str("destination", dest).Msg("CONNECT refused: no route")
+		c.log.Warn().Str("destination", dest).Str("app", app).Msg("CONNECT refused: no route")
 		reply(http.StatusForbidden, "no route for "+dest+"\n")
 		return nil
 	}
@@ -492,8 +540,16 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 	cancel()
 	if err != nil {
 		c.m.StreamsTotal.WithLabelValues(streamFailure(err)).Inc()
-		c.log.Warn().Err(err).Str("destination", dest).Str("upstream", u.addr).Msg("CONNECT failed")
-		reply(http.StatusBadGateway, "upstream unavailable\n")
+		c.log.Warn().Err(err).Str("destination", dest).Str("upstream", u.addr).Str("app", app).Msg("CONNECT failed")
+		code, msg := http.StatusBadGateway, "upstream or backend unreachable\n"
+		var r *psk.StreamRefusedError
+		switch {
+		case errors.As(err, &r) && r.Status == psk.StatusRefused:
+			code, msg = http.StatusForbidden, "refused by the upstream\n"
+		case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
+			code, msg = http.StatusGatewayTimeout, "upstream timed out\n"
+		}
+		reply(code, msg)
 		return nil
 	}
 	if _, err := fmt.Fprint(conn, "HTTP/1.1 200 Connection Established\r\n\r\n"); err != nil {
@@ -501,35 +557,18 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 		conn.Close()
 		return nil
 	}
-	// Bytes the client sent after the request head belong to the tunnel.
-	app := conn
+	// Bytes the app sent after the request head belong to the tunnel: they
+	// go first, and the copy then reads the connection itself (so that it
+	// keeps its socket: a reset on an abnormal end, no blocked reader).
 	if n := br.Buffered(); n > 0 {
 		early, _ := br.Peek(n)
-		app = &prefixConn{Conn: conn, prefix: append([]byte(nil), early...)}
+		if _, err := st.Write(early); err != nil {
+			st.Close()
+			conn.Close()
+			return nil
+		}
 	}
-	return &route{app: app, st: st, u: u}
-}
-
-// prefixConn replays bytes read ahead by the CONNECT parser.
-type prefixConn struct {
-	net.Conn
-	prefix []byte
-}
-
-func (p *prefixConn) Read(b []byte) (int, error) {
-	if len(p.prefix) > 0 {
-		n := copy(b, p.prefix)
-		p.prefix = p.prefix[n:]
-		return n, nil
-	}
-	return p.Conn.Read(b)
-}
-
-func (p *prefixConn) CloseWrite() error {
-	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return p.Conn.Close()
+	return &route{app: conn, st: st, u: u}
 }
 
 func (c *Client) status(bool) StatusInfo {

@@ -73,6 +73,16 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 	if cfg.HTTP && cfg.Target == "" {
 		return nil, configErr(errors.New("--http needs --target, the backend its reverse proxy serves (named --route targets stay TCP)"))
 	}
+	for name, addr := range cfg.Routes {
+		if len(name) > 255 {
+			return nil, configErr(fmt.Errorf("route name of %d bytes: at most 255 (PROTOCOL.md §7)", len(name)))
+		}
+		if cfg.HTTP && addr == cfg.Target {
+			// Piped as TCP, the route would let a client send its own
+			// X-Milagro-Client-Id to the backend that trusts it.
+			return nil, configErr(fmt.Errorf("route %s: with --http, a named route to the --target backend would bypass the identity header", name))
+		}
+	}
 	if cfg.MaxHandshakes <= 0 {
 		return nil, configErr(errors.New("--max-handshakes must be positive"))
 	}

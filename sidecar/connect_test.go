@@ -1,0 +1,273 @@
+package sidecar
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// fwdPair starts a server sidecar in front of backend and a client sidecar
+// with only a CONNECT forward proxy whose routes map dests ("HOST:PORT" or
+// "HOST:PORT#TARGET") to it, through via(upstream) if via is set. It
+// returns the forward proxy's address and the client's log.
+func fwdPair(t *testing.T, backend string, dests []string, via func(string) string) (string, *logBuf) {
+	t.Helper()
+	f := sharedKeys(t)
+	scfg := DefaultServerConfig()
+	scfg.Listen, scfg.Target, scfg.Keys = "127.0.0.1:0", backend, f.serverDir(t, fxServerID)
+	scfg.AllowIDs = []string{"spiffe://test.example/ns/web/**"}
+	slog, _ := bufLogs(t, "server")
+	srv, err := NewServer(scfg, slog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, srv.Run, nil)
+	up := waitAddr(t, srv.Addr)
+	if via != nil {
+		up = via(up)
+	}
+	ccfg := DefaultClientConfig()
+	ccfg.Listen, ccfg.Keys, ccfg.ForwardProxy = "", f.clientDir(t, fxClientID), "127.0.0.1:0"
+	ccfg.KeepAlive = -1
+	ccfg.Routes = map[string]Route{}
+	for _, d := range dests {
+		d, target, _ := strings.Cut(d, "#")
+		ccfg.Routes[d] = Route{Upstream: up, VerifyID: fxServerID, Target: target}
+	}
+	clog, cl := bufLogs(t, "client")
+	cli, err := NewClient(ccfg, clog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, cli.Run, nil)
+	return waitAddr(t, cli.ForwardProxyAddr), cl
+}
+
+// connect sends head (and early bytes) on a new connection to fwd and
+// reads the answer's head.
+func connect(t *testing.T, fwd, head string) (net.Conn, *bufio.Reader, *http.Response) {
+	t.Helper()
+	c, err := net.Dial("tcp", fwd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, head)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		t.Fatalf("%q: %v", head, err)
+	}
+	return c, br, resp
+}
+
+// TestConnectAnswers: the forward proxy tunnels CONNECT HOST:PORT to its
+// route (IPv6 literals and host names in any case, bytes sent right behind
+// the head included) and answers every other request with a status that
+// says why, and a log line.
+func TestConnectAnswers(t *testing.T) {
+	fwd, cl := fwdPair(t, echoBackend(t, 0), []string{"echo.internal:7", "[0:0::1]:443"}, nil)
+	for _, tc := range []struct {
+		head string
+		code int
+		log  string
+	}{
+		{"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\n\r\nearly", 200, ""},
+		{"CONNECT ECHO.INTERNAL:7 HTTP/1.1\r\n\r\nearly", 200, ""},
+		{"CONNECT echo.internal:7 HTTP/1.1\r\n\r\n", 200, ""},
+		{"CONNECT nowhere.internal:80 HTTP/1.1\r\n\r\n", 403, "CONNECT refused: no route"},
+		{"CONNECT echo.internal HTTP/1.1\r\n\r\n", 400, "the target is not HOST:PORT"},
+		{"CONNECT http://echo.internal:7/ HTTP/1.1\r\n\r\n", 400, "the target is not HOST:PORT"},
+		{"CONNECT / HTTP/1.1\r\nHost: echo.internal:7\r\n\r\n", 400, "the target is not HOST:PORT"},
+		{"GET http://echo.internal:7/ HTTP/1.1\r\nHost: echo.internal:7\r\n\r\n", 405, "not a CONNECT request"},
+		{"garbage\r\n\r\n", 400, "malformed"},
+		{"CONNECT echo.internal:7 HTTP/1.1\r\nX-Pad: " + strings.Repeat("a", 70<<10) + "\r\n\r\n", 400, "oversized"},
+	} {
+		c, br, resp := connect(t, fwd, tc.head)
+		if resp.StatusCode != tc.code {
+			t.Errorf("%.40q: HTTP %d, want %d", tc.head, resp.StatusCode, tc.code)
+			continue
+		}
+		if tc.code == 200 {
+			io.WriteString(c, "+more")
+			c.(*net.TCPConn).CloseWrite()
+			_, early, _ := strings.Cut(tc.head, "\r\n\r\n")
+			if got, err := io.ReadAll(br); err != nil || string(got) != early+"+more" {
+				t.Errorf("%.40q: tunnel echoed %q, %v; want %q", tc.head, got, err, early+"+more")
+			}
+			continue
+		}
+		waitFor(t, 5*time.Second, "the log line "+tc.log, func() bool { return strings.Contains(cl.String(), tc.log) })
+	}
+}
+
+// TestConnectRefusedWithEarlyData: a refused CONNECT with bytes pipelined
+// behind its head (an optimistic client's TLS ClientHello, say; up to
+// closeAfterAlert's bound) gets its answer and a clean end, not a reset
+// that could overtake the answer.
+func TestConnectRefusedWithEarlyData(t *testing.T) {
+	fwd, _ := fwdPair(t, echoBackend(t, 0), []string{"echo.internal:7"}, nil)
+	c, err := net.Dial("tcp", fwd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	req := append([]byte("CONNECT nowhere.internal:80 HTTP/1.1\r\n\r\n"), bytes.Repeat([]byte("x"), 32<<10)...)
+	werr := make(chan error, 1)
+	go func() { _, err := c.Write(req); werr <- err }()
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("refusal: %v, %v", resp, err)
+	}
+	if err := <-werr; err != nil {
+		t.Errorf("the app's pipelined write after a refusal: %v, want it read and discarded", err)
+	}
+}
+
+// TestConnectSessionCutIsReset: a secure session that dies in the middle
+// of a tunnelled download reaches the app as a reset, not as a clean end,
+// also when the app sent bytes right behind the CONNECT head.
+func TestConnectSessionCutIsReset(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.ReadFull(c, make([]byte, 5))
+				c.Write([]byte("partial"))
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				io.Copy(io.Discard, c) // the rest never comes
+			}()
+		}
+	}()
+	var mu sync.Mutex
+	var relays []net.Conn
+	via := func(up string) string { // a relay between the sidecars, to cut
+		rl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rl.Close() })
+		go func() {
+			for {
+				a, err := rl.Accept()
+				if err != nil {
+					return
+				}
+				b, err := net.Dial("tcp", up)
+				if err != nil {
+					a.Close()
+					continue
+				}
+				mu.Lock()
+				relays = append(relays, a, b)
+				mu.Unlock()
+				go io.Copy(a, b)
+				go io.Copy(b, a)
+			}
+		}()
+		return rl.Addr().String()
+	}
+	fwd, _ := fwdPair(t, ln.Addr().String(), []string{"echo.internal:7"}, via)
+	for _, early := range []bool{false, true} {
+		head := "CONNECT echo.internal:7 HTTP/1.1\r\n\r\n"
+		if early {
+			head += "hello"
+		}
+		c, br, resp := connect(t, fwd, head)
+		if resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: HTTP %d", resp.StatusCode)
+		}
+		if !early {
+			io.WriteString(c, "hello")
+		}
+		if _, err := io.ReadFull(br, make([]byte, 7)); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		for _, r := range relays {
+			r.(*net.TCPConn).SetLinger(0)
+			r.Close()
+		}
+		relays = nil
+		mu.Unlock()
+		if rest, err := io.ReadAll(br); !errorsIsReset(err) {
+			t.Errorf("early bytes %v: after a cut session the app read %q and %v, want a reset", early, rest, err)
+		}
+	}
+}
+
+func errorsIsReset(err error) bool {
+	return err != nil && (strings.Contains(err.Error(), "reset") || err == syscall.ECONNRESET)
+}
+
+// TestRouteConfigErrors: routes that could never work are refused at start.
+func TestRouteConfigErrors(t *testing.T) {
+	f := sharedKeys(t)
+	long := strings.Repeat("t", 256)
+	for _, tc := range []struct {
+		name string
+		mod  func(*ClientConfig)
+		want string
+	}{
+		{"same destination twice", func(c *ClientConfig) {
+			c.Routes = map[string]Route{"DB:5432": {Upstream: "127.0.0.1:1", VerifyID: "spiffe://x"}, "db:5432": {Upstream: "127.0.0.1:2", VerifyID: "spiffe://x"}}
+		}, "same destination"},
+		{"target name too long", func(c *ClientConfig) {
+			c.Routes = map[string]Route{"db:5432": {Upstream: "127.0.0.1:1", VerifyID: "spiffe://x", Target: long}}
+		}, "at most 255"},
+		{"transparent host name", func(c *ClientConfig) {
+			c.Transparent, c.ForwardProxy = true, ""
+			c.Routes = map[string]Route{"db.internal:5432": {Upstream: "127.0.0.1:1", VerifyID: "spiffe://x"}}
+		}, "a host name never matches"},
+		{"transparent on a unix socket", func(c *ClientConfig) {
+			c.Transparent, c.Listen = true, "unix:/tmp/x.sock"
+			c.Routes = map[string]Route{"10.0.0.1:5432": {Upstream: "127.0.0.1:1", VerifyID: "spiffe://x"}}
+		}, "needs a TCP --listen"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultClientConfig()
+			c.Keys, c.ForwardProxy = f.clientDir(t, fxClientID), "127.0.0.1:0"
+			tc.mod(c)
+			_, err := NewClient(c, testLog(t))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("NewClient: %v, want %q", err, tc.want)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name string
+		mod  func(*ServerConfig)
+		want string
+	}{
+		{"route name too long", func(s *ServerConfig) { s.Routes = map[string]string{long: "127.0.0.1:1"} }, "at most 255"},
+		{"http route to the target", func(s *ServerConfig) { s.HTTP, s.Routes = true, map[string]string{"raw": s.Target} }, "bypass the identity header"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := DefaultServerConfig()
+			s.Keys, s.Target, s.AllowAll = f.serverDir(t, fxServerID), "127.0.0.1:1", true
+			tc.mod(s)
+			_, err := NewServer(s, testLog(t))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("NewServer: %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
