@@ -460,7 +460,8 @@ func (h *half) finish(err error) {
 	} else {
 		// An abnormal end (reset, truncated secure session) must not
 		// reach the other peer as a clean EOF: reset it where the
-		// connection allows (TCP), instead of a FIN. The closing also
+		// connection allows (a TCP RST, a psk stream's Reset), instead
+		// of a FIN. The closing also
 		// cuts the other direction; unless that one has already ended,
 		// its receiver (this direction's source) is reset as well, or a
 		// cut-off download would end like a whole one. (net.ErrClosed
@@ -475,8 +476,11 @@ func (h *half) finish(err error) {
 				reset = append(reset, h.src)
 			}
 			for _, c := range reset {
-				if l, ok := c.(interface{ SetLinger(int) error }); ok {
-					_ = l.SetLinger(0)
+				switch c := c.(type) {
+				case interface{ Reset() error }:
+					_ = c.Reset()
+				case interface{ SetLinger(int) error }:
+					_ = c.SetLinger(0)
 				}
 			}
 		}

@@ -1069,3 +1069,56 @@ func TestOpenBatchWriteFails(t *testing.T) {
 		t.Errorf("Open on the ended session: %v, want ErrSessionClosed", err)
 	}
 }
+
+// TestStreamReset: Reset ends a stream on both sides at once; the peer's
+// Read fails with ErrStreamReset (never io.EOF) and the stream leaves both
+// tables.
+func TestStreamReset(t *testing.T) {
+	leakCheck(t)
+	pr := dialPair(t, sharedDomain(t), pairOpts{})
+	if pr.cliErr != nil || pr.srvErr != nil {
+		t.Fatalf("session setup: client %v, server %v", pr.cliErr, pr.srvErr)
+	}
+	cli, srv := pr.cli, pr.srv
+	accepted := make(chan *Stream, 1)
+	go func() {
+		in, err := srv.Accept(openCtx(t))
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		st, _ := in.Accept()
+		accepted <- st
+	}()
+	cst, err := cli.Open(openCtx(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cst.Close()
+	sst := <-accepted
+	if sst == nil {
+		t.Fatal("accept failed")
+	}
+	if _, err := sst.Write([]byte("partial")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(cst, make([]byte, 7)); err != nil {
+		t.Fatal(err)
+	}
+	if err := sst.Reset(); err != nil {
+		t.Fatalf("Reset: %v", err)
+	}
+	_ = cst.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := cst.Read(make([]byte, 8)); !errors.Is(err, ErrStreamReset) {
+		t.Fatalf("peer's Read after Reset: %v, want ErrStreamReset", err)
+	}
+	if _, err := sst.Read(make([]byte, 8)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Read after Reset here: %v, want net.ErrClosed", err)
+	}
+	if err := sst.Close(); err != nil {
+		t.Errorf("Close after Reset: %v", err)
+	}
+	waitFor(t, "the stream gone from both tables", func() bool { return cli.NumStreams() == 0 && srv.NumStreams() == 0 })
+	serveEcho(t, srv)
+	echoRoundTrip(t, cli, 100) // the session goes on
+}

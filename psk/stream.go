@@ -19,9 +19,12 @@ import (
 //     io.EOF; it can go on writing, and this side can go on reading.
 //   - Close is CloseWrite and also ends reading here: a blocked Read
 //     returns, later Reads and Writes fail with net.ErrClosed. Whatever the
-//     peer still sends is read and discarded until it closes its side;
-//     yamux v0.1.2 has no stream reset, so the peer is not told that data
-//     was dropped (its writes succeed), as if this side had read it.
+//     peer still sends is read and discarded until it closes its side; the
+//     peer is not told that data was dropped (its writes succeed), as if
+//     this side had read it.
+//   - Reset ends the stream abnormally, as a TCP reset ends a connection:
+//     yamux's RST, after which the peer's Reads and Writes fail with
+//     ErrStreamReset (never a clean io.EOF), and here with net.ErrClosed.
 //   - If this side has sent FIN and the peer does not close its side within
 //     Config.StreamCloseTimeout, yamux resets the stream: both sides' Reads
 //     and Writes fail with ErrStreamReset.
@@ -284,6 +287,28 @@ func (st *Stream) writeErr(err error) error {
 
 func errStreamClosed(op string) error {
 	return fmt.Errorf("psk: stream %s: %w", op, net.ErrClosed)
+}
+
+// Reset ends the stream at once and tells the peer with yamux's RST: its
+// Reads and Writes fail with ErrStreamReset, so that it cannot take what
+// it received for the whole (package proxy resets a stream when the
+// connection piped to it ended abnormally). Here Reads and Writes fail
+// with net.ErrClosed, and Close does nothing more.
+func (st *Stream) Reset() error {
+	st.mu.Lock()
+	st.closed, st.wclosed = true, true
+	st.mu.Unlock()
+	err := st.ys.Reset()
+	if st.tr != nil {
+		st.tr.readable() // Read now fails at once
+	}
+	if err != nil {
+		if errors.Is(err, yamux.ErrSessionShutdown) {
+			return nil // the session's end has reset it anyway
+		}
+		return fmt.Errorf("psk: stream reset: %w", err)
+	}
+	return nil
 }
 
 // CloseWrite sends FIN: the peer reads io.EOF after the data written so

@@ -3,6 +3,7 @@ package sidecar
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -269,5 +270,67 @@ func TestRouteConfigErrors(t *testing.T) {
 				t.Fatalf("NewServer: %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestResetCrossesTheChannel: a TCP reset at one end reaches the other end
+// as a reset, through both sidecars (psk.Stream.Reset), never as a clean
+// end of what was cut: a backend that resets in the middle of a download,
+// and an application that resets in the middle of an upload.
+func TestResetCrossesTheChannel(t *testing.T) {
+	backendErr := make(chan error, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				cmd := make([]byte, 5)
+				if _, err := io.ReadFull(c, cmd); err != nil {
+					return
+				}
+				switch string(cmd) {
+				case "down!": // a download the backend cuts with a reset
+					c.Write([]byte("partial"))
+					time.Sleep(50 * time.Millisecond)
+					c.(*net.TCPConn).SetLinger(0)
+				case "up!!!": // an upload the application cuts
+					c.SetReadDeadline(time.Now().Add(10 * time.Second))
+					_, err := io.Copy(io.Discard, c)
+					backendErr <- err
+				}
+			}()
+		}
+	}()
+	p := startPair(t, ln.Addr().String(), nil)
+
+	c := p.dialApp(t)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "down!")
+	got, err := io.ReadAll(c)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("download cut by the backend's reset: the app read %q and %v, want ECONNRESET", got, err)
+	}
+
+	c = p.dialApp(t)
+	io.WriteString(c, "up!!!")
+	c.Write(bytes.Repeat([]byte("x"), 64<<10))
+	time.Sleep(50 * time.Millisecond)
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	select {
+	case err := <-backendErr:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("upload cut by the application's reset: the backend read to %v, want ECONNRESET", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the backend saw no end of the upload")
 	}
 }

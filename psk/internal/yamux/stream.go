@@ -461,6 +461,34 @@ SEND_CLOSE:
 	return nil
 }
 
+// Reset ends the stream at once (a milagro addition: upstream sends RST only
+// when StreamCloseTimeout expires): here Reads and Writes fail with
+// ErrConnectionReset, the session forgets the stream, and an RST tells the
+// peer, whose Reads and Writes then fail the same way. A stream already
+// closed both ways, or reset, is left alone.
+func (s *Stream) Reset() error {
+	s.stateLock.Lock()
+	switch s.state {
+	case streamClosed, streamReset:
+		s.stateLock.Unlock()
+		return nil
+	}
+	s.state = streamReset
+	if s.closeTimer != nil {
+		s.closeTimer.Stop()
+		s.closeTimer = nil
+	}
+	s.stateLock.Unlock()
+	s.notifyWaiting()
+	s.session.closeStream(s.id)
+
+	s.sendLock.Lock()
+	defer s.sendLock.Unlock()
+	hdr := header(make([]byte, headerSize))
+	hdr.encode(typeWindowUpdate, flagRST, s.id, 0)
+	return s.session.sendNoWait(hdr)
+}
+
 // closeTimeout is called after StreamCloseTimeout during a close to
 // close this stream.
 func (s *Stream) closeTimeout() {
