@@ -127,7 +127,7 @@ func (c *Common) sessionTCPKeepAlive() time.Duration {
 // before runBeside returns, and returned: port 0 picks one) and the key
 // watcher.
 func (c *Common) runBeside(bg context.Context, wg *sync.WaitGroup, m *Metrics, keys *Keystore, hup <-chan os.Signal,
-	log zerolog.Logger, status func(probe bool) StatusInfo) (statusAddr string, err error) {
+	log zerolog.Logger, status func(full bool) StatusInfo) (statusAddr string, err error) {
 	if c.Status != "" {
 		sl, err := net.Listen("tcp", c.Status)
 		if err != nil {

@@ -484,16 +484,16 @@ const backendProbeInterval = 5 * time.Second
 func (s *Server) backendStatus() []Reachable {
 	s.probeMu.Lock() // one probe at a time; who waited reads its results
 	defer s.probeMu.Unlock()
-	var stale []string
+	stale := map[string]bool{} // addresses (routes may share one)
 	s.backendMu.Lock()
 	for name, addr := range s.routes {
 		if r, ok := s.backends[name]; !ok || time.Since(r.CheckedAt) > backendProbeInterval {
-			stale = append(stale, addr)
+			stale[addr] = true
 		}
 	}
 	s.backendMu.Unlock()
 	var wg sync.WaitGroup
-	for _, addr := range stale {
+	for addr := range stale {
 		wg.Go(func() {
 			network, a, _ := proxy.ParseAddr(addr)
 			c, err := net.DialTimeout(network, a, time.Second)

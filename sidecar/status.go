@@ -89,7 +89,7 @@ const maxStatusConns = 64
 // With pprof, Go's runtime profiles are served under /debug/pprof/ as well
 // (heap, goroutine, CPU profile, …): they show internals but never key
 // material, which the sidecar keeps out of anything it formats.
-func serveStatus(ctx context.Context, ln net.Listener, m *Metrics, pprofOn bool, status func(probe bool) StatusInfo) error {
+func serveStatus(ctx context.Context, ln net.Listener, m *Metrics, pprofOn bool, status func(full bool) StatusInfo) error {
 	mux := http.NewServeMux()
 	if pprofOn {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
