@@ -138,26 +138,12 @@ func TestConnectRefusedWithEarlyData(t *testing.T) {
 // of a tunnelled download reaches the app as a reset, not as a clean end,
 // also when the app sent bytes right behind the CONNECT head.
 func TestConnectSessionCutIsReset(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.ReadFull(c, make([]byte, 5))
-				c.Write([]byte("partial"))
-				c.SetReadDeadline(time.Now().Add(10 * time.Second))
-				io.Copy(io.Discard, c) // the rest never comes
-			}()
-		}
-	}()
+	backend := tcpBackend(t, func(c *net.TCPConn) {
+		io.ReadFull(c, make([]byte, 5))
+		c.Write([]byte("partial"))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(io.Discard, c) // the rest never comes
+	})
 	var mu sync.Mutex
 	var relays []net.Conn
 	via := func(up string) string { // a relay between the sidecars, to cut
@@ -186,7 +172,7 @@ func TestConnectSessionCutIsReset(t *testing.T) {
 		}()
 		return rl.Addr().String()
 	}
-	fwd, _ := fwdPair(t, ln.Addr().String(), []string{"echo.internal:7"}, via)
+	fwd, _ := fwdPair(t, backend, []string{"echo.internal:7"}, via)
 	for _, early := range []bool{false, true} {
 		head := "CONNECT echo.internal:7 HTTP/1.1\r\n\r\n"
 		if early {
@@ -279,37 +265,23 @@ func TestRouteConfigErrors(t *testing.T) {
 // and an application that resets in the middle of an upload.
 func TestResetCrossesTheChannel(t *testing.T) {
 	backendErr := make(chan error, 1)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				cmd := make([]byte, 5)
-				if _, err := io.ReadFull(c, cmd); err != nil {
-					return
-				}
-				switch string(cmd) {
-				case "down!": // a download the backend cuts with a reset
-					c.Write([]byte("partial"))
-					time.Sleep(50 * time.Millisecond)
-					c.(*net.TCPConn).SetLinger(0)
-				case "up!!!": // an upload the application cuts
-					c.SetReadDeadline(time.Now().Add(10 * time.Second))
-					_, err := io.Copy(io.Discard, c)
-					backendErr <- err
-				}
-			}()
+	backend := tcpBackend(t, func(c *net.TCPConn) {
+		cmd := make([]byte, 5)
+		if _, err := io.ReadFull(c, cmd); err != nil {
+			return
 		}
-	}()
-	p := startPair(t, ln.Addr().String(), nil)
+		switch string(cmd) {
+		case "down!": // a download the backend cuts with a reset
+			c.Write([]byte("partial"))
+			time.Sleep(50 * time.Millisecond)
+			c.SetLinger(0)
+		case "up!!!": // an upload the application cuts
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err := io.Copy(io.Discard, c)
+			backendErr <- err
+		}
+	})
+	p := startPair(t, backend, nil)
 
 	c := p.dialApp(t)
 	c.SetDeadline(time.Now().Add(10 * time.Second))

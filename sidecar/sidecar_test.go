@@ -75,8 +75,9 @@ func httpBackend(t *testing.T, h http.Handler) string {
 	return ln.Addr().String()
 }
 
-// echoBackend echoes every connection until EOF, then half-closes.
-func echoBackend(t *testing.T, delay time.Duration) string {
+// tcpBackend serves every connection with handle (which the backend
+// closes after it) until the test ends, and returns its address.
+func tcpBackend(t *testing.T, handle func(c *net.TCPConn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -92,13 +93,21 @@ func echoBackend(t *testing.T, delay time.Duration) string {
 			}
 			wg.Go(func() {
 				defer c.Close()
-				time.Sleep(delay)
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
+				handle(c.(*net.TCPConn))
 			})
 		}
 	})
 	return ln.Addr().String()
+}
+
+// echoBackend echoes every connection until EOF, then half-closes.
+func echoBackend(t *testing.T, delay time.Duration) string {
+	t.Helper()
+	return tcpBackend(t, func(c *net.TCPConn) {
+		time.Sleep(delay)
+		io.Copy(c, c)
+		c.CloseWrite()
+	})
 }
 
 type runner struct {
