@@ -366,9 +366,10 @@ func (c *Client) upstreams() []*upstream {
 // route is an application connection and the secure stream it is
 // carried on.
 type route struct {
-	app net.Conn
-	st  *psk.Stream
-	u   *upstream
+	app   net.Conn
+	st    *psk.Stream
+	u     *upstream
+	early int64 // bytes already sent on st (CONNECT's pipelined ones)
 }
 
 // accept runs acceptLoop for one of the client's listeners; every listener
@@ -421,6 +422,7 @@ func (c *Client) pipe(ctx context.Context, r *route, done func()) {
 		sl.(*sessionLog).streamStarted()
 	}
 	proxy.StartCounting(ctx, r.app, r.st, c.cfg.IdleTimeout, c.m.countBytes, func(stats proxy.Stats, err error) {
+		stats.AToB += r.early // counted in the metric when sent
 		c.m.streamClosed(c.log, start, stats, err, true).Str("upstream", r.u.addr).Str("server", r.st.Session().PeerID()).
 			Uint32("stream", r.st.StreamID()).Msg("stream closed")
 		if sl != nil {
@@ -560,6 +562,7 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 	// Bytes the app sent after the request head belong to the tunnel: they
 	// go first, and the copy then reads the connection itself (so that it
 	// keeps its socket: a reset on an abnormal end, no blocked reader).
+	r := &route{app: conn, st: st, u: u}
 	if n := br.Buffered(); n > 0 {
 		early, _ := br.Peek(n)
 		if _, err := st.Write(early); err != nil {
@@ -567,8 +570,10 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 			conn.Close()
 			return nil
 		}
+		r.early = int64(n)
+		c.m.countBytes(true, n)
 	}
-	return &route{app: conn, st: st, u: u}
+	return r
 }
 
 func (c *Client) status(bool) StatusInfo {

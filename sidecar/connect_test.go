@@ -306,3 +306,23 @@ func TestResetCrossesTheChannel(t *testing.T) {
 		t.Fatal("the backend saw no end of the upload")
 	}
 }
+
+// TestConnectEarlyBytesCounted: bytes pipelined behind a CONNECT head are
+// bytes up like the rest, in the stream's log line and in the metric.
+func TestConnectEarlyBytesCounted(t *testing.T) {
+	fwd, cl := fwdPair(t, echoBackend(t, 0), []string{"echo.internal:7"}, nil)
+	c, br, resp := connect(t, fwd, "CONNECT echo.internal:7 HTTP/1.1\r\n\r\nearly")
+	if resp.StatusCode != 200 {
+		t.Fatal(resp.Status)
+	}
+	io.WriteString(c, "+more")
+	c.(*net.TCPConn).CloseWrite()
+	if got, err := io.ReadAll(br); err != nil || string(got) != "early+more" {
+		t.Fatalf("echo %q, %v", got, err)
+	}
+	var lines []map[string]any
+	waitFor(t, 5*time.Second, "stream closed", func() bool { lines = logLines(t, cl, "stream closed"); return len(lines) == 1 })
+	if up := lines[0]["bytes_up"]; up != float64(10) {
+		t.Errorf("client's stream line: bytes_up %v, want 10 (5 early + 5 after the 200)", up)
+	}
+}

@@ -507,6 +507,7 @@ func (s *Server) backendStatus() []Reachable {
 	s.backendMu.Lock()
 	out := make([]Reachable, 0, len(s.backends))
 	for _, r := range s.backends {
+		r.CheckedAt = r.CheckedAt.UTC()
 		out = append(out, r)
 	}
 	s.backendMu.Unlock()
@@ -516,7 +517,7 @@ func (s *Server) backendStatus() []Reachable {
 
 // noteBackend records what a dial of the backend at addr found.
 func (s *Server) noteBackend(addr string, err error) {
-	now := time.Now().UTC()
+	now := time.Now() // with its monotonic reading, for backendStatus's age; UTC in the JSON
 	s.backendMu.Lock()
 	defer s.backendMu.Unlock()
 	for name, a := range s.routes {

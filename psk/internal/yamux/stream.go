@@ -553,6 +553,11 @@ func (s *Stream) processFlags(flags uint16) error {
 			s.state = streamClosed
 			closeStream = true
 			s.notifyWaiting()
+		case streamReset, streamClosed:
+			// milagro: the stream was reset (Reset) or forced closed
+			// (closeTimeout) here after the receive loop looked it up,
+			// and the peer's FIN crossed that: nothing to do. Upstream
+			// took it for a protocol error and ended the whole session.
 		default:
 			s.session.logger.Printf("[ERR] yamux: unexpected FIN flag in state %d", s.state)
 			return ErrUnexpectedFlag
