@@ -77,15 +77,16 @@ type Common struct {
 // ServerConfig configures `milagro server`.
 type ServerConfig struct {
 	Common        `yaml:",inline"`
-	Target        string            `yaml:"target"`
-	Routes        map[string]string `yaml:"routes"` // named targets
-	AllowIDs      []string          `yaml:"allow-id"`
-	AllowAll      bool              `yaml:"allow-all"`
-	HTTP          bool              `yaml:"http"`
-	ProxyProtocol bool              `yaml:"proxy-protocol"`
-	UnsafeTarget  bool              `yaml:"unsafe-target"`
-	MaxHandshakes int               `yaml:"max-handshakes"`
-	RequirePermit bool              `yaml:"require-permit"`
+	Target        string              `yaml:"target"`
+	Routes        map[string]string   `yaml:"routes"`      // named targets
+	RouteAllow    map[string][]string `yaml:"route-allow"` // named target → the client patterns it takes (none: every allowed client)
+	AllowIDs      []string            `yaml:"allow-id"`
+	AllowAll      bool                `yaml:"allow-all"`
+	HTTP          bool                `yaml:"http"`
+	ProxyProtocol bool                `yaml:"proxy-protocol"`
+	UnsafeTarget  bool                `yaml:"unsafe-target"`
+	MaxHandshakes int                 `yaml:"max-handshakes"`
+	RequirePermit bool                `yaml:"require-permit"`
 }
 
 // Route maps an application destination to an upstream server sidecar and
@@ -176,6 +177,18 @@ func (c *ServerConfig) RegisterFlags(fs *flag.FlagSet) {
 		c.Routes[name] = addr
 		return nil
 	}), "route", "named target NAME=ADDR that clients may ask for; repeatable")
+	routeAllowSet := false // the first --route-allow replaces the YAML file's
+	fs.Var(funcList(func(v string) error {
+		name, pat, ok := strings.Cut(v, "=")
+		if !ok || name == "" || pat == "" {
+			return errors.New("want NAME=PATTERN")
+		}
+		if c.RouteAllow == nil || !routeAllowSet {
+			c.RouteAllow, routeAllowSet = map[string][]string{}, true
+		}
+		c.RouteAllow[name] = append(c.RouteAllow[name], pat)
+		return nil
+	}), "route-allow", "only clients matching PATTERN may ask for the named --route NAME (NAME=PATTERN; repeatable; without it, every allowed client may)")
 	fs.Var(&stringList{p: &c.AllowIDs}, "allow-id", "allow clients whose identity matches this pattern (* one segment, ** any); repeatable")
 	fs.BoolVar(&c.AllowAll, "allow-all", c.AllowAll, "allow every authenticated client of the domain")
 	fs.BoolVar(&c.HTTP, "http", c.HTTP, "HTTP reverse proxy to --target: set X-Milagro-Client-Id to the authenticated identity (named --route targets stay TCP)")

@@ -16,14 +16,18 @@ import (
 
 // fwdPair starts a server sidecar in front of backend and a client sidecar
 // with only a CONNECT forward proxy whose routes map dests ("HOST:PORT" or
-// "HOST:PORT#TARGET") to it, through via(upstream) if via is set. It
-// returns the forward proxy's address and the client's log.
-func fwdPair(t *testing.T, backend string, dests []string, via func(string) string) (string, *logBuf) {
+// "HOST:PORT#TARGET") to it, through via(upstream) if via is set; smod,
+// if set, changes the server's configuration. It returns the forward
+// proxy's address and the client's log.
+func fwdPair(t *testing.T, backend string, dests []string, via func(string) string, smod ...func(*ServerConfig)) (string, *logBuf) {
 	t.Helper()
 	f := sharedKeys(t)
 	scfg := DefaultServerConfig()
 	scfg.Listen, scfg.Target, scfg.Keys = "127.0.0.1:0", backend, f.serverDir(t, fxServerID)
 	scfg.AllowIDs = []string{"spiffe://test.example/ns/web/**"}
+	for _, m := range smod {
+		m(scfg)
+	}
 	slog, _ := bufLogs(t, "server")
 	srv, err := NewServer(scfg, slog)
 	if err != nil {
@@ -324,5 +328,53 @@ func TestConnectEarlyBytesCounted(t *testing.T) {
 	waitFor(t, 5*time.Second, "stream closed", func() bool { lines = logLines(t, cl, "stream closed"); return len(lines) == 1 })
 	if up := lines[0]["bytes_up"]; up != float64(10) {
 		t.Errorf("client's stream line: bytes_up %v, want 10 (5 early + 5 after the 200)", up)
+	}
+}
+
+// TestRouteAllow: --route-allow limits a named route to the clients that
+// match its patterns; other routes, and the default target, stay open to
+// every allowed client.
+func TestRouteAllow(t *testing.T) {
+	backend := echoBackend(t, 0)
+	fwd, cl := fwdPair(t, backend, []string{"db.internal:5432#db", "ops.internal:22#ops", "echo.internal:7"}, nil, func(s *ServerConfig) {
+		s.Routes = map[string]string{"db": backend, "ops": backend}
+		s.RouteAllow = map[string][]string{
+			"db":  {"spiffe://test.example/ns/web/**"},   // the test client
+			"ops": {"spiffe://test.example/ns/admin/**"}, // not it
+		}
+	})
+	for _, tc := range []struct {
+		dest string
+		code int
+	}{{"db.internal:5432", 200}, {"ops.internal:22", 403}, {"echo.internal:7", 200}} {
+		_, _, resp := connect(t, fwd, "CONNECT "+tc.dest+" HTTP/1.1\r\n\r\n")
+		if resp.StatusCode != tc.code {
+			t.Errorf("CONNECT %s: HTTP %d, want %d", tc.dest, resp.StatusCode, tc.code)
+		}
+	}
+	waitFor(t, 5*time.Second, "the refusal logged by the client", func() bool { return strings.Contains(cl.String(), "refused") })
+
+	f := sharedKeys(t)
+	for _, tc := range []struct {
+		name  string
+		allow map[string][]string
+		want  string
+	}{
+		{"unknown route", map[string][]string{"nope": {"spiffe://x/**"}}, "no --route of that name"},
+		{"bad pattern", map[string][]string{"db": {"spiffe://x/***"}}, "--route-allow db="},
+	} {
+		s := DefaultServerConfig()
+		s.Keys, s.Target, s.AllowAll = f.serverDir(t, fxServerID), "127.0.0.1:1", true
+		s.Routes, s.RouteAllow = map[string]string{"db": "127.0.0.1:2"}, tc.allow
+		if _, err := NewServer(s, testLog(t)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: NewServer: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+	c, err := parseServer(t, "route-allow: {db: [spiffe://file/*]}\n", map[string]string{"MILAGRO_ROUTE_ALLOW": "db=spiffe://a/* db=spiffe://b/**"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.RouteAllow["db"]; len(got) != 2 || got[0] != "spiffe://a/*" || got[1] != "spiffe://b/**" {
+		t.Errorf("MILAGRO_ROUTE_ALLOW over the file: %q", got)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/milagro-sc/milagro/dta/pattern"
 	"github.com/milagro-sc/milagro/mpinkex"
 	"github.com/milagro-sc/milagro/proxy"
 	"github.com/milagro-sc/milagro/psk"
@@ -41,8 +42,9 @@ type Server struct {
 
 	httpProxy *proxy.HTTPIdentityProxy // HTTP mode
 
-	routes    map[string]string // route name → address, "(default)" for --target
-	probeMu   sync.Mutex        // backendStatus
+	routes    map[string]string     // route name → address, "(default)" for --target
+	routeACL  map[string]*AllowList // --route-allow, by route name
+	probeMu   sync.Mutex            // backendStatus
 	backendMu sync.Mutex
 	backends  map[string]Reachable // by route name, for /_status
 }
@@ -86,6 +88,18 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 	if cfg.MaxHandshakes <= 0 {
 		return nil, configErr(errors.New("--max-handshakes must be positive"))
 	}
+	routeACL := map[string]*AllowList{}
+	for name, pats := range cfg.RouteAllow {
+		if _, ok := cfg.Routes[name]; !ok {
+			return nil, configErr(fmt.Errorf("--route-allow %s: no --route of that name", name))
+		}
+		for _, p := range pats {
+			if err := pattern.Validate(p); err != nil {
+				return nil, configErr(fmt.Errorf("--route-allow %s=%s: %w", name, p, err))
+			}
+		}
+		routeACL[name] = &AllowList{Patterns: pats}
+	}
 	m := NewMetrics("server")
 	ks, err := OpenKeystore(KeystoreOptions{Dir: cfg.Keys, Role: RoleServer, Log: log, OnReload: reloadCounter(m)})
 	if err != nil {
@@ -94,7 +108,7 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 	m.observeKeys(ks.Current())
 	s := &Server{cfg: cfg, log: log, keys: ks, allow: allow, m: m, t: newTracker(),
 		hs: make(chan struct{}, cfg.MaxHandshakes), conns: make(chan struct{}, cfg.MaxConns), streams: make(chan struct{}, cfg.MaxConns),
-		routes: cfg.routesWithDefault(), backends: map[string]Reachable{}}
+		routes: cfg.routesWithDefault(), routeACL: routeACL, backends: map[string]Reachable{}}
 	return s, nil
 }
 
@@ -407,6 +421,15 @@ func (s *Server) openStream(ctx context.Context, in *psk.IncomingStream, log zer
 		log.Warn().Str("target", in.Target()).Msg("stream refused: no such target")
 		done(0, 0)
 		return nil
+	}
+	if acl := s.routeACL[in.Target()]; acl != nil && in.Kind() == psk.KindNamed {
+		if err := acl.Authorize(in.Session().PeerID()); err != nil {
+			_ = in.Reject(psk.StatusRefused)
+			s.m.StreamsTotal.WithLabelValues("refused").Inc()
+			log.Warn().Str("target", in.Target()).Msg("stream refused: the client matches no --route-allow pattern of this route")
+			done(0, 0)
+			return nil
+		}
 	}
 	if s.cfg.HTTP && in.Kind() == psk.KindDefault {
 		s.serveHTTPStream(ctx, in, log, target, done)
