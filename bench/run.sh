@@ -331,10 +331,16 @@ go test -c -o "$BIN/relay.test" ./bench/cmd/relay
 : >"$WORK/setup.txt"
 : >"$WORK/floordtls.txt"
 : >"$WORK/setup1.txt"
+# The library floor is process CPU (cpu-ns/op, as the proxies' figures
+# are), on one scheduler thread (GOMAXPROCS=1): library work only, not the
+# Go scheduler's spinning and cross-core hand-offs, which cost pion's
+# handshake 0.05-0.12 ms more on two threads (a 2026-11-24 review of this
+# harness; before it the DTLS part ran on two threads and the pairing part
+# was wall time, which read the floor high by 0.02-0.03x of the ratio).
 lib_floor() {
-	(cd pairing && "$BIN/pairing.test" -test.run '^$' -test.bench 'BenchmarkFloor(Server|Client|Encode)$' -test.benchtime "$FLOOR_BENCHTIME") >>"$WORK/floor.txt" 2>&1 ||
+	(cd pairing && GOMAXPROCS=1 "$BIN/pairing.test" -test.run '^$' -test.bench 'BenchmarkFloor(Server|Client|Encode)$' -test.benchtime "$FLOOR_BENCHTIME") >>"$WORK/floor.txt" 2>&1 ||
 		{ cat "$WORK/floor.txt" >&2; exit 1; }
-	(cd psk && "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkFloorDTLS$' -test.benchtime 200x) >>"$WORK/floordtls.txt" 2>&1 ||
+	(cd psk && GOMAXPROCS=1 "$BIN/psk.test" -test.run '^$' -test.bench 'BenchmarkFloorDTLS$' -test.benchtime 200x) >>"$WORK/floordtls.txt" 2>&1 ||
 		{ cat "$WORK/floordtls.txt" >&2; exit 1; }
 }
 floor_round() {
@@ -455,13 +461,13 @@ metric() { # metric FILE BENCHMARK UNIT: that metric of every run of the benchma
 median() { # median FILE BENCHMARK UNIT: the median of one metric of one benchmark over the rounds
 	metric "$@" | sort -g | awk '{v[NR]=$1} END{if(NR==0){print 0}else if(NR%2){print v[(NR+1)/2]}else{print (v[NR/2]+v[NR/2+1])/2}}'
 }
-FLOOR_S=$(median "$WORK/floor.txt" BenchmarkFloorServer ns/op)
-FLOOR_C=$(median "$WORK/floor.txt" BenchmarkFloorClient ns/op)
-FLOOR_E=$(median "$WORK/floor.txt" BenchmarkFloorEncode ns/op)
+FLOOR_S=$(median "$WORK/floor.txt" BenchmarkFloorServer cpu-ns/op)
+FLOOR_C=$(median "$WORK/floor.txt" BenchmarkFloorClient cpu-ns/op)
+FLOOR_E=$(median "$WORK/floor.txt" BenchmarkFloorEncode cpu-ns/op)
 # the library floor of each round: the mean of the two measured around its cold
 # connections (the first 2 × ROUNDS library floors are the rounds')
-LIB_ROUNDS=$(paste -d' ' <(metric "$WORK/floor.txt" BenchmarkFloorServer ns/op) <(metric "$WORK/floor.txt" BenchmarkFloorClient ns/op) \
-	<(metric "$WORK/floor.txt" BenchmarkFloorEncode ns/op) <(metric "$WORK/floordtls.txt" BenchmarkFloorDTLS cpu-ns/op) |
+LIB_ROUNDS=$(paste -d' ' <(metric "$WORK/floor.txt" BenchmarkFloorServer cpu-ns/op) <(metric "$WORK/floor.txt" BenchmarkFloorClient cpu-ns/op) \
+	<(metric "$WORK/floor.txt" BenchmarkFloorEncode cpu-ns/op) <(metric "$WORK/floordtls.txt" BenchmarkFloorDTLS cpu-ns/op) |
 	head -n "$((2 * ROUNDS))" | awk '{v = $1 + $2 + $3 + $4} NR % 2 {b = v; next} {printf "%s%.0f", (NR > 2 ? "," : ""), (b + v) / 2}')
 SETUP_CPU=$(median "$WORK/setup.txt" BenchmarkSessionSetup cpu-ns/op)
 FLOOR_D=$(median "$WORK/floordtls.txt" BenchmarkFloorDTLS cpu-ns/op)
@@ -605,7 +611,8 @@ echo
 if [[ -s $WORK/floor.txt ]]; then
 	echo "milagro-cold: each connection is a full TCP + mpinkex + DTLS-PSK + yamux handshake by bench/cmd/coldconn"
 	echo "  (the client sidecar's pool reuses sessions), against the milagro server process; its client-side CPU is"
-	echo "  the whole coldconn process. Floor: BenchmarkFloorServer $(printf '%.0f' "$FLOOR_S") ns + BenchmarkFloorClient $(printf '%.0f' "$FLOOR_C") ns"
+	echo "  the whole coldconn process (it has no application socket: a client sidecar's accept and copy, ~0.05 ms, are"
+	echo "  not in it). Floor, process CPU on one thread: BenchmarkFloorServer $(printf '%.0f' "$FLOOR_S") ns + BenchmarkFloorClient $(printf '%.0f' "$FLOOR_C") ns"
 	echo "  (library floor + BenchmarkFloorEncode $(printf '%.0f' "$FLOOR_E") ns, the six compressed point encodings,"
 	echo "  + psk BenchmarkFloorDTLS $(printf '%.0f' "$FLOOR_D") ns: pion's DTLS-PSK handshake and yamux setup alone, both sides)."
 fi
