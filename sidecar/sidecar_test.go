@@ -610,7 +610,7 @@ func TestDrainCountsUnacceptedStreams(t *testing.T) {
 	scfg := DefaultServerConfig()
 	scfg.Listen, scfg.Target, scfg.Keys = "127.0.0.1:0", "127.0.0.1:1", f.serverDir(t, fxServerID)
 	scfg.AllowIDs = []string{"spiffe://test.example/ns/web/**"}
-	srv, err := NewServer(scfg, testLog(t))
+	srv, err := NewServer(scfg, zerolog.Nop()) // their goroutines log after the test
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -621,7 +621,7 @@ func TestDrainCountsUnacceptedStreams(t *testing.T) {
 	defer ln.Close()
 	ccfg := DefaultClientConfig()
 	ccfg.Listen, ccfg.Keys, ccfg.VerifyID, ccfg.Target = "127.0.0.1:0", f.clientDir(t, fxClientID), fxServerID, ln.Addr().String()
-	cli, err := NewClient(ccfg, testLog(t))
+	cli, err := NewClient(ccfg, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -671,6 +671,9 @@ func TestDrainCountsUnacceptedStreams(t *testing.T) {
 		got, err := io.ReadAll(st)
 		if err == nil && string(got) != "late" {
 			err = fmt.Errorf("echo %q", got)
+		}
+		if err != nil {
+			err = fmt.Errorf("after %q: %w", got, err)
 		}
 		echoed <- err
 	}()
