@@ -42,11 +42,10 @@ type Server struct {
 
 	httpProxy *proxy.HTTPIdentityProxy // HTTP mode
 
-	routes    map[string]string     // route name → address, "(default)" for --target
-	routeACL  map[string]*AllowList // --route-allow, by route name
-	probeMu   sync.Mutex            // backendStatus
-	backendMu sync.Mutex
-	backends  map[string]Reachable // by route name, for /_status
+	routes   map[string]string        // route name → address, "(default)" for --target
+	routeACL map[string]*AllowList    // --route-allow, by route name
+	checks   map[string]*backendCheck // by address (routes may share one), fixed at NewServer
+	probeMu  sync.Mutex               // backendStatus
 }
 
 // NewServer validates cfg and loads the keys.
@@ -108,7 +107,10 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 	m.observeKeys(ks.Current())
 	s := &Server{cfg: cfg, log: log, keys: ks, allow: allow, m: m, t: newTracker(),
 		hs: make(chan struct{}, cfg.MaxHandshakes), conns: make(chan struct{}, cfg.MaxConns), streams: make(chan struct{}, cfg.MaxConns),
-		routes: cfg.routesWithDefault(), routeACL: routeACL, backends: map[string]Reachable{}}
+		routes: cfg.routesWithDefault(), routeACL: routeACL, checks: map[string]*backendCheck{}}
+	for _, addr := range s.routes {
+		s.checks[addr] = &backendCheck{}
+	}
 	return s, nil
 }
 
@@ -502,57 +504,63 @@ func (s *Server) pipeStream(ctx context.Context, p *openedStream, log zerolog.Lo
 // nothing while streams reach it or nobody asks.
 const backendProbeInterval = 5 * time.Second
 
+// backendCheck is what the last dial of one backend address found.
+type backendCheck struct {
+	mu  sync.Mutex
+	ok  bool
+	err string
+	at  time.Time // with its monotonic reading, for the age; zero: never dialled
+}
+
 // backendStatus returns every backend's last check, probing those whose
 // check is older than backendProbeInterval.
 func (s *Server) backendStatus() []Reachable {
 	s.probeMu.Lock() // one probe at a time; who waited reads its results
 	defer s.probeMu.Unlock()
-	stale := map[string]bool{} // addresses (routes may share one)
-	s.backendMu.Lock()
-	for name, addr := range s.routes {
-		if r, ok := s.backends[name]; !ok || time.Since(r.CheckedAt) > backendProbeInterval {
-			stale[addr] = true
-		}
-	}
-	s.backendMu.Unlock()
 	var wg sync.WaitGroup
-	for addr := range stale {
+	for addr, c := range s.checks {
+		c.mu.Lock()
+		stale := c.at.IsZero() || time.Since(c.at) > backendProbeInterval
+		c.mu.Unlock()
+		if !stale {
+			continue
+		}
 		wg.Go(func() {
 			network, a, _ := proxy.ParseAddr(addr)
-			c, err := net.DialTimeout(network, a, time.Second)
+			conn, err := net.DialTimeout(network, a, time.Second)
 			if err == nil {
-				c.Close()
+				conn.Close()
 			}
 			s.noteBackend(addr, err)
 		})
 	}
 	wg.Wait()
-	s.backendMu.Lock()
-	out := make([]Reachable, 0, len(s.backends))
-	for _, r := range s.backends {
-		r.CheckedAt = r.CheckedAt.UTC()
-		out = append(out, r)
+	out := make([]Reachable, 0, len(s.routes))
+	for name, addr := range s.routes {
+		c := s.checks[addr]
+		c.mu.Lock()
+		if !c.at.IsZero() {
+			out = append(out, Reachable{Name: name, Address: addr, OK: c.ok, Error: c.err, CheckedAt: c.at.UTC()})
+		}
+		c.mu.Unlock()
 	}
-	s.backendMu.Unlock()
 	slices.SortFunc(out, func(a, b Reachable) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
-// noteBackend records what a dial of the backend at addr found.
+// noteBackend records what a dial of the backend at addr found (every
+// stream's dial calls it: one address's lock, no allocation when it works).
 func (s *Server) noteBackend(addr string, err error) {
-	now := time.Now() // with its monotonic reading, for backendStatus's age; UTC in the JSON
-	s.backendMu.Lock()
-	defer s.backendMu.Unlock()
-	for name, a := range s.routes {
-		if a != addr {
-			continue
-		}
-		r := Reachable{Name: name, Address: a, OK: err == nil, CheckedAt: now}
-		if err != nil {
-			r.Error = err.Error()
-		}
-		s.backends[name] = r
+	c := s.checks[addr]
+	if c == nil {
+		return
 	}
+	c.mu.Lock()
+	c.ok, c.err, c.at = err == nil, "", time.Now()
+	if err != nil {
+		c.err = err.Error()
+	}
+	c.mu.Unlock()
 }
 
 // status builds /_status; full adds the backends (as last checked).
