@@ -53,6 +53,35 @@ func (f funcList) repeatable()        {}
 // environment they take several values, separated by white space.
 type repeatable interface{ repeatable() }
 
+// List is a list setting of the YAML file (allow-id, quiet, route-allow's
+// patterns). It takes a sequence or, as a one-item list, a single scalar:
+// `allow-id: spiffe://prod/ns/web/*` means what the flag given once means,
+// where yaml.v3 alone would refuse it ("cannot unmarshal !!str into
+// []string").
+type List []string
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (l *List) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		if n.Tag == "!!null" {
+			*l = nil
+			return nil
+		}
+		var v string
+		if err := n.Decode(&v); err != nil {
+			return err
+		}
+		*l = List{v}
+		return nil
+	}
+	var v []string
+	if err := n.Decode(&v); err != nil {
+		return err
+	}
+	*l = v
+	return nil
+}
+
 // Common settings of both sidecars.
 type Common struct {
 	Listen          string        `yaml:"listen"`
@@ -61,7 +90,7 @@ type Common struct {
 	EnablePprof     bool          `yaml:"enable-pprof"`
 	LogLevel        string        `yaml:"log-level"`
 	LogFormat       string        `yaml:"log-format"`
-	Quiet           []string      `yaml:"quiet"`
+	Quiet           List          `yaml:"quiet"`
 	TimedReload     time.Duration `yaml:"timed-reload"`
 	ShutdownTimeout time.Duration `yaml:"shutdown-timeout"`
 	MaxConns        int           `yaml:"max-conns"`
@@ -77,16 +106,16 @@ type Common struct {
 // ServerConfig configures `milagro server`.
 type ServerConfig struct {
 	Common        `yaml:",inline"`
-	Target        string              `yaml:"target"`
-	Routes        map[string]string   `yaml:"routes"`      // named targets
-	RouteAllow    map[string][]string `yaml:"route-allow"` // named target → the client patterns it takes (none: every allowed client)
-	AllowIDs      []string            `yaml:"allow-id"`
-	AllowAll      bool                `yaml:"allow-all"`
-	HTTP          bool                `yaml:"http"`
-	ProxyProtocol bool                `yaml:"proxy-protocol"`
-	UnsafeTarget  bool                `yaml:"unsafe-target"`
-	MaxHandshakes int                 `yaml:"max-handshakes"`
-	RequirePermit bool                `yaml:"require-permit"`
+	Target        string            `yaml:"target"`
+	Routes        map[string]string `yaml:"routes"`      // named targets
+	RouteAllow    map[string]List   `yaml:"route-allow"` // named target → the client patterns it takes (none: every allowed client)
+	AllowIDs      List              `yaml:"allow-id"`
+	AllowAll      bool              `yaml:"allow-all"`
+	HTTP          bool              `yaml:"http"`
+	ProxyProtocol bool              `yaml:"proxy-protocol"`
+	UnsafeTarget  bool              `yaml:"unsafe-target"`
+	MaxHandshakes int               `yaml:"max-handshakes"`
+	RequirePermit bool              `yaml:"require-permit"`
 }
 
 // Route maps an application destination to an upstream server sidecar and
@@ -148,7 +177,7 @@ func (c *Common) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.EnablePprof, "enable-pprof", c.EnablePprof, "also serve Go's /debug/pprof/ profiles on the --status address (exposes internals: keep the address private)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or console")
-	fs.Var(&stringList{p: &c.Quiet}, "quiet", "silence a class of log lines (handshake-errs); repeatable")
+	fs.Var(&stringList{p: (*[]string)(&c.Quiet)}, "quiet", "silence a class of log lines (handshake-errs); repeatable")
 	fs.DurationVar(&c.TimedReload, "timed-reload", c.TimedReload, "also reload keys at this interval (0: only on change and SIGHUP)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "on SIGTERM, how long to wait for connections to drain")
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "maximum concurrent connections: the client's application connections; the server's secure sessions and, as many again, its proxied (backend) connections")
@@ -184,12 +213,12 @@ func (c *ServerConfig) RegisterFlags(fs *flag.FlagSet) {
 			return errors.New("want NAME=PATTERN")
 		}
 		if c.RouteAllow == nil || !routeAllowSet {
-			c.RouteAllow, routeAllowSet = map[string][]string{}, true
+			c.RouteAllow, routeAllowSet = map[string]List{}, true
 		}
 		c.RouteAllow[name] = append(c.RouteAllow[name], pat)
 		return nil
 	}), "route-allow", "only clients matching PATTERN may ask for the named --route NAME (NAME=PATTERN; repeatable; without it, every allowed client may)")
-	fs.Var(&stringList{p: &c.AllowIDs}, "allow-id", "allow clients whose identity matches this pattern (* one segment, ** any); repeatable")
+	fs.Var(&stringList{p: (*[]string)(&c.AllowIDs)}, "allow-id", "allow clients whose identity matches this pattern (* one segment, ** any); repeatable")
 	fs.BoolVar(&c.AllowAll, "allow-all", c.AllowAll, "allow every authenticated client of the domain")
 	fs.BoolVar(&c.HTTP, "http", c.HTTP, "HTTP reverse proxy to --target: set X-Milagro-Client-Id to the authenticated identity (named --route targets stay TCP)")
 	fs.BoolVar(&c.ProxyProtocol, "proxy-protocol", c.ProxyProtocol, "send a PROXY protocol v2 header with the client identity (TLV 0xE0) to TCP backends")

@@ -168,6 +168,51 @@ func TestConfigListPrecedence(t *testing.T) {
 	}
 }
 
+// A list setting given as one scalar in the file is a one-item list (as
+// the flag given once); null is no list; a mapping is refused.
+func TestConfigYAMLScalarLists(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		allow      []string
+		quiet      []string
+		routeAllow []string
+		err        string
+	}{
+		{name: "scalars", yaml: "allow-id: spiffe://a/*\nquiet: handshake-errs\nroutes: {db: 127.0.0.1:1}\nroute-allow: {db: spiffe://a/db}\n",
+			allow: []string{"spiffe://a/*"}, quiet: []string{"handshake-errs"}, routeAllow: []string{"spiffe://a/db"}},
+		{name: "sequences", yaml: "allow-id: [spiffe://a/*, spiffe://b/*]\nquiet: [handshake-errs]\nroutes: {db: 127.0.0.1:1}\nroute-allow: {db: [spiffe://a/db, spiffe://b/db]}\n",
+			allow: []string{"spiffe://a/*", "spiffe://b/*"}, quiet: []string{"handshake-errs"}, routeAllow: []string{"spiffe://a/db", "spiffe://b/db"}},
+		{name: "quoted", yaml: "allow-id: \"spiffe://a/**\"\n", allow: []string{"spiffe://a/**"}},
+		{name: "null", yaml: "allow-id: ~\nallow-all: true\n"},
+		{name: "mapping", yaml: "allow-id: {a: b}\n", err: "cannot unmarshal"},
+		{name: "nested sequence", yaml: "allow-id: [[a]]\n", err: "cannot unmarshal"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := parseServer(t, tc.yaml, nil)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(s.AllowIDs, tc.allow) || !slices.Equal(s.Quiet, tc.quiet) || !slices.Equal(s.RouteAllow["db"], tc.routeAllow) {
+				t.Errorf("allow-id %q quiet %q route-allow %q", s.AllowIDs, s.Quiet, s.RouteAllow["db"])
+			}
+		})
+	}
+	// A flag still replaces the file's scalar.
+	s, err := parseServer(t, "allow-id: spiffe://file/*\n", nil, "--allow-id", "spiffe://flag/*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(s.AllowIDs, []string{"spiffe://flag/*"}) {
+		t.Errorf("allow-id %q, want the flag's", s.AllowIDs)
+	}
+}
+
 func TestConfigClientYAML(t *testing.T) {
 	yaml := `
 listen: unix:/run/app.sock

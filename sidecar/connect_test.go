@@ -338,7 +338,7 @@ func TestRouteAllow(t *testing.T) {
 	backend := echoBackend(t, 0)
 	fwd, cl := fwdPair(t, backend, []string{"db.internal:5432#db", "ops.internal:22#ops", "echo.internal:7"}, nil, func(s *ServerConfig) {
 		s.Routes = map[string]string{"db": backend, "ops": backend}
-		s.RouteAllow = map[string][]string{
+		s.RouteAllow = map[string]List{
 			"db":  {"spiffe://test.example/ns/web/**"},   // the test client
 			"ops": {"spiffe://test.example/ns/admin/**"}, // not it
 		}
@@ -357,11 +357,11 @@ func TestRouteAllow(t *testing.T) {
 	f := sharedKeys(t)
 	for _, tc := range []struct {
 		name  string
-		allow map[string][]string
+		allow map[string]List
 		want  string
 	}{
-		{"unknown route", map[string][]string{"nope": {"spiffe://x/**"}}, "no --route of that name"},
-		{"bad pattern", map[string][]string{"db": {"spiffe://x/***"}}, "--route-allow db="},
+		{"unknown route", map[string]List{"nope": {"spiffe://x/**"}}, "no --route of that name"},
+		{"bad pattern", map[string]List{"db": {"spiffe://x/***"}}, "--route-allow db="},
 	} {
 		s := DefaultServerConfig()
 		s.Keys, s.Target, s.AllowAll = f.serverDir(t, fxServerID), "127.0.0.1:1", true
