@@ -360,6 +360,27 @@ func TestClientDrainProcess(t *testing.T) {
 			t.Errorf("client exit %d after a clean drain, want 0", code)
 		}
 	})
+	t.Run("shutdown endpoint", func(t *testing.T) {
+		c := e.client(t, "client (shutdown endpoint)", s.listen, "--shutdown-timeout", "20s", "--enable-shutdown")
+		conn := inflight(t, c)
+		defer conn.Close()
+		resp, err := scHTTP.Post("http://"+c.status+"/_shutdown", "text/plain", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Errorf("POST /_shutdown: %d, want 202", resp.StatusCode)
+		}
+		c.waitLog(t, 5*time.Second, 1, "draining")
+		got, err := io.ReadAll(conn)
+		if err != nil || string(got) != "done" {
+			t.Errorf("in-flight request during the drain /_shutdown began: %q, %v", got, err)
+		}
+		if code := c.wait(15 * time.Second); code != 0 {
+			t.Errorf("client exit %d after /_shutdown and a clean drain, want 0", code)
+		}
+	})
 	t.Run("timeout", func(t *testing.T) {
 		c := e.client(t, "client (drain timeout)", s.listen, "--shutdown-timeout", "200ms")
 		conn := inflight(t, c)

@@ -308,10 +308,12 @@ func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
 		fwd = ln
 		lns = append(lns, ln)
 	}
+	ctx, shutdown := context.WithCancel(ctx) // SIGTERM, or POST /_shutdown
+	defer shutdown()
 	var wg sync.WaitGroup
 	bg, stopBG := context.WithCancel(context.Background())
 	defer func() { stopBG(); wg.Wait() }()
-	statusAddr, err := c.cfg.runBeside(bg, &wg, c.m, c.keys, hup, c.log, c.status)
+	statusAddr, err := c.cfg.runBeside(bg, &wg, c.m, c.keys, hup, c.log, c.status, shutdown)
 	if err != nil {
 		closeAll()
 		return err

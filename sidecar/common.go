@@ -108,6 +108,9 @@ func (c *Common) validate() error {
 	if c.EnablePprof && c.Status == "" {
 		return errors.New("--enable-pprof needs --status (the profiles are served there)")
 	}
+	if c.EnableShutdown && c.Status == "" {
+		return errors.New("--enable-shutdown needs --status (/_shutdown is served there)")
+	}
 	return nil
 }
 
@@ -125,9 +128,10 @@ func (c *Common) sessionTCPKeepAlive() time.Duration {
 // runBeside starts what both sidecars run beside their listeners, on wg
 // until bg ends: the status endpoint (with --status; its address is bound
 // before runBeside returns, and returned: port 0 picks one) and the key
-// watcher.
+// watcher. With --enable-shutdown, POST /_shutdown calls shutdown (which
+// starts the drain, as SIGTERM does).
 func (c *Common) runBeside(bg context.Context, wg *sync.WaitGroup, m *Metrics, keys *Keystore, hup <-chan os.Signal,
-	log zerolog.Logger, status func(full bool) StatusInfo) (statusAddr string, err error) {
+	log zerolog.Logger, status func(full bool) StatusInfo, shutdown func()) (statusAddr string, err error) {
 	if c.Status != "" {
 		sl, err := net.Listen("tcp", c.Status)
 		if err != nil {
@@ -135,7 +139,14 @@ func (c *Common) runBeside(bg context.Context, wg *sync.WaitGroup, m *Metrics, k
 		}
 		statusAddr = sl.Addr().String()
 		wg.Go(func() {
-			if err := serveStatus(bg, sl, m, c.EnablePprof, status); err != nil {
+			var stop func(from string)
+			if c.EnableShutdown {
+				stop = func(from string) {
+					log.Info().Str("from", from).Msg("shutdown requested through /_shutdown")
+					shutdown()
+				}
+			}
+			if err := serveStatus(bg, sl, m, c.EnablePprof, status, stop); err != nil {
 				log.Error().Err(err).Msg("status endpoint failed")
 			}
 		})

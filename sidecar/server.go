@@ -152,10 +152,12 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 		return err
 	}
 	s.addr.Store(ln.Addr().String())
+	ctx, shutdown := context.WithCancel(ctx) // SIGTERM, or POST /_shutdown
+	defer shutdown()
 	var wg sync.WaitGroup
 	bg, stopBG := context.WithCancel(context.Background())
 	defer func() { stopBG(); wg.Wait() }()
-	statusAddr, err := s.cfg.runBeside(bg, &wg, s.m, s.keys, hup, s.log, s.status)
+	statusAddr, err := s.cfg.runBeside(bg, &wg, s.m, s.keys, hup, s.log, s.status, shutdown)
 	if err != nil {
 		ln.Close()
 		return err

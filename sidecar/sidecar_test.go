@@ -462,6 +462,7 @@ func TestNewServerConfigErrors(t *testing.T) {
 		{"stream window too large", func(c *ServerConfig) { c.StreamWindow = 32 << 20 }, "--stream-window 33554432"},
 		{"bad listen", func(c *ServerConfig) { c.Listen = "nohost" }, "--listen"},
 		{"bad status", func(c *ServerConfig) { c.Status = "nohost" }, "--status"},
+		{"shutdown without status", func(c *ServerConfig) { c.EnableShutdown = true }, "--enable-shutdown needs --status"},
 		{"negative shutdown timeout", func(c *ServerConfig) { c.ShutdownTimeout = -time.Second }, "--shutdown-timeout -1s"},
 		{"negative timed reload", func(c *ServerConfig) { c.TimedReload = -time.Second }, "--timed-reload -1s"},
 		{"no handshake timeout", func(c *ServerConfig) { c.HandshakeTO = 0 }, "--handshake-timeout must be positive"},

@@ -88,9 +88,19 @@ const maxStatusConns = 64
 // serveStatus runs the status endpoint until ctx ends.
 // With pprof, Go's runtime profiles are served under /debug/pprof/ as well
 // (heap, goroutine, CPU profile, …): they show internals but never key
-// material, which the sidecar keeps out of anything it formats.
-func serveStatus(ctx context.Context, ln net.Listener, m *Metrics, pprofOn bool, status func(full bool) StatusInfo) error {
+// material, which the sidecar keeps out of anything it formats. With
+// shutdown (--enable-shutdown), POST /_shutdown calls it with the caller's
+// address and answers 202: the drain has begun (the endpoint stays up
+// until the drain ends, /readyz answers 503 meanwhile).
+func serveStatus(ctx context.Context, ln net.Listener, m *Metrics, pprofOn bool, status func(full bool) StatusInfo, shutdown func(from string)) error {
 	mux := http.NewServeMux()
+	if shutdown != nil {
+		mux.HandleFunc("POST /_shutdown", func(w http.ResponseWriter, r *http.Request) {
+			shutdown(r.RemoteAddr)
+			w.WriteHeader(http.StatusAccepted)
+			w.Write([]byte("draining\n"))
+		})
+	}
 	if pprofOn {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
