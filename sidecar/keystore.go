@@ -68,6 +68,8 @@ type Keystore struct {
 	log    zerolog.Logger
 	cur    atomic.Pointer[Keys]
 
+	watching atomic.Bool // an inotify watch on the folder is in place
+
 	mu       sync.Mutex // serialises reloads
 	last     atomic.Pointer[ReloadStatus]
 	onReload func(source string, current *Keys, err error)
@@ -93,11 +95,18 @@ func OpenKeystore(opt KeystoreOptions) (*Keystore, error) {
 	}
 	k.cur.Store(keys)
 	k.last.Store(&ReloadStatus{At: keys.LoadedAt, Source: "start"})
+	if !keys.ExpiresAt.After(time.Now()) {
+		k.log.Error().Str("generation", keys.Generation).Time("expired", keys.ExpiresAt).Msg("keys expired: not ready until a new generation loads (is keys fetch --watch running?)")
+	}
 	return k, nil
 }
 
 // Current returns the keys in force.
 func (k *Keystore) Current() *Keys { return k.cur.Load() }
+
+// Watching reports whether Watch has an inotify watch on the key folder
+// (else it finds changes by its 5 s poll, SIGHUP and the timer).
+func (k *Keystore) Watching() bool { return k.watching.Load() }
 
 // LastReload returns the last reload attempt.
 func (k *Keystore) LastReload() ReloadStatus { return *k.last.Load() }
@@ -153,6 +162,12 @@ func (k *Keystore) Reload(source string) (bool, error) {
 	if err == nil && keys.Identity != old.Identity {
 		err = fmt.Errorf("key directory now holds keys for %q, this sidecar runs as %q: restart it to change identity", keys.Identity, old.Identity)
 	}
+	if now := time.Now(); err == nil && keys.Generation != old.Generation && !keys.ExpiresAt.After(now) && old.ExpiresAt.After(now) {
+		// A restored backup, an old generation put back: it would turn a
+		// working sidecar unready at once.
+		err = fmt.Errorf("generation %s expired at %s; the keys in force are valid until %s", keys.Generation,
+			keys.ExpiresAt.UTC().Format(time.RFC3339), old.ExpiresAt.UTC().Format(time.RFC3339))
+	}
 	k.last.Store(&ReloadStatus{At: time.Now(), Err: err, Source: source})
 	if err != nil {
 		if k.onReload != nil {
@@ -170,84 +185,154 @@ func (k *Keystore) Reload(source string) (bool, error) {
 	if k.onReload != nil {
 		k.onReload(source, keys, nil)
 	}
-	if changed {
+	switch {
+	case changed:
 		k.log.Info().Str("source", source).Str("generation", keys.Generation).Time("expires", keys.ExpiresAt).Msg("keys reloaded")
+	case source == "sighup":
+		// Asked for by an operator: say that nothing changed (a file
+		// edited in place, not written by keys fetch, is not a new
+		// generation).
+		k.log.Info().Str("source", source).Str("generation", keys.Generation).Msg("keys unchanged: same generation")
 	}
 	return changed, nil
 }
 
 // Watch reloads on changes of the directory (fsnotify on the folder, which
-// sees the ..data swap, debounced), on every value from hup (SIGHUP) and
+// sees the ..data swap, debounced: a reload 200 ms after the last event of
+// a burst, and at most 1 s after its first, so that a folder touched all
+// the time cannot hold reloads back), on every value from hup (SIGHUP) and
 // every interval (if > 0), until ctx ends. It also watches the folder's
-// parent, so a key folder deleted and written again, or replaced by a
-// rename, is watched again; a change made between the first load and the
-// start of the watch is reloaded at once. A watcher that cannot start or
-// fails later is logged, and SIGHUP and the timer go on working (the
-// timer also retries the watch). It returns nil when ctx ends.
+// parent, so a key folder deleted and written again, replaced by a rename,
+// or a symbolic link to it repointed, is watched again; a change made
+// between the first load and the start of the watch is reloaded at once.
+// Every 5 s it also reads the ..data link, and reloads when it names a
+// generation other than the one in force (and other than one that failed
+// to load): the safety net for lost events, and for a host where inotify
+// cannot be had (fs.inotify.max_user_instances is per user, and every
+// container of one UID on a node shares it); the same tick retries a
+// watcher that could not start. It returns nil when ctx ends.
 func (k *Keystore) Watch(ctx context.Context, hup <-chan os.Signal, interval time.Duration) error {
-	const debounce = 200 * time.Millisecond
+	const debounce, maxDelay = 200 * time.Millisecond, time.Second
 	deb := time.NewTimer(time.Hour)
 	deb.Stop()
 	defer deb.Stop()
-	dir := filepath.Clean(k.dir)
-	parent := filepath.Dir(dir)
-	var events <-chan fsnotify.Event
-	var errs <-chan error
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		k.log.Error().Err(err).Msg("cannot watch the key directory; SIGHUP and --timed-reload still reload")
-	} else {
-		defer w.Close()
-		events, errs = w.Events, w.Errors
-		if err := w.Add(parent); err != nil {
-			k.log.Warn().Err(err).Str("dir", parent).Msg("cannot watch the key directory's parent; a key directory replaced as a whole needs SIGHUP")
+	var burst time.Time // the first event not yet reloaded
+	kick := func() {
+		if burst.IsZero() {
+			burst = time.Now()
 		}
-	}
-	watching := false
-	watch := func() { // (re)add the folder's watch, then look for what changed meanwhile
-		if w == nil {
-			return
-		}
-		if !watching {
-			if err := w.Add(dir); err != nil {
-				k.log.Warn().Err(err).Str("dir", dir).Msg("cannot watch the key directory; SIGHUP and --timed-reload still reload")
-				return
-			}
-			watching = true
-		}
-		if gen, err := os.Readlink(filepath.Join(dir, keydir.DataLink)); err == nil && gen != k.Current().Generation {
+		if time.Since(burst) < maxDelay { // else the timer set before fires within maxDelay
 			deb.Reset(debounce)
 		}
 	}
+	dir := filepath.Clean(k.dir)
+	parent := filepath.Dir(dir)
+	dataGen := func() string {
+		gen, _ := os.Readlink(filepath.Join(dir, keydir.DataLink))
+		return gen
+	}
+
+	failedGen := "" // the ..data target of the last failed reload: not retried until ..data moves on (or SIGHUP)
+	var w *fsnotify.Watcher
+	var events <-chan fsnotify.Event
+	var errs <-chan error
+	watching := false
+	warned := false // a watcher that cannot start is logged once, not every poll
+	stopWatcher := func() {
+		if w != nil {
+			w.Close()
+		}
+		w, events, errs, watching = nil, nil, nil, false
+		k.watching.Store(false)
+	}
+	defer stopWatcher()
+	watch := func() { // (re)start the watcher, (re)add the folder's watch, then look for what changed meanwhile
+		if w == nil {
+			nw, err := fsnotify.NewWatcher()
+			if err != nil {
+				if !warned {
+					k.log.Error().Err(err).Msg("cannot watch the key directory; polling its ..data link every 5 s instead (SIGHUP and --timed-reload still reload)")
+					warned = true
+				}
+				return
+			}
+			w, events, errs = nw, nw.Events, nw.Errors
+			if err := w.Add(parent); err != nil && !warned {
+				k.log.Warn().Err(err).Str("dir", parent).Msg("cannot watch the key directory's parent; a key directory replaced as a whole is found by the 5 s poll")
+			}
+		}
+		if !watching {
+			if err := w.Add(dir); err != nil {
+				if !warned {
+					k.log.Warn().Err(err).Str("dir", dir).Msg("cannot watch the key directory; polling its ..data link every 5 s instead (SIGHUP and --timed-reload still reload)")
+					warned = true
+				}
+				return
+			}
+			if warned {
+				k.log.Info().Str("dir", dir).Msg("watching the key directory again")
+			}
+			watching, warned = true, false
+			k.watching.Store(true)
+		}
+		if gen := dataGen(); gen != "" && gen != k.Current().Generation && gen != failedGen {
+			kick()
+		}
+	}
 	watch()
+
+	reload := func(source string) {
+		gen := dataGen()
+		burst = time.Time{}
+		if _, err := k.Reload(source); err != nil {
+			failedGen = gen
+		} else {
+			failedGen = ""
+		}
+	}
+	poll := time.NewTicker(keyPollInterval)
+	defer poll.Stop()
 	var tick <-chan time.Time
 	if interval > 0 {
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		tick = t.C
 	}
+	expiry := time.NewTimer(time.Hour)
+	expiry.Stop()
+	defer expiry.Stop()
+	armedFor := "" // the generation whose expiry the timer is set for
 	for {
+		if cur := k.Current(); cur.Generation != armedFor {
+			armedFor = cur.Generation
+			expiry.Stop()
+			if d := time.Until(cur.ExpiresAt); d > 0 { // an expired set was logged as it loaded
+				expiry.Reset(d)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case ev, ok := <-events:
 			switch {
 			case !ok:
-				events = nil
-				k.log.Error().Msg("key directory watcher closed; SIGHUP and --timed-reload still reload")
+				k.log.Error().Msg("key directory watcher closed; polling its ..data link every 5 s until it starts again")
+				stopWatcher()
+				kick()
 			case ev.Name == dir:
 				// The folder itself, seen from its parent: gone (deleted,
-				// renamed away) or back (created, renamed into place).
-				if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
-					_ = w.Remove(dir)
-					watching = false
-				}
+				// renamed away), back (created, renamed into place), or a
+				// link to it repointed (only a Create: the old watch would
+				// go on following the old target). Watch it anew.
+				_ = w.Remove(dir)
+				watching = false
+				k.watching.Store(false)
 				watch()
-				deb.Reset(debounce)
+				kick()
 			case filepath.Dir(ev.Name) != dir, filepath.Base(ev.Name) == ".."+"lock":
 				// a sibling of the key folder, or keys fetch's lock
 			default:
-				deb.Reset(debounce)
+				kick()
 			}
 		case err, ok := <-errs:
 			if !ok {
@@ -256,14 +341,27 @@ func (k *Keystore) Watch(ctx context.Context, hup <-chan os.Signal, interval tim
 			}
 			// E.g. fsnotify.ErrEventOverflow: events were lost, so look.
 			k.log.Warn().Err(err).Msg("key directory watcher error")
-			deb.Reset(debounce)
+			kick()
 		case <-deb.C:
-			_, _ = k.Reload("fsnotify")
+			reload("fsnotify")
+		case <-poll.C:
+			watch()
+			if gen := dataGen(); gen != "" && gen != k.Current().Generation && gen != failedGen && burst.IsZero() {
+				reload("poll")
+			}
 		case <-hup:
-			_, _ = k.Reload("sighup")
+			reload("sighup")
 		case <-tick:
 			watch()
-			_, _ = k.Reload("timer")
+			reload("timer")
+		case <-expiry.C:
+			if cur := k.Current(); !cur.ExpiresAt.After(time.Now()) {
+				k.log.Error().Str("generation", cur.Generation).Time("expired", cur.ExpiresAt).Msg("keys expired: not ready until a new generation loads (is keys fetch --watch running?)")
+			}
 		}
 	}
 }
+
+// keyPollInterval is how often Watch reads the ..data link (a variable for
+// the tests).
+var keyPollInterval = 5 * time.Second

@@ -43,6 +43,7 @@ type KeysStatus struct {
 	LastReload   time.Time `json:"last_reload"`
 	LastSource   string    `json:"last_reload_source"`
 	LastError    string    `json:"last_reload_error,omitempty"`
+	Watching     bool      `json:"watching"` // an inotify watch on the folder (false: the 5 s poll finds changes)
 }
 
 // Reachable is what the last dial of a backend found: a stream's own, or
@@ -72,7 +73,7 @@ func keysStatus(ks *Keystore) KeysStatus {
 		return t.UTC()
 	}
 	s := KeysStatus{Generation: k.Generation, LoadedAt: utc(k.LoadedAt), IssuedAt: utc(k.IssuedAt), ExpiresAt: utc(k.ExpiresAt),
-		PermitExpiry: utc(k.PermitExpiry()), LastReload: utc(lr.At), LastSource: lr.Source}
+		PermitExpiry: utc(k.PermitExpiry()), LastReload: utc(lr.At), LastSource: lr.Source, Watching: ks.Watching()}
 	for _, p := range k.Permits {
 		s.PermitEpochs = append(s.PermitEpochs, p.Epoch)
 	}
