@@ -347,8 +347,7 @@ func ReadSecretFile(path, what string) (string, error) {
 // slot.
 func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, log zerolog.Logger, handle func(c net.Conn, release func())) {
 	var delay time.Duration
-	var lastRefusal time.Time
-	var unlogged int
+	var refusals rateLimit
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -366,16 +365,35 @@ func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, 
 		case slots <- struct{}{}:
 		default:
 			m.OverLimit.Inc()
-			if now := time.Now(); now.Sub(lastRefusal) >= time.Second {
-				log.Warn().Str("remote", c.RemoteAddr().String()).Int("max_conns", maxConns).Int("also_refused", unlogged).
+			if ok, skipped := refusals.allow(); ok {
+				log.Warn().Str("remote", c.RemoteAddr().String()).Int("max_conns", maxConns).Int("also_refused", skipped).
 					Msg("connection limit reached; closing")
-				lastRefusal, unlogged = now, 0
-			} else {
-				unlogged++
 			}
 			c.Close()
 			continue
 		}
 		go handle(c, func() { <-slots })
 	}
+}
+
+// rateLimit lets a log line through at most once a second, so that a
+// flood (of refusals, say) does not become a log flood; the next line that
+// gets through says how many were held back (also_refused).
+type rateLimit struct {
+	mu      sync.Mutex
+	last    time.Time
+	skipped int
+}
+
+// allow reports whether to log now, and how many lines were held back
+// since the last one.
+func (r *rateLimit) allow() (ok bool, skipped int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now := time.Now(); now.Sub(r.last) >= time.Second {
+		skipped, r.last, r.skipped = r.skipped, now, 0
+		return true, skipped
+	}
+	r.skipped++
+	return false, 0
 }

@@ -11,6 +11,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/milagro-sc/milagro/mpinkex"
+	"github.com/milagro-sc/milagro/pairing"
 )
 
 // counter reads a counter's value.
@@ -112,18 +115,24 @@ func waitUnread(c net.Conn, n int) error {
 	return err
 }
 
-// TestServerOverloaded: past --max-handshakes a connection is answered
-// with the overloaded Alert and a clean end (its Msg1 read, not reset),
-// counted, and the client sidecar gets through once a slot is free.
+// TestServerOverloaded: a message that arrives while every
+// --max-handshakes slot is doing pairing work is answered with the
+// overloaded Alert and a clean end (the message read, not reset), counted,
+// and the client sidecar gets through once a slot is free. (The test takes
+// the one slot itself: a real handshake holds it only for its
+// milliseconds of pairing work.)
 func TestServerOverloaded(t *testing.T) {
 	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, _ *ClientConfig) { s.MaxHandshakes = 1 })
 	addr := p.srv.Addr()
-	hold, err := net.Dial("tcp", addr) // takes the one slot: the server waits for its Msg1
-	if err != nil {
-		t.Fatal(err)
+	p.srv.hs <- struct{}{} // the one slot, busy
+	freed := false
+	free := func() {
+		if !freed {
+			<-p.srv.hs
+			freed = true
+		}
 	}
-	defer hold.Close()
-	waitFor(t, 5*time.Second, "the held handshake", func() bool { return p.srv.inflight.Load() == 1 })
+	defer free()
 
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -146,7 +155,7 @@ func TestServerOverloaded(t *testing.T) {
 		t.Errorf("handshakes{result=overloaded} = %v, want 1", v)
 	}
 
-	// The client sidecar is refused too while the slot is held, then gets
+	// The client sidecar is refused too while the slot is busy, then gets
 	// through once it is free.
 	if err := echoOnce(p.clientListen, []byte("busy")); err == nil {
 		t.Fatal("a session was set up past --max-handshakes")
@@ -154,7 +163,62 @@ func TestServerOverloaded(t *testing.T) {
 	if v := counter(t, p.cli.m.Handshakes.WithLabelValues("overloaded")); v < 1 {
 		t.Errorf("client handshakes{result=overloaded} = %v, want ≥ 1", v)
 	}
-	hold.Close()
-	waitFor(t, 5*time.Second, "the slot freed", func() bool { return p.srv.inflight.Load() == 0 })
+	if n := len(logLines(t, p.sLog, "handshake refused: overloaded")); n < 1 || n > 2 {
+		t.Errorf("%d \"overloaded\" log lines for 2+ refusals within a second, want 1 (2 if a second passed)", n)
+	}
+	free()
 	waitFor(t, 15*time.Second, "a session after the overload", func() bool { return echoOnce(p.clientListen, []byte("free")) == nil })
+}
+
+// TestSlowPeersHoldNoSlot: peers that connect and send nothing, send a
+// byte at a time, or send a Msg1 and never their Msg3 (a slowloris needs no
+// credentials for any of these) hold no --max-handshakes slot while the
+// server waits for them: with one slot and all of them connected, a real
+// client gets through; they are counted in handshakes_in_flight, and end
+// at --handshake-timeout.
+func TestSlowPeersHoldNoSlot(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, _ *ClientConfig) {
+		s.MaxHandshakes, s.HandshakeTO = 1, 3*time.Second
+	})
+	addr := p.srv.Addr()
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	for range 4 {
+		dial() // silent
+	}
+	msg1 := (&mpinkex.Msg1{Layers: mpinkex.LayerDTLS, ClientID: "spiffe://attacker.example/x", UPrime: pairing.G1Generator(), R: pairing.G1Generator()}).Marshal()
+	frame := append([]byte{byte(len(msg1) >> 8), byte(len(msg1))}, msg1...)
+	stalled := dial() // Msg1, then no Msg3
+	if _, err := stalled.Write(frame); err != nil {
+		t.Fatal(err)
+	}
+	dribble := dial() // one byte now and then
+	if _, err := dribble.Write(frame[:1]); err != nil {
+		t.Fatal(err)
+	}
+	_ = stalled.SetReadDeadline(time.Now().Add(5 * time.Second))
+	hdr := make([]byte, 3)
+	if _, err := io.ReadFull(stalled, hdr); err != nil || hdr[2] != 0x02 {
+		t.Fatalf("the stalled peer's Msg2: %x, %v", hdr, err)
+	}
+	waitFor(t, 5*time.Second, "6 handshakes in flight", func() bool { return p.srv.inflight.Load() == 6 })
+	if err := echoOnce(p.clientListen, []byte("through")); err != nil {
+		t.Fatalf("a real client while slow peers wait (one slot): %v", err)
+	}
+	if _, err := dribble.Write(frame[1:2]); err != nil {
+		t.Fatal(err)
+	}
+	if v := counter(t, p.srv.m.Handshakes.WithLabelValues("overloaded")); v != 0 {
+		t.Errorf("handshakes{result=overloaded} = %v, want 0", v)
+	}
+	waitFor(t, 10*time.Second, "the slow peers timed out", func() bool { return p.srv.inflight.Load() == 0 })
+	if v := counter(t, p.srv.m.Handshakes.WithLabelValues("timeout")); v != 6 {
+		t.Errorf("handshakes{result=timeout} = %v, want 6", v)
+	}
 }

@@ -32,13 +32,14 @@ type Server struct {
 	m     *Metrics
 	t     *tracker
 
-	hs       chan struct{} // handshake slots
-	conns    chan struct{} // --max-conns slots for secure sessions (TCP connections)
-	streams  chan struct{} // --max-conns slots for proxied connections (streams, backend connections)
-	inflight atomic.Int64
-	ready    atomic.Bool
-	draining atomic.Bool
-	addr     atomic.Value // string
+	hs          chan struct{} // handshake slots
+	conns       chan struct{} // --max-conns slots for secure sessions (TCP connections)
+	streams     chan struct{} // --max-conns slots for proxied connections (streams, backend connections)
+	inflight    atomic.Int64  // connections in their handshake
+	overloadLog rateLimit     // the "overloaded" refusals' log line
+	ready       atomic.Bool
+	draining    atomic.Bool
+	addr        atomic.Value // string
 
 	httpProxy *proxy.HTTPIdentityProxy // HTTP mode
 
@@ -214,32 +215,33 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 
 func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	remote := c.RemoteAddr().String()
-	select {
-	case s.hs <- struct{}{}:
-	default:
-		s.m.Handshakes.WithLabelValues("overloaded").Inc()
-		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-		_ = mpinkex.WriteAlert(c, mpinkex.AlertOverloaded)
-		if !s.cfg.quiet("handshake-errs") {
-			s.log.Warn().Str("remote", remote).Msg("handshake refused: overloaded")
-		}
-		// Msg1 has likely arrived: take it, or the close resets the
-		// connection; but linger only briefly while overloaded.
-		closeAfterAlert(c, overloadLingerTime)
-		return
-	}
 	s.inflight.Add(1)
 	s.t.addConn(c)
 	start := time.Now()
 	sess, res, err := s.handshake(ctx, c)
 	s.inflight.Add(-1)
-	<-s.hs
 	if err == nil {
 		// Tracked as a session before it stops being tracked as a
 		// connection, so that a drain's last sweep cannot miss it.
 		s.t.addSession(sess)
 	}
 	s.t.removeConn(c)
+	if errors.Is(err, errOverloaded) {
+		s.m.Handshakes.WithLabelValues("overloaded").Inc()
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = mpinkex.WriteAlert(c, mpinkex.AlertOverloaded)
+		if !s.cfg.quiet("handshake-errs") {
+			if ok, skipped := s.overloadLog.allow(); ok {
+				s.log.Warn().Str("remote", remote).Int("max_handshakes", s.cfg.MaxHandshakes).Int("also_refused", skipped).
+					Msg("handshake refused: overloaded")
+			}
+		}
+		// What the peer sent has been read (a closed socket with unread
+		// bytes would reset the connection and lose the Alert); linger
+		// only briefly while overloaded.
+		closeAfterAlert(c, overloadLingerTime)
+		return
+	}
 	if err != nil {
 		s.m.Handshakes.WithLabelValues(handshakeResult(err)).Inc()
 		var me *mpinkex.Error
@@ -356,20 +358,76 @@ func (s *Server) handshake(ctx context.Context, c net.Conn) (*psk.Session, *mpin
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTO)
 	defer cancel()
 	k := s.keys.Current()
-	c = BufferedConn(c)
-	res, err := mpinkex.Server(ctx, c, &mpinkex.ServerConfig{
+	bc := BufferedConn(c).(*bufConn)
+	// The pairing work holds one of the --max-handshakes slots; waiting for
+	// the peer's next message holds none (see workConn).
+	slot := &workSlot{sem: s.hs}
+	defer slot.release()
+	res, err := mpinkex.Server(ctx, &workConn{bufConn: bc, slot: slot}, &mpinkex.ServerConfig{
 		Keys: []*mpinkex.ServerKey{k.Server}, Authorize: s.allow.Authorize, RequirePermit: s.cfg.RequirePermit,
 		EpochLen: k.EpochLen, Grace: mpinkexGrace(s.cfg.Grace), StepTimeout: s.cfg.HandshakeTO,
 	})
+	slot.release()
 	if err != nil {
 		return nil, nil, err
 	}
-	sess, err := psk.Server(ctx, c, res, s.cfg.pskConfig())
+	sess, err := psk.Server(ctx, bc, res, s.cfg.pskConfig())
 	res.Zeroize()
 	if err != nil {
 		return nil, nil, err
 	}
 	return sess, &mpinkex.Result{ClientID: res.ClientID, ServerID: res.ServerID, PermitUsed: res.PermitUsed, Epoch: res.Epoch}, nil
+}
+
+// errOverloaded ends a handshake that found every --max-handshakes slot
+// taken when its peer's message arrived.
+var errOverloaded = errors.New("every handshake slot is busy")
+
+// workSlot is one handshake's hold on the server's --max-handshakes slots.
+type workSlot struct {
+	sem  chan struct{}
+	held bool
+}
+
+func (w *workSlot) acquire() bool {
+	select {
+	case w.sem <- struct{}{}:
+		w.held = true
+		return true
+	default:
+		return false
+	}
+}
+
+func (w *workSlot) release() {
+	if w.held {
+		<-w.sem
+		w.held = false
+	}
+}
+
+// workConn is the server's side of the mpinkex handshake: a slot is held
+// while a message the peer has sent is worked on (Msg1's checks and Msg2,
+// Msg3's pairing check and Msg4), and given back while the server waits
+// for the peer. --max-handshakes so bounds the pairing work, which is what
+// PROTOCOL.md §8 bounds it for, and a peer that sends slowly or not at all
+// costs a connection (--max-conns) until --handshake-timeout, not a slot:
+// slow peers cannot keep real clients out. A message that arrives when
+// every slot is taken ends the handshake with errOverloaded.
+type workConn struct {
+	*bufConn
+	slot *workSlot
+}
+
+func (c *workConn) Read(p []byte) (int, error) {
+	if c.br.Buffered() == 0 {
+		c.slot.release() // about to wait for the peer
+	}
+	n, err := c.bufConn.Read(p)
+	if n > 0 && !c.slot.held && !c.slot.acquire() {
+		return 0, errOverloaded
+	}
+	return n, err
 }
 
 // handshakeResult names a failure for the metrics.
