@@ -352,6 +352,21 @@ func TestClientDrainProcess(t *testing.T) {
 			t.Errorf("client exit %d after a clean drain, want 0", code)
 		}
 	})
+	t.Run("second signal", func(t *testing.T) {
+		c := e.client(t, "client (second signal)", s.listen, "--shutdown-timeout", "30s")
+		conn := inflight(t, c)
+		defer conn.Close()
+		c.signal(syscall.SIGTERM)
+		c.waitLog(t, 5*time.Second, 1, "draining")
+		start := time.Now()
+		c.signal(syscall.SIGINT)
+		if code := c.wait(10 * time.Second); code != 1 {
+			t.Errorf("client exit %d after a second signal during the drain, want 1", code)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("client exited %v after the second signal (--shutdown-timeout 30s)", d)
+		}
+	})
 	t.Run("shutdown endpoint", func(t *testing.T) {
 		c := e.client(t, "client (shutdown endpoint)", s.listen, "--shutdown-timeout", "20s", "--enable-shutdown")
 		conn := inflight(t, c)

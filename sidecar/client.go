@@ -340,14 +340,15 @@ func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
 	closeAll()
 	accepting.Wait()
 	c.log.Info().Int64("streams", c.t.streams.Load()).Dur("timeout", c.cfg.ShutdownTimeout).Msg("draining")
-	dctx, cancel := context.WithTimeout(context.Background(), c.cfg.ShutdownTimeout)
+	dctx, cancel := c.t.drainContext(c.cfg.ShutdownTimeout)
 	defer cancel()
 	clean := c.t.drain(dctx)
 	for _, u := range c.upstreams() {
 		u.pool.Close()
 	}
+	c.t.settle(settleTime)
 	if !clean {
-		c.log.Warn().Msg("drain timed out; connections closed")
+		c.log.Warn().Msg("drain timed out or was cut short; connections closed")
 		return ErrDrainTimeout
 	}
 	c.log.Info().Msg("drained")
@@ -380,15 +381,17 @@ type route struct {
 // closed the connection); the copy then runs on goroutines of its own, and
 // the accepting goroutine ends.
 func (c *Client) accept(ctx context.Context, ln net.Listener, open func(context.Context, net.Conn) *route) {
-	acceptLoop(ln, c.conns, c.cfg.MaxConns, c.m, c.log, func(conn net.Conn, release func()) {
+	acceptLoop(ln, c.conns, c.cfg.MaxConns, c.m, c.log, &c.t.handlers, func(conn net.Conn, release func()) {
 		c.t.streams.Add(1)
 		c.m.Streams.Inc()
 		c.t.addConn(conn)
+		c.t.handlers.Add(1) // until the copy has ended and logged
 		done := func() {
 			c.t.removeConn(conn)
 			c.t.streamDone()
 			c.m.Streams.Dec()
 			release()
+			c.t.handlers.Done()
 		}
 		r := open(ctx, conn)
 		if r == nil {

@@ -199,11 +199,56 @@ type tracker struct {
 	sessions map[*psk.Session]struct{}
 	conns    map[net.Conn]struct{}
 	streams  atomic.Int64
-	idle     chan struct{} // signalled when streams drops to 0
+	idle     chan struct{}  // signalled when streams drops to 0
+	handlers sync.WaitGroup // the connections' goroutines, until they have logged their end
+	forced   chan struct{}  // closed by force
+	force    func()         // ends a drain under way at once
 }
 
 func newTracker() *tracker {
-	return &tracker{sessions: map[*psk.Session]struct{}{}, conns: map[net.Conn]struct{}{}, idle: make(chan struct{}, 1)}
+	t := &tracker{sessions: map[*psk.Session]struct{}{}, conns: map[net.Conn]struct{}{}, idle: make(chan struct{}, 1), forced: make(chan struct{})}
+	t.force = sync.OnceFunc(func() { close(t.forced) })
+	return t
+}
+
+// settleTime bounds how long Run waits, after a drain, for the
+// connections' goroutines to log their end.
+const settleTime = 2 * time.Second
+
+// Force ends a drain under way at once, as if --shutdown-timeout had
+// passed (`milagro server` calls it on a second SIGTERM or SIGINT); Run
+// then returns ErrDrainTimeout. Before the drain it makes the drain
+// immediate.
+func (s *Server) Force() { s.t.force() }
+
+// Force is Server.Force for the client.
+func (c *Client) Force() { c.t.force() }
+
+// drainContext is the drain's deadline: --shutdown-timeout, or sooner if
+// force is called (a second SIGTERM or SIGINT).
+func (t *tracker) drainContext(timeout time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	go func() { // ends with ctx
+		select {
+		case <-t.forced:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// settle waits, at most d, for the connections' goroutines to finish
+// after a drain, so that the lines they log at their end (stream closed,
+// session closed, with the byte counts) are written before the process
+// exits.
+func (t *tracker) settle(d time.Duration) {
+	done := make(chan struct{})
+	go func() { t.handlers.Wait(); close(done) }() // ends when the handlers do, at the latest with the process
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
 }
 
 func (t *tracker) addSession(s *psk.Session) {
@@ -247,10 +292,13 @@ func (t *tracker) streamDone() {
 
 // drain tells every session to open no more streams and waits until none
 // has a stream left, counting those a peer opened that are not accepted yet
-// (psk.Session.Drain), and until the streams this sidecar counts have
-// ended, or until ctx ends; then it closes every session and connection.
-// A session that comes up meanwhile (a handshake under way when the drain
-// began) is drained in turn. It reports whether the drain was clean.
+// (psk.Session.Drain), until the streams this sidecar counts have ended,
+// and until no tracked connection is left (on the server, a handshake
+// under way: its session, once up, is drained in turn; a sidecar that
+// stopped accepting has no new ones), or until ctx ends; then it closes
+// every session and connection. It reports whether the drain was clean:
+// nothing in use had to be cut (idle sessions are closed either way, so a
+// drain with nothing open is clean even with no time at all).
 func (t *tracker) drain(ctx context.Context) bool {
 	done := map[*psk.Session]bool{}
 	for ctx.Err() == nil {
@@ -262,26 +310,27 @@ func (t *tracker) drain(ctx context.Context) bool {
 				done[s] = true
 			}
 		}
+		conns := len(t.conns)
 		t.mu.Unlock()
 		if len(ss) == 0 {
-			break
+			if conns == 0 && t.streams.Load() == 0 {
+				break
+			}
+			select {
+			case <-t.idle:
+			case <-time.After(20 * time.Millisecond):
+			case <-ctx.Done():
+			}
+			continue
 		}
 		var wg sync.WaitGroup
 		for _, s := range ss {
-			wg.Go(func() { _ = s.Drain(ctx) }) // ctx's end is seen below
+			wg.Go(func() { _ = s.Drain(ctx) }) // ctx's end is seen by the loop
 		}
 		wg.Wait()
 	}
-	clean := ctx.Err() == nil
-	for clean && t.streams.Load() > 0 {
-		select {
-		case <-t.idle:
-		case <-time.After(50 * time.Millisecond):
-		case <-ctx.Done():
-			clean = false
-		}
-	}
 	t.mu.Lock()
+	clean := len(t.conns) == 0 && t.streams.Load() == 0
 	ss := make([]*psk.Session, 0, len(t.sessions))
 	for s := range t.sessions {
 		ss = append(ss, s)
@@ -301,7 +350,7 @@ func (t *tracker) drain(ctx context.Context) bool {
 		wg.Go(func() { s.Close() })
 	}
 	wg.Wait()
-	return clean && t.streams.Load() == 0
+	return clean
 }
 
 // mpinkexGrace maps --epoch-grace to mpinkex's convention, where 0 means the
@@ -342,10 +391,10 @@ func ReadSecretFile(path, what string) (string, error) {
 // closure (out of file descriptors and the like) back off as net/http does;
 // a connection beyond the slots (maxConns) is closed at once, counted, and
 // logged at most once a second (a flood must not become a log flood); every
-// other runs handle in its own goroutine, and handle calls release (once,
-// from any goroutine) when the connection is finished with, to free its
-// slot.
-func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, log zerolog.Logger, handle func(c net.Conn, release func())) {
+// other runs handle in its own goroutine (counted in handlers), and handle
+// calls release (once, from any goroutine) when the connection is finished
+// with, to free its slot.
+func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, log zerolog.Logger, handlers *sync.WaitGroup, handle func(c net.Conn, release func())) {
 	var delay time.Duration
 	var refusals rateLimit
 	for {
@@ -372,7 +421,7 @@ func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, 
 			c.Close()
 			continue
 		}
-		go handle(c, func() { <-slots })
+		handlers.Go(func() { handle(c, func() { <-slots }) })
 	}
 }
 

@@ -188,7 +188,7 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 	acceptDone := make(chan struct{})
 	go func() {
 		defer close(acceptDone)
-		acceptLoop(ln, s.conns, s.cfg.MaxConns, s.m, s.log, func(c net.Conn, release func()) {
+		acceptLoop(ln, s.conns, s.cfg.MaxConns, s.m, s.log, &s.t.handlers, func(c net.Conn, release func()) {
 			defer release()
 			s.handleConn(bg, c)
 		})
@@ -202,11 +202,12 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 		s.httpProxy.Drain() // idle keep-alive connections would hold the drain to its timeout
 	}
 	s.log.Info().Int64("streams", s.t.streams.Load()).Int("sessions", s.t.numSessions()).Dur("timeout", s.cfg.ShutdownTimeout).Msg("draining")
-	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	dctx, cancel := s.t.drainContext(s.cfg.ShutdownTimeout)
 	defer cancel()
 	clean := s.t.drain(dctx)
+	s.t.settle(settleTime)
 	if !clean {
-		s.log.Warn().Msg("drain timed out; connections closed")
+		s.log.Warn().Msg("drain timed out or was cut short; connections closed")
 		return ErrDrainTimeout
 	}
 	s.log.Info().Msg("drained")

@@ -77,18 +77,54 @@ func warnUnknownEnv(log zerolog.Logger, cmd string, names []string) {
 	}
 }
 
+// signals are a sidecar's: SIGTERM and SIGINT (stop), SIGHUP (reload).
+// They are caught from the start of the command, before the keys load, so
+// that a signal sent early (systemctl reload right after start) neither
+// kills the process nor is lost.
+type signals struct {
+	stop, hup chan os.Signal
+}
+
+func catchSignals() *signals {
+	s := &signals{stop: make(chan os.Signal, 2), hup: make(chan os.Signal, 1)}
+	signal.Notify(s.stop, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(s.hup, syscall.SIGHUP)
+	return s
+}
+
+func (s *signals) release() {
+	signal.Stop(s.stop)
+	signal.Stop(s.hup)
+}
+
 // runSidecar runs a server or client until SIGTERM/SIGINT, reloading keys on
-// SIGHUP; exit 0 after a clean drain, 1 when the drain timed out.
-func runSidecar(run func(ctx context.Context, hup <-chan os.Signal) error) error {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	return run(ctx, hup)
+// SIGHUP; exit 0 after a clean drain, 1 when the drain timed out. A second
+// SIGTERM or SIGINT during the drain ends it at once (force), exit 1.
+func runSidecar(sigs *signals, run func(ctx context.Context, hup <-chan os.Signal) error, force func()) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	defer close(done)
+	go func() { // ends with the run
+		for n := 0; ; n++ {
+			select {
+			case <-sigs.stop:
+				if n == 0 {
+					cancel()
+				} else {
+					force()
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+	return run(ctx, sigs.hup)
 }
 
 func runServer(args []string, _, stderr io.Writer) error {
+	sigs := catchSignals()
+	defer sigs.release()
 	cfg := sidecar.DefaultServerConfig()
 	unknown, err := sidecarFlags("server", stderr, args, cfg)
 	if err != nil {
@@ -103,10 +139,12 @@ func runServer(args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return configError(err)
 	}
-	return runSidecar(srv.Run)
+	return runSidecar(sigs, srv.Run, srv.Force)
 }
 
 func runClient(args []string, _, stderr io.Writer) error {
+	sigs := catchSignals()
+	defer sigs.release()
 	cfg := sidecar.DefaultClientConfig()
 	unknown, err := sidecarFlags("client", stderr, args, cfg)
 	if err != nil {
@@ -121,7 +159,7 @@ func runClient(args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return configError(err)
 	}
-	return runSidecar(cl.Run)
+	return runSidecar(sigs, cl.Run, cl.Force)
 }
 
 // configError makes configuration mistakes usage errors (exit 2) and keeps

@@ -1,0 +1,132 @@
+package sidecar
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestDrainIdleNoTime: with nothing open, a drain is clean even with
+// --shutdown-timeout 0 (it was "forced", exit 1, because the time was up).
+func TestDrainIdleNoTime(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, c *ClientConfig) { s.ShutdownTimeout, c.ShutdownTimeout = 0, 0 })
+	if err := echoOnce(p.clientListen, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the stream ended", func() bool { return p.srv.t.streams.Load() == 0 && p.cli.t.streams.Load() == 0 })
+	if err := p.cliRun.stop(t); err != nil {
+		t.Errorf("client, idle, --shutdown-timeout 0: %v, want a clean drain", err)
+	}
+	if err := p.srvRun.stop(t); err != nil {
+		t.Errorf("server, idle, --shutdown-timeout 0: %v, want a clean drain", err)
+	}
+}
+
+// TestDrainWaitsForHandshake: a handshake under way when the drain begins
+// is finished, not cut (the drain had ended at once, with no session, and
+// reset it); its session is then drained (GoAway) like the others.
+func TestDrainWaitsForHandshake(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, _ *ClientConfig) { s.ShutdownTimeout = 10 * time.Second })
+	// A relay that holds the client's first bytes (Msg1) until release.
+	rl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rl.Close()
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		in, err := rl.Accept()
+		if err != nil {
+			return
+		}
+		defer in.Close()
+		out, err := net.Dial("tcp", p.srv.Addr())
+		if err != nil {
+			return
+		}
+		defer out.Close()
+		var cp sync.WaitGroup
+		cp.Go(func() { io.Copy(in, out); in.(*net.TCPConn).CloseWrite() })
+		buf := make([]byte, 4096)
+		n, err := in.Read(buf)
+		if err != nil {
+			return
+		}
+		<-release
+		out.Write(buf[:n])
+		io.Copy(out, in)
+		out.(*net.TCPConn).CloseWrite()
+		cp.Wait()
+	})
+	ccfg := DefaultClientConfig()
+	ccfg.Listen, ccfg.Keys, ccfg.VerifyID, ccfg.Target = "127.0.0.1:0", p.cdir, fxServerID, rl.Addr().String()
+	cl, err := NewClient(ccfg, bufLog(t, "relayed client"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cr := run(t, cl.Run, nil)
+	app, err := net.Dial("tcp", waitAddr(t, cl.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	waitFor(t, 5*time.Second, "the handshake in flight at the server", func() bool { return p.srv.inflight.Load() == 1 })
+
+	p.srvRun.cancel() // SIGTERM
+	waitFor(t, 5*time.Second, "draining", func() bool { return p.srv.draining.Load() })
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case <-p.srvRun.done:
+		t.Fatalf("Run returned (%v) with a handshake under way", p.srvRun.err)
+	default:
+	}
+	close(release)
+	select {
+	case <-p.srvRun.done:
+		if p.srvRun.err != nil {
+			t.Errorf("server Run: %v, want a clean drain", p.srvRun.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the handshake")
+	}
+	if v := counter(t, p.srv.m.Handshakes.WithLabelValues("ok")); v != 1 {
+		t.Errorf("handshakes{result=ok} = %v, want 1 (the handshake under way finished)", v)
+	}
+	app.Close()
+	cr.stop(t)
+}
+
+// TestDrainForceAndLogs: Force (a second SIGTERM) ends a drain at once
+// (ErrDrainTimeout, well before --shutdown-timeout), and Run returns only
+// once the cut streams and sessions have logged their end (with their
+// byte counts): the process exits right after Run.
+func TestDrainForceAndLogs(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, c *ClientConfig) {
+		s.ShutdownTimeout, c.MaxStreams = time.Minute, 100
+	})
+	p.holdApps(t, 5)
+	waitFor(t, 5*time.Second, "5 streams at the server", func() bool { return p.srv.t.streams.Load() == 5 })
+	p.srvRun.cancel()
+	waitFor(t, 5*time.Second, "draining", func() bool { return p.srv.draining.Load() })
+	start := time.Now()
+	p.srv.Force()
+	select {
+	case <-p.srvRun.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after Force")
+	}
+	if d := time.Since(start); !errors.Is(p.srvRun.err, ErrDrainTimeout) || d > 5*time.Second {
+		t.Errorf("server Run after Force: %v after %v, want ErrDrainTimeout at once", p.srvRun.err, d)
+	}
+	if n := len(logLines(t, p.sLog, "stream closed")); n != 5 {
+		t.Errorf("%d \"stream closed\" lines when Run returned, want 5", n)
+	}
+	if n := len(logLines(t, p.sLog, "session closed")); n != 1 {
+		t.Errorf("%d \"session closed\" lines when Run returned, want 1", n)
+	}
+}
