@@ -134,10 +134,11 @@ type pipe struct {
 	done    func(Stats, error)
 	halves  [2]half // a→b, b→a
 
-	mu   sync.Mutex
-	left int
-	errs [2]error
-	st   Stats
+	mu     sync.Mutex
+	left   int
+	errs   [2]error
+	cutErr error // see cut
+	st     Stats
 }
 
 // half is one direction of a pipe.
@@ -370,8 +371,50 @@ func (h *half) end(err error) {
 	if err == io.EOF {
 		err = nil
 	}
-	h.rn.NotifyReadable(nil)
+	if c, ok := h.src.(cutNotifier); ok && err == nil {
+		// Read ended cleanly, but the other direction may still be
+		// writing to src: if src is cut meanwhile (a reset, its session's
+		// end) while that direction waits to read, nothing else would
+		// notice, and the other connection would be held for ever.
+		h.rn.NotifyReadable(func() {
+			if cerr := c.Cut(); cerr != nil {
+				h.p.cut(h, cerr)
+			}
+		})
+	} else {
+		h.rn.NotifyReadable(nil)
+	}
 	h.finish(err)
+}
+
+// cutNotifier is a ReadNotifier that can tell, once its reads have ended
+// cleanly (io.EOF), that it was cut afterwards and can no longer be
+// written to (psk.Stream: a reset, or its session's end).
+type cutNotifier interface {
+	Cut() error
+}
+
+// cut ends the pipe because h's source, whose reads had ended cleanly,
+// was cut: the other direction's source is reset (the cut reaches its
+// peer as a reset, as it would have through one TCP connection) and the
+// pipe reports err.
+func (p *pipe) cut(h *half, err error) {
+	p.mu.Lock()
+	first := p.left > 0 && p.cutErr == nil
+	if first {
+		p.cutErr = err
+	}
+	p.mu.Unlock()
+	if !first {
+		return
+	}
+	switch c := p.halves[1-h.i].src.(type) {
+	case interface{ Reset() error }:
+		_ = c.Reset()
+	case interface{ SetLinger(int) error }:
+		_ = c.SetLinger(0)
+	}
+	p.closeBoth()
 }
 
 // writeNow writes b to the socket without waiting: n < len(b) with a nil
@@ -499,7 +542,15 @@ func (h *half) finish(err error) {
 		p.w.stop()
 	}
 	p.stopCtx()
-	p.done(p.st, firstReal(p.errs[0], p.errs[1]))
+	for i := range p.halves {
+		if rn := p.halves[i].rn; rn != nil {
+			rn.NotifyReadable(nil)
+		}
+	}
+	p.mu.Lock()
+	err = firstReal(p.errs[0], p.errs[1], p.cutErr)
+	p.mu.Unlock()
+	p.done(p.st, err)
 }
 
 // waitSocket parks until the socket src is readable (data, EOF or an

@@ -59,13 +59,15 @@
 // control; see Stream for exactly what half-close and close look like from
 // each side.
 //
-// yamux is hashicorp/yamux v0.1.2 in internal/yamux with three opt-in
+// yamux is hashicorp/yamux v0.1.2 in internal/yamux with four opt-in
 // patches that this package turns on (internal/yamux/PATCHES.md), the wire
 // format untouched: a frame is written by the goroutine that sends it when
 // nothing is queued, instead of always by yamux's send loop; a Read's
-// window update is queued without waiting; and the server acknowledges a
+// window update is queued without waiting; the server acknowledges a
 // stream with its status, so that opening a stream costs one TCP write
-// each way (the SYN with the header, the ACK with the status). Upstream's
+// each way (the SYN with the header, the ACK with the status); and the
+// close timeout of a half-closed stream counts from the peer's last data,
+// not from this side's FIN. Upstream's
 // hand-off to the send loop, and package proxy's to a copier goroutine
 // (which Stream.Buffered and NotifyReadable now let it skip), were the
 // whole of the warm latency and CPU gap per message to a crypto/tls proxy

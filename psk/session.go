@@ -43,13 +43,15 @@ type Config struct {
 	// in addition to the context (default 30 s). It covers the server's
 	// dial to its target.
 	OpenTimeout time.Duration
-	// StreamCloseTimeout is how long a stream may stay half-closed by this
-	// side (after CloseWrite or Close) without the peer closing its side
-	// before yamux resets it (default 5 min, yamux's; negative: never).
-	// It is yamux v0.1.2's only way to reset a stream: it bounds what a
-	// peer that never finishes can hold (memory, and data it keeps sending
-	// after Close, which is discarded), and it also cuts off a legitimate
-	// transfer that outlasts it after this side's CloseWrite.
+	// StreamCloseTimeout is how long a stream half-closed by this side
+	// (after CloseWrite or Close) may go without data from the peer before
+	// yamux resets it, if the peer has not closed its side (default 5 min,
+	// yamux's; negative: never). Each data frame from the peer starts it
+	// again (internal/yamux's CloseTimeoutSinceData), so a download that
+	// goes on after the request's half-close is not cut while it moves;
+	// it bounds what a peer that never finishes can hold (memory, and data
+	// it keeps sending after Close, which is discarded). The reset reaches
+	// both sides' Reads and Writes as ErrStreamReset.
 	StreamCloseTimeout time.Duration
 	// AcceptBacklog bounds the streams opened but not yet accepted: on the
 	// client, streams waiting for the server's status (Open blocks beyond
@@ -136,6 +138,7 @@ func (c *Config) yamux() *yamux.Config {
 	y.MaxStreamWindowSize = c.StreamWindow
 	y.StreamOpenTimeout = 0 // Open waits for the status with its own bound
 	y.StreamCloseTimeout = max(c.StreamCloseTimeout, 0)
+	y.CloseTimeoutSinceData = true // a half-closed stream is reset only once silent that long
 	y.LogOutput = nil
 	y.Logger = log.New(io.Discard, "", 0)
 	return y

@@ -25,9 +25,9 @@ import (
 //   - Reset ends the stream abnormally, as a TCP reset ends a connection:
 //     yamux's RST, after which the peer's Reads and Writes fail with
 //     ErrStreamReset (never a clean io.EOF), and here with net.ErrClosed.
-//   - If this side has sent FIN and the peer does not close its side within
-//     Config.StreamCloseTimeout, yamux resets the stream: both sides' Reads
-//     and Writes fail with ErrStreamReset.
+//   - If this side has sent FIN and the peer neither closes its side nor
+//     sends data for Config.StreamCloseTimeout, yamux resets the stream:
+//     both sides' Reads and Writes fail with ErrStreamReset.
 //   - A stream ends with io.EOF only if the peer's FIN was received. If the
 //     session ends first (Close, idle timeout, keepalive failure, I/O
 //     error), Read returns an error wrapping ErrSessionClosed after the data
@@ -224,6 +224,22 @@ func (st *Stream) NotifyReadable(f func()) {
 	if st.Readable() {
 		f()
 	}
+}
+
+// Cut reports whether the stream was reset (by either side) or its
+// session has ended: Write would fail, and no FIN can be sent. It is nil
+// while the stream can still be written to, whatever its reads have
+// seen. A proxy whose reads of the stream have ended cleanly (io.EOF)
+// asks it when NotifyReadable calls again: the peer's reset or the
+// session's end then ends the other direction too.
+func (st *Stream) Cut() error {
+	if st.s.ended.Load() {
+		return st.s.closedErr()
+	}
+	if st.tr != nil && st.tr.reset.Load() {
+		return fmt.Errorf("%w (after the peer's FIN)", ErrStreamReset)
+	}
+	return nil
 }
 
 // WaitRead blocks until a Read would not block: stream data is buffered

@@ -89,6 +89,7 @@ type streamTrack struct {
 	// has reached yamux.
 	avail  atomic.Int64
 	ended  atomic.Bool
+	reset  atomic.Bool            // rst, for Stream.Cut
 	notify atomic.Pointer[func()] // Stream.NotifyReadable's f
 
 	// filling: yamux is reading the body of a data frame of the stream
@@ -204,6 +205,7 @@ func (t *streamTable) inbound(h *[yHeaderLen]byte) (*streamTrack, error) {
 	}
 	if flags&yFlagRST != 0 {
 		st.rst = true
+		st.reset.Store(true)
 	}
 	t.settle(id, st)
 	return st, nil
@@ -231,6 +233,14 @@ func (t *streamTable) outbound(h *[yHeaderLen]byte) error {
 	}
 	if flags&yFlagRST != 0 {
 		st.rst = true
+		st.reset.Store(true)
+		// A reset sent here that no caller of Stream.Reset is waiting on
+		// (yamux's StreamCloseTimeout) ends the stream for a
+		// NotifyReadable waiter too, or a copier waiting for the stream
+		// to become readable would wait for ever.
+		if !st.ended.Swap(true) {
+			go st.readable()
+		}
 	}
 	t.settle(id, st)
 	return nil

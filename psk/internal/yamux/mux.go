@@ -64,6 +64,13 @@ type Config struct {
 	// initial 256 KiB window.
 	DeferAck bool
 
+	// CloseTimeoutSinceData (milagro patch) starts StreamCloseTimeout
+	// again whenever data arrives on a stream this side has half-closed,
+	// so that it bounds how long such a stream may stay silent, not how
+	// long the peer may go on answering (a download after the request's
+	// half-close).
+	CloseTimeoutSinceData bool
+
 	// LogOutput is used to control the log destination. Either Logger or
 	// LogOutput can be set, not both.
 	LogOutput io.Writer

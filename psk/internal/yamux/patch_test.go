@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -469,5 +470,56 @@ func TestAckWithoutDeferAck(t *testing.T) {
 	}
 	if n := sc.n.Load(); n != headerSize {
 		t.Fatalf("Ack after AcceptStream's ACK wrote %d more bytes", n-headerSize)
+	}
+}
+
+// TestCloseTimeoutSinceData: with CloseTimeoutSinceData, data from the
+// peer starts a half-closed stream's StreamCloseTimeout again, so a peer
+// that keeps answering is not reset; a silent one is, after the timeout.
+// Without it (upstream) the timeout counts from the FIN.
+func TestCloseTimeoutSinceData(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprint(on), func(t *testing.T) {
+			conf := testConf()
+			conf.StreamCloseTimeout = 300 * time.Millisecond
+			conf.CloseTimeoutSinceData = on
+			c, s := testConnTLS(t)
+			client, server := testClientServerConfig(t, c, s, conf, conf.Clone())
+			cs, err := client.OpenStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cs.Write([]byte("req")); err != nil {
+				t.Fatal(err)
+			}
+			if err := cs.Close(); err != nil { // the FIN: the close timer starts
+				t.Fatal(err)
+			}
+			ss, err := server.AcceptStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// 10 chunks, 100 ms apart: 1 s, over three timeouts.
+			var werr error
+			for range 10 {
+				if _, werr = ss.Write([]byte("x")); werr != nil {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if on && werr != nil {
+				t.Fatalf("answer cut while it moved: %v", werr)
+			}
+			if !on && werr == nil {
+				t.Fatal("upstream's timeout, counted from the FIN, did not cut the answer")
+			}
+			if on {
+				// Silent now: reset after the timeout.
+				time.Sleep(3 * conf.StreamCloseTimeout)
+				if _, err := ss.Write([]byte("y")); err == nil {
+					t.Fatal("a half-closed stream silent for 3 timeouts was not reset")
+				}
+			}
+		})
 	}
 }

@@ -630,6 +630,16 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 	s.recvWindow -= uint32(copiedLength)
 	s.recvLock.Unlock()
 
+	if s.session.config.CloseTimeoutSinceData {
+		// The peer is still sending on a stream this side half-closed:
+		// the close timeout starts again (milagro patch).
+		s.stateLock.Lock()
+		if s.closeTimer != nil {
+			s.closeTimer.Reset(s.session.config.StreamCloseTimeout)
+		}
+		s.stateLock.Unlock()
+	}
+
 	// Unblock any readers
 	asyncNotify(s.recvNotifyCh)
 	return nil
