@@ -177,11 +177,43 @@ func newPipe(ctx context.Context, a, b net.Conn, idle time.Duration, done func(S
 	p := &pipe{a: a, b: b, done: done, left: 2}
 	p.stopCtx = context.AfterFunc(ctx, p.closeBoth)
 	if idle > 0 {
-		p.w = newIdleWatch(idle, p.closeBoth)
+		p.w = newIdleWatch(idle, p.idleClose) // idleClose gets the watch: the timer may fire before p.w is set
 	}
 	p.halves[0] = half{p: p, dst: b, src: a, n: &p.st.AToB, i: 0}
 	p.halves[1] = half{p: p, dst: a, src: b, n: &p.st.BToA, i: 1}
 	return p
+}
+
+// idleClose ends a pipe quiet for its idle timeout: a clean close, unless
+// a write is under way, blocked on a reader too slow to take a socket
+// buffer's worth within the timeout: its connections are then reset, as
+// for any cut, so that neither end takes what it got for a whole transfer.
+func (p *pipe) idleClose(w *idleWatch) {
+	if w.writing.Load() > 0 {
+		for _, c := range []net.Conn{p.a, p.b} {
+			switch c := c.(type) {
+			case interface{ Reset() error }:
+				_ = c.Reset()
+			case interface{ SetLinger(int) error }:
+				_ = c.SetLinger(0)
+			}
+		}
+	}
+	p.closeBoth()
+}
+
+// write writes b to dst, a write that may block; with an idle timeout it
+// is counted while under way (idleClose), and its end counts as activity.
+func (h *half) write(b []byte) (int, error) {
+	w := h.p.w
+	if w == nil {
+		return h.dst.Write(b)
+	}
+	w.writing.Add(1)
+	n, err := h.dst.Write(b)
+	w.writing.Add(-1)
+	w.touch()
+	return n, err
 }
 
 func (p *pipe) closeBoth() {
@@ -356,7 +388,7 @@ func (h *half) copyInline() {
 // writeRest writes the part of *bp the socket did not take at once, then
 // copies on as drain does.
 func (h *half) writeRest(bp *[]byte, from, to int) {
-	nw, werr := h.dst.Write((*bp)[from:to])
+	nw, werr := h.write((*bp)[from:to])
 	h.moved(nw)
 	h.bulk = putBuf(bp, to)
 	if werr != nil {
@@ -470,7 +502,7 @@ func (h *half) copyReadable() (end bool, err error) {
 		nr, rerr := h.src.Read(*bp)
 		if nr > 0 {
 			h.p.w.touch()
-			nw, werr := h.dst.Write((*bp)[:nr])
+			nw, werr := h.write((*bp)[:nr])
 			h.moved(nw)
 			if werr != nil {
 				putBuf(bp, nr)
@@ -633,7 +665,7 @@ func (h *half) copySocket() {
 		if nr > 0 {
 			moved = true
 			h.p.w.touch()
-			nw, werr := h.dst.Write((*bp)[:nr])
+			nw, werr := h.write((*bp)[:nr])
 			h.moved(nw)
 			if werr != nil {
 				putBuf(bp, nr)
@@ -697,14 +729,14 @@ func (h *half) readSocket() (*[]byte, int, error) {
 // connections that are neither sockets nor ReadNotifiers: it holds a
 // buffer while blocked in Read.
 func (h *half) copyAll() error {
-	dst, src, w := h.dst, h.src, h.p.w
+	src, w := h.src, h.p.w
 	bulk := false
 	for {
 		bp := getBuf(bulk)
 		nr, rerr := src.Read(*bp)
 		if nr > 0 {
 			w.touch()
-			nw, werr := dst.Write((*bp)[:nr])
+			nw, werr := h.write((*bp)[:nr])
 			h.moved(nw)
 			if werr != nil {
 				putBuf(bp, nr)
@@ -724,15 +756,16 @@ func (h *half) copyAll() error {
 // idleWatch closes both sides once nothing has moved for idle. It holds a
 // timer, not a goroutine, while it waits.
 type idleWatch struct {
-	idle  time.Duration
-	fire  func()
-	last  atomic.Int64 // unix ns of the last chunk moved
-	mu    sync.Mutex
-	t     *time.Timer
-	ended bool
+	idle    time.Duration
+	fire    func(*idleWatch)
+	last    atomic.Int64 // unix ns of the last chunk moved
+	writing atomic.Int32 // writes that may block under way (half.write)
+	mu      sync.Mutex
+	t       *time.Timer
+	ended   bool
 }
 
-func newIdleWatch(idle time.Duration, fire func()) *idleWatch {
+func newIdleWatch(idle time.Duration, fire func(*idleWatch)) *idleWatch {
 	w := &idleWatch{idle: idle, fire: fire}
 	w.last.Store(time.Now().UnixNano())
 	w.mu.Lock()
@@ -761,7 +794,7 @@ func (w *idleWatch) check() {
 	}
 	w.ended = true
 	w.mu.Unlock()
-	w.fire()
+	w.fire(w)
 }
 
 func (w *idleWatch) stop() {

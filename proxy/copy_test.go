@@ -754,3 +754,29 @@ func TestBufferSizing(t *testing.T) {
 		}
 	}
 }
+
+// TestIdleCutDuringBlockedWriteIsReset: an idle timeout that fires while a
+// write is blocked (a reader that takes nothing, or too little to wake the
+// writer within the timeout) resets the connections: the reader must not
+// take the part it got for the whole (it read a clean EOF).
+func TestIdleCutDuringBlockedWriteIsReset(t *testing.T) {
+	r := startPipe(t, context.Background(), 300*time.Millisecond)
+	const size = 32 << 20
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		r.backend.Write(make([]byte, size)) // fails once the pipe is cut
+	}()
+	r.wait(t, 10*time.Second) // the app reads nothing: the pipe's write blocks until the cut
+	n, err := io.Copy(io.Discard, readerWithDeadline(r.app, 10*time.Second))
+	if n >= size || !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("app after an idle cut during a blocked write: %d of %d bytes, %v; want a reset", n, size, err)
+	}
+	<-wrote
+}
+
+// readerWithDeadline sets c's read deadline and returns it.
+func readerWithDeadline(c net.Conn, d time.Duration) net.Conn {
+	c.SetReadDeadline(time.Now().Add(d))
+	return c
+}
