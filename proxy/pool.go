@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"time"
 
@@ -23,8 +24,11 @@ type PoolOptions struct {
 	MaxStreamsPerSession int
 	// MaxSessions bounds the sessions to one upstream (default 8).
 	MaxSessions int
-	// MinBackoff and MaxBackoff bound the wait after a failed dial during
-	// which Open fails at once with the last error (defaults 200 ms, 30 s).
+	// MinBackoff and MaxBackoff bound the wait after a failed dial
+	// (defaults 200 ms, 5 s), doubled from one to the other while dials
+	// fail, with jitter. Meanwhile an Open whose context leaves more than
+	// a second after the wait waits for the next dial; one with no
+	// deadline, or too close a one, fails at once with the last error.
 	MinBackoff, MaxBackoff time.Duration
 }
 
@@ -55,6 +59,10 @@ type Pool struct {
 	failures int
 	retryAt  time.Time
 	closed   bool
+	// checking holds the sessions on which an Open timed out, while a ping
+	// finds out whether they still answer (check): no Open picks them.
+	checking map[*psk.Session]bool
+	checks   sync.WaitGroup
 
 	stats PoolStats
 }
@@ -62,6 +70,7 @@ type Pool struct {
 // PoolStats are counters for observability.
 type PoolStats struct {
 	Dials, DialFailures, Opens, OpenFailures uint64
+	Checks                                   uint64 // sessions set aside for a ping after an Open timed out
 	Sessions                                 int
 }
 
@@ -77,9 +86,9 @@ func NewPool(dial SessionDialer, opt PoolOptions) *Pool {
 		opt.MinBackoff = 200 * time.Millisecond
 	}
 	if opt.MaxBackoff <= 0 {
-		opt.MaxBackoff = 30 * time.Second
+		opt.MaxBackoff = 5 * time.Second
 	}
-	return &Pool{dial: dial, opt: opt, opening: map[*psk.Session]int{}}
+	return &Pool{dial: dial, opt: opt, opening: map[*psk.Session]int{}, checking: map[*psk.Session]bool{}}
 }
 
 // Stats returns the pool's counters.
@@ -126,6 +135,8 @@ func (p *Pool) Open(ctx context.Context, target string) (*psk.Stream, error) {
 			(s.IsClosed() || errors.Is(err, psk.ErrSessionClosed))
 		if sessionEnded {
 			p.drop(s)
+		} else if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+			p.check(s)
 		}
 		// Each attempt but a fresh session's drops one pooled session, so
 		// the pool's bound bounds the attempts too; the bound is a guard.
@@ -134,6 +145,33 @@ func (p *Pool) Open(ctx context.Context, target string) (*psk.Stream, error) {
 			return nil, err
 		}
 	}
+}
+
+// check sets s aside while a ping tells whether it still answers: an Open
+// that got no status in time points to a session whose peer went silent
+// (a lost node, a dropped connection) that the keepalive has not noticed
+// yet. Meanwhile new Opens use other sessions or dial a new one; a session
+// that fails the ping is dropped and closed (its streams were as dead),
+// one that answers is used again.
+func (p *Pool) check(s *psk.Session) {
+	p.mu.Lock()
+	if p.checking[s] || p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.checking[s] = true
+	p.stats.Checks++
+	p.mu.Unlock()
+	p.checks.Go(func() { // ends with the ping: bounded by psk's write timeout, or by the session's end
+		_, err := s.Ping()
+		p.mu.Lock()
+		delete(p.checking, s)
+		p.mu.Unlock()
+		if err != nil {
+			p.drop(s)
+			s.Close()
+		}
+	})
 }
 
 func (p *Pool) count(f func(*PoolStats)) {
@@ -177,6 +215,9 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 				continue
 			}
 			live = append(live, s)
+			if p.checking[s] {
+				continue
+			}
 			if n := s.NumStreams() + p.opening[s]; n < p.opt.MaxStreamsPerSession && (best == nil || n < bestN) {
 				best, bestN = s, n
 			}
@@ -211,9 +252,22 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 			return nil, false, fmt.Errorf("%w: all %d sessions carry %d streams", psk.ErrTooManyStreams, p.opt.MaxSessions, p.opt.MaxStreamsPerSession)
 		}
 		if now := time.Now(); now.Before(p.retryAt) {
-			err := fmt.Errorf("%w (retry in %s): %w", ErrUpstreamDown, p.retryAt.Sub(now).Round(time.Millisecond), p.lastErr)
+			retryAt, lastErr := p.retryAt, p.lastErr
 			p.mu.Unlock()
-			return nil, false, err
+			if dl, ok := ctx.Deadline(); ok && dl.Sub(retryAt) > time.Second {
+				// Time enough for the next dial: wait for it (or for
+				// another Open's), rather than fail an app connection
+				// that could be served once the upstream is back.
+				t := time.NewTimer(time.Until(retryAt))
+				select {
+				case <-t.C:
+					continue
+				case <-ctx.Done():
+					t.Stop()
+					return nil, false, fmt.Errorf("%w: %w (last dial: %w)", ErrUpstreamDown, ctx.Err(), lastErr)
+				}
+			}
+			return nil, false, fmt.Errorf("%w (retry in %s): %w", ErrUpstreamDown, retryAt.Sub(now).Round(time.Millisecond), lastErr)
 		}
 		done := make(chan struct{})
 		p.dialing = done
@@ -260,6 +314,7 @@ func (p *Pool) Close() {
 		wg.Go(func() { s.Close() })
 	}
 	wg.Wait()
+	p.checks.Wait() // their pings end with their sessions
 }
 
 // GoAway closes sessions gracefully: no new streams, existing ones go on.

@@ -1,0 +1,166 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/milagro-sc/milagro/psk"
+)
+
+// freezer forwards TCP connections to an upstream; after freeze, the
+// connections forwarded so far go silent (a node lost, a conntrack entry
+// dropped: nothing arrives, nothing is refused), while new ones are
+// forwarded as before (the Service now routes to a live pod).
+type freezer struct {
+	ln     net.Listener
+	mu     sync.Mutex
+	frozen chan struct{} // closed by freeze, for the connections so far
+	conns  int
+	stop   chan struct{}
+	wg     sync.WaitGroup
+}
+
+func newFreezer(t *testing.T, upstream string) *freezer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &freezer{ln: ln, frozen: make(chan struct{}), stop: make(chan struct{})}
+	t.Cleanup(func() { ln.Close(); close(f.stop); f.wg.Wait() })
+	f.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", upstream)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			f.mu.Lock()
+			f.conns++
+			fr := f.frozen
+			f.mu.Unlock()
+			copyTo := func(dst, src net.Conn) {
+				defer dst.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := src.Read(buf)
+					select {
+					case <-fr: // silent: hold both sockets until the test ends
+						<-f.stop
+						return
+					default:
+					}
+					if n > 0 {
+						dst.Write(buf[:n])
+					}
+					if err != nil {
+						return
+					}
+				}
+			}
+			f.wg.Go(func() { copyTo(u, c) })
+			f.wg.Go(func() { copyTo(c, u) })
+		}
+	})
+	return f
+}
+
+func (f *freezer) freeze() {
+	f.mu.Lock()
+	close(f.frozen)
+	f.frozen = make(chan struct{})
+	f.mu.Unlock()
+}
+
+func (f *freezer) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.conns
+}
+
+// TestPoolSetsSilentSessionAside: an Open that gets no status in time
+// sets its session aside: the next Open dials a new session instead of
+// waiting on the silent one again (each app connection waited its whole
+// connect budget and failed, until the keepalive noticed, up to 40 s),
+// and the silent session, failing its ping, is dropped.
+func TestPoolSetsSilentSessionAside(t *testing.T) {
+	up := newEchoUpstream(t, "127.0.0.1:0")
+	fz := newFreezer(t, up.addr)
+	p := NewPool(poolDialerConfig(t, fz.ln.Addr().String(), nil, nil, &psk.Config{WriteTimeout: time.Second}), PoolOptions{})
+	t.Cleanup(p.Close)
+	if err := roundTrip(t, p, []byte("warm")); err != nil {
+		t.Fatal(err)
+	}
+	fz.freeze()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	_, err := p.Open(ctx, "")
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Open on the silent session: %v, want a timeout", err)
+	}
+	if err := roundTrip(t, p, []byte("fresh")); err != nil {
+		t.Fatalf("the Open after the timeout: %v, want it on a new session", err)
+	}
+	if st := p.Stats(); st.Dials != 2 || st.Checks != 1 || fz.count() != 2 {
+		t.Errorf("Stats %+v, %d connections; want 2 dials, 1 check", st, fz.count())
+	}
+	waitForPool(t, 10*time.Second, "the silent session dropped after its ping failed", func() bool { return p.Stats().Sessions == 1 })
+	if err := roundTrip(t, p, []byte("again")); err != nil || p.Stats().Dials != 2 {
+		t.Errorf("on the remaining session: %v, stats %+v", err, p.Stats())
+	}
+}
+
+// TestPoolWaitsForRetry: during the backoff after a failed dial, an Open
+// whose deadline leaves time for the next dial waits for it, so an app
+// connection made while the upstream comes back is served, not refused
+// (refusals went on for up to the 30 s backoff after an outage).
+func TestPoolWaitsForRetry(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	p := newTestPool(t, addr, PoolOptions{MinBackoff: 2 * time.Second, MaxBackoff: 2 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := p.Open(ctx, ""); err == nil || errors.Is(err, ErrUpstreamDown) {
+		t.Fatalf("first Open: %v, want the dial error", err)
+	}
+	newEchoUpstream(t, addr) // back, during the backoff
+	// No deadline, or not enough time left after the wait: fails at once.
+	if _, err := p.Open(context.Background(), ""); !errors.Is(err, ErrUpstreamDown) {
+		t.Errorf("Open without a deadline during the backoff: %v, want ErrUpstreamDown at once", err)
+	}
+	short, cancelShort := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancelShort()
+	start := time.Now()
+	if _, err := p.Open(short, ""); !errors.Is(err, ErrUpstreamDown) || time.Since(start) > 400*time.Millisecond {
+		t.Errorf("Open with 0.5 s left during a 1–2 s backoff: %v after %v, want ErrUpstreamDown at once", err, time.Since(start))
+	}
+	if err := roundTrip(t, p, []byte("served")); err != nil {
+		t.Fatalf("Open with time to wait for the next dial: %v", err)
+	}
+	if st := p.Stats(); st.Dials != 2 || st.DialFailures != 1 {
+		t.Errorf("Stats %+v, want 2 dials (one failed)", st)
+	}
+}
+
+func waitForPool(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
