@@ -250,6 +250,10 @@ func TestRouteConfigErrors(t *testing.T) {
 	}{
 		{"route name too long", func(s *ServerConfig) { s.Routes = map[string]string{long: "127.0.0.1:1"} }, "at most 255"},
 		{"http route to the target", func(s *ServerConfig) { s.HTTP, s.Routes = true, map[string]string{"raw": s.Target} }, "bypass the identity header"},
+		{"http route to the target spelt otherwise", func(s *ServerConfig) {
+			_, port, _ := net.SplitHostPort(s.Target)
+			s.HTTP, s.Routes = true, map[string]string{"raw": "localhost:" + port}
+		}, "bypass the identity header"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := DefaultServerConfig()
@@ -376,5 +380,35 @@ func TestRouteAllow(t *testing.T) {
 	}
 	if got := c.RouteAllow["db"]; len(got) != 2 || got[0] != "spiffe://a/*" || got[1] != "spiffe://b/**" {
 		t.Errorf("MILAGRO_ROUTE_ALLOW over the file: %q", got)
+	}
+}
+
+// TestSameBackend: the --http guard against a named route to the
+// --target backend sees through different spellings of one address.
+func TestSameBackend(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"127.0.0.1:8080", "127.0.0.1:8080", true},
+		{"localhost:8080", "127.0.0.1:8080", true},
+		{"LOCALHOST:8080", "[::1]:8080", true},
+		{"127.0.0.2:8080", "127.0.0.1:8080", true}, // both loopback: may be one wildcard listener
+		{"0.0.0.0:8080", "127.0.0.1:8080", true},
+		{":8080", "localhost:8080", true},
+		{"127.0.0.1:http", "127.0.0.1:80", true},
+		{"[::ffff:10.0.0.1]:80", "10.0.0.1:80", true},
+		{"db.internal:5432", "DB.internal.:5432", true},
+		{"unix:/run/app.sock", "unix:/run//app.sock", true},
+		{"127.0.0.1:8080", "127.0.0.1:8081", false},
+		{"10.0.0.1:80", "10.0.0.2:80", false},
+		{"10.0.0.1:80", "127.0.0.1:80", false},
+		{"unix:/run/a.sock", "unix:/run/b.sock", false},
+		{"unix:/run/a.sock", "127.0.0.1:80", false},
+		{"127.0.0.1:nosuchservice", "127.0.0.1:nosuchservice", false},
+	} {
+		if got := sameBackend(tc.a, tc.b); got != tc.want {
+			t.Errorf("sameBackend(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
 	}
 }

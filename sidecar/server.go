@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -79,7 +80,7 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 		if len(name) > 255 {
 			return nil, configErr(fmt.Errorf("route name of %d bytes: at most 255 (PROTOCOL.md §7)", len(name)))
 		}
-		if cfg.HTTP && addr == cfg.Target {
+		if cfg.HTTP && sameBackend(addr, cfg.Target) {
 			// Piped as TCP, the route would let a client send its own
 			// X-Milagro-Client-Id to the backend that trusts it.
 			return nil, configErr(fmt.Errorf("route %s: with --http, a named route to the --target backend would bypass the identity header", name))
@@ -635,4 +636,47 @@ func (s *Server) status(full bool) StatusInfo {
 		st.Backends = s.backendStatus()
 	}
 	return st
+}
+
+// sameBackend reports whether the addresses a and b may reach the same
+// listener: the same Unix socket path, or the same TCP port (a service
+// name counts as its number) on hosts that are equal, differently spelt
+// IPs of one address, or both this host (localhost, a loopback IP, an
+// unspecified one such as 0.0.0.0 or an empty host, which dial this host
+// too). Host names other than localhost are compared as written.
+func sameBackend(a, b string) bool {
+	na, aa, err1 := proxy.ParseAddr(a)
+	nb, ab, err2 := proxy.ParseAddr(b)
+	if err1 != nil || err2 != nil || na != nb {
+		return false
+	}
+	if na == "unix" {
+		return filepath.Clean(aa) == filepath.Clean(ab)
+	}
+	ha, pa, _ := net.SplitHostPort(aa)
+	hb, pb, _ := net.SplitHostPort(ab)
+	port := func(p string) int {
+		n, err := net.LookupPort("tcp", p)
+		if err != nil {
+			return -1
+		}
+		return n
+	}
+	if port(pa) != port(pb) || port(pa) < 0 {
+		return false
+	}
+	local := func(h string) bool {
+		if h == "" || strings.EqualFold(h, "localhost") {
+			return true
+		}
+		ip := net.ParseIP(h)
+		return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
+	}
+	if local(ha) && local(hb) {
+		return true
+	}
+	if ia, ib := net.ParseIP(ha), net.ParseIP(hb); ia != nil && ib != nil {
+		return ia.Equal(ib)
+	}
+	return strings.EqualFold(strings.TrimSuffix(ha, "."), strings.TrimSuffix(hb, "."))
 }
