@@ -176,7 +176,7 @@ func (c *Common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Keys, "keys", c.Keys, "key directory written by 'milagro keys fetch' (required)")
 	fs.StringVar(&c.Status, "status", c.Status, "serve /_status, /healthz, /readyz and /_metrics/prometheus on this address")
 	fs.BoolVar(&c.EnablePprof, "enable-pprof", c.EnablePprof, "also serve Go's /debug/pprof/ profiles on the --status address (exposes internals: keep the address private)")
-	fs.BoolVar(&c.EnableShutdown, "enable-shutdown", c.EnableShutdown, "also serve POST /_shutdown on the --status address: a graceful shutdown, as on SIGTERM (for Kubernetes Jobs, whose sidecar must end with the job; anyone who reaches the address can stop the sidecar: keep it private)")
+	fs.BoolVar(&c.EnableShutdown, "enable-shutdown", c.EnableShutdown, "also serve POST /_shutdown on the --status address, to loopback callers only: a graceful shutdown, as on SIGTERM (for Kubernetes Jobs, whose sidecar must end with the job)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or console")
 	fs.Var(&stringList{p: (*[]string)(&c.Quiet)}, "quiet", "silence a class of log lines (handshake-errs); repeatable")

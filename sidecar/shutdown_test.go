@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -79,5 +80,36 @@ func TestShutdownEndpoint(t *testing.T) {
 				t.Errorf("the other sidecar's /healthz: %d", code)
 			}
 		})
+	}
+}
+
+// TestShutdownLoopbackOnly: POST /_shutdown from an address of this host
+// that is not loopback (as the kubelet's probes come from outside the pod)
+// is refused, and the sidecar goes on.
+func TestShutdownLoopbackOnly(t *testing.T) {
+	var ip net.IP
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil {
+			ip = n.IP
+			break
+		}
+	}
+	if ip == nil {
+		t.Skip("no non-loopback IPv4 address on this host")
+	}
+	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, _ *ClientConfig) {
+		s.Status, s.EnableShutdown = net.JoinHostPort(ip.String(), "0"), true
+	})
+	st := statusAddr(t, p.sLog, "server ready")
+	if code := httpPost(t, "http://"+st+"/_shutdown"); code != http.StatusForbidden {
+		t.Errorf("POST /_shutdown from %s: %d, want 403", ip, code)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if p.srv.draining.Load() {
+		t.Error("a refused /_shutdown started the drain")
+	}
+	if err := echoOnce(p.clientListen, []byte("still")); err != nil {
+		t.Errorf("after a refused /_shutdown: %v", err)
 	}
 }

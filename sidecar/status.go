@@ -90,13 +90,21 @@ const maxStatusConns = 64
 // With pprof, Go's runtime profiles are served under /debug/pprof/ as well
 // (heap, goroutine, CPU profile, …): they show internals but never key
 // material, which the sidecar keeps out of anything it formats. With
-// shutdown (--enable-shutdown), POST /_shutdown calls it with the caller's
-// address and answers 202: the drain has begun (the endpoint stays up
-// until the drain ends, /readyz answers 503 meanwhile).
+// shutdown (--enable-shutdown), POST /_shutdown from a loopback address
+// calls it with the caller's address and answers 202: the drain has begun
+// (the endpoint stays up until the drain ends, /readyz answers 503
+// meanwhile); from any other address it answers 403.
 func serveStatus(ctx context.Context, ln net.Listener, m *Metrics, pprofOn bool, status func(full bool) StatusInfo, shutdown func(from string)) error {
 	mux := http.NewServeMux()
 	if shutdown != nil {
 		mux.HandleFunc("POST /_shutdown", func(w http.ResponseWriter, r *http.Request) {
+			// Only from this host (in Kubernetes: a container of the
+			// same pod, which shares its network): the status address
+			// is reachable by the kubelet's probes, and so by others.
+			if host, _, err := net.SplitHostPort(r.RemoteAddr); err != nil || !net.ParseIP(host).IsLoopback() {
+				http.Error(w, "/_shutdown is served to loopback callers only\n", http.StatusForbidden)
+				return
+			}
 			shutdown(r.RemoteAddr)
 			w.WriteHeader(http.StatusAccepted)
 			w.Write([]byte("draining\n"))
