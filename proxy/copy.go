@@ -134,11 +134,12 @@ type pipe struct {
 	done    func(Stats, error)
 	halves  [2]half // a→b, b→a
 
-	mu     sync.Mutex
-	left   int
-	errs   [2]error
-	cutErr error // see cut
-	st     Stats
+	mu       sync.Mutex
+	left     int
+	finished [2]bool // by half
+	errs     [2]error
+	cutErr   error // see cut
+	st       Stats
 }
 
 // half is one direction of a pipe.
@@ -427,12 +428,14 @@ type cutNotifier interface {
 }
 
 // cut ends the pipe because h's source, whose reads had ended cleanly,
-// was cut: the other direction's source is reset (the cut reaches its
-// peer as a reset, as it would have through one TCP connection) and the
-// pipe reports err.
+// was cut while the other direction still ran: that direction's source is
+// reset (the cut reaches its peer as a reset, as it would have through one
+// TCP connection) and the pipe reports err. Once the other direction has
+// finished there is nothing to cut (the end of a session right after its
+// last stream ended is no cut).
 func (p *pipe) cut(h *half, err error) {
 	p.mu.Lock()
-	first := p.left > 0 && p.cutErr == nil
+	first := !p.finished[1-h.i] && p.cutErr == nil
 	if first {
 		p.cutErr = err
 	}
@@ -563,6 +566,7 @@ func (h *half) finish(err error) {
 	}
 	p.mu.Lock()
 	p.errs[h.i] = err
+	p.finished[h.i] = true
 	p.left--
 	last := p.left == 0
 	p.mu.Unlock()
