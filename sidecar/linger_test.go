@@ -178,7 +178,7 @@ func TestServerOverloaded(t *testing.T) {
 // at --handshake-timeout.
 func TestSlowPeersHoldNoSlot(t *testing.T) {
 	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, _ *ClientConfig) {
-		s.MaxHandshakes, s.HandshakeTO = 1, 3*time.Second
+		s.MaxHandshakes, s.HandshakeTO = 1, 6*time.Second
 	})
 	addr := p.srv.Addr()
 	dial := func() net.Conn {
@@ -202,12 +202,12 @@ func TestSlowPeersHoldNoSlot(t *testing.T) {
 	if _, err := dribble.Write(frame[:1]); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, 3*time.Second, "6 handshakes in flight", func() bool { return p.srv.inflight.Load() == 6 })
 	_ = stalled.SetReadDeadline(time.Now().Add(5 * time.Second))
 	hdr := make([]byte, 3)
 	if _, err := io.ReadFull(stalled, hdr); err != nil || hdr[2] != 0x02 {
 		t.Fatalf("the stalled peer's Msg2: %x, %v", hdr, err)
 	}
-	waitFor(t, 5*time.Second, "6 handshakes in flight", func() bool { return p.srv.inflight.Load() == 6 })
 	if err := echoOnce(p.clientListen, []byte("through")); err != nil {
 		t.Fatalf("a real client while slow peers wait (one slot): %v", err)
 	}
@@ -217,7 +217,7 @@ func TestSlowPeersHoldNoSlot(t *testing.T) {
 	if v := counter(t, p.srv.m.Handshakes.WithLabelValues("overloaded")); v != 0 {
 		t.Errorf("handshakes{result=overloaded} = %v, want 0", v)
 	}
-	waitFor(t, 10*time.Second, "the slow peers timed out", func() bool { return p.srv.inflight.Load() == 0 })
+	waitFor(t, 15*time.Second, "the slow peers timed out", func() bool { return p.srv.inflight.Load() == 0 })
 	if v := counter(t, p.srv.m.Handshakes.WithLabelValues("timeout")); v != 6 {
 		t.Errorf("handshakes{result=timeout} = %v, want 6", v)
 	}

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -408,28 +409,54 @@ func (w *workSlot) release() {
 	}
 }
 
-// workConn is the server's side of the mpinkex handshake: a slot is held
-// while a message the peer has sent is worked on (Msg1's checks and Msg2,
-// Msg3's pairing check and Msg4), and given back while the server waits
-// for the peer. --max-handshakes so bounds the pairing work, which is what
+// workConn is the server's side of the mpinkex handshake, which reads
+// nothing but frames (PROTOCOL.md §5): a slot is held while a frame the
+// peer has sent whole is worked on (Msg1's checks and Msg2, Msg3's pairing
+// check and Msg4), and given back while the server waits for the peer's
+// next frame, which it takes into its buffer whole before it asks for a
+// slot again. --max-handshakes so bounds the pairing work, which is what
 // PROTOCOL.md §8 bounds it for, and a peer that sends slowly or not at all
 // costs a connection (--max-conns) until --handshake-timeout, not a slot:
-// slow peers cannot keep real clients out. A message that arrives when
-// every slot is taken ends the handshake with errOverloaded.
+// slow peers cannot keep real clients out. A frame that arrives when every
+// slot is taken ends the handshake with errOverloaded.
 type workConn struct {
 	*bufConn
 	slot *workSlot
+	left int // bytes of the frame being read still to come (0: at a frame's start)
 }
 
 func (c *workConn) Read(p []byte) (int, error) {
-	if c.br.Buffered() == 0 {
-		c.slot.release() // about to wait for the peer
+	if c.left == 0 {
+		c.slot.release() // waiting for the peer's next frame holds no slot
+		c.left = c.awaitFrame()
+		if !c.slot.acquire() {
+			return 0, errOverloaded
+		}
+	}
+	if len(p) > c.left {
+		p = p[:c.left]
 	}
 	n, err := c.bufConn.Read(p)
-	if n > 0 && !c.slot.held && !c.slot.acquire() {
-		return 0, errOverloaded
-	}
+	c.left -= n
 	return n, err
+}
+
+// awaitFrame waits until the buffer holds a whole frame, its u16 length
+// and that many bytes, and returns the frame's size. If the read fails
+// first, or the length cannot be a frame's, it returns early (the size of
+// the header alone): the Reads that follow return what there is, then the
+// error, which mpinkex reports as it would without the wait.
+func (c *workConn) awaitFrame() int {
+	h, err := c.br.Peek(2)
+	if err != nil {
+		return 2
+	}
+	n := int(binary.BigEndian.Uint16(h))
+	if n == 0 || n > mpinkex.MaxFrameSize {
+		return 2
+	}
+	_, _ = c.br.Peek(2 + n) // an error: the Reads find it
+	return 2 + n
 }
 
 // handshakeResult names a failure for the metrics.
