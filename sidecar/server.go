@@ -428,8 +428,11 @@ type workConn struct {
 func (c *workConn) Read(p []byte) (int, error) {
 	if c.left == 0 {
 		c.slot.release() // waiting for the peer's next frame holds no slot
-		c.left = c.awaitFrame()
-		if !c.slot.acquire() {
+		var whole bool
+		c.left, whole = c.awaitFrame()
+		// A frame that is not there whole fails to decode (or its read
+		// fails): no work, so no slot.
+		if whole && !c.slot.acquire() {
 			return 0, errOverloaded
 		}
 	}
@@ -442,21 +445,24 @@ func (c *workConn) Read(p []byte) (int, error) {
 }
 
 // awaitFrame waits until the buffer holds a whole frame, its u16 length
-// and that many bytes, and returns the frame's size. If the read fails
-// first, or the length cannot be a frame's, it returns early (the size of
-// the header alone): the Reads that follow return what there is, then the
-// error, which mpinkex reports as it would without the wait.
-func (c *workConn) awaitFrame() int {
+// and that many bytes, and returns the frame's size and true. If the read
+// fails first, or the length cannot be a frame's, it returns early (false,
+// and the size of the header alone): the Reads that follow return what
+// there is, then the error, which mpinkex reports as it would without the
+// wait.
+func (c *workConn) awaitFrame() (int, bool) {
 	h, err := c.br.Peek(2)
 	if err != nil {
-		return 2
+		return 2, false
 	}
 	n := int(binary.BigEndian.Uint16(h))
 	if n == 0 || n > mpinkex.MaxFrameSize {
-		return 2
+		return 2, false
 	}
-	_, _ = c.br.Peek(2 + n) // an error: the Reads find it
-	return 2 + n
+	if _, err := c.br.Peek(2 + n); err != nil {
+		return 2 + n, false
+	}
+	return 2 + n, true
 }
 
 // handshakeResult names a failure for the metrics.
