@@ -134,12 +134,12 @@ type pipe struct {
 	done    func(Stats, error)
 	halves  [2]half // a→b, b→a
 
-	mu       sync.Mutex
-	left     int
-	finished [2]bool // by half
-	errs     [2]error
-	cutErr   error // see cut
-	st       Stats
+	mu        sync.Mutex
+	left      int
+	finishing [2]bool // by half: its end is under way (its FIN may be out already)
+	errs      [2]error
+	cutErr    error // see cut
+	st        Stats
 }
 
 // half is one direction of a pipe.
@@ -411,7 +411,9 @@ func (h *half) end(err error) {
 		// notice, and the other connection would be held for ever.
 		h.rn.NotifyReadable(func() {
 			if cerr := c.Cut(); cerr != nil {
-				h.p.cut(h, cerr)
+				// Not on the notifying goroutine: cut closes
+				// connections, and a stream's Close notifies again.
+				go h.p.cut(h, cerr)
 			}
 		})
 	} else {
@@ -432,10 +434,11 @@ type cutNotifier interface {
 // reset (the cut reaches its peer as a reset, as it would have through one
 // TCP connection) and the pipe reports err. Once the other direction has
 // finished there is nothing to cut (the end of a session right after its
-// last stream ended is no cut).
+// last stream ended is no cut), nor once it has begun to finish: its
+// FIN may be out, and the peer may close the session at once.
 func (p *pipe) cut(h *half, err error) {
 	p.mu.Lock()
-	first := !p.finished[1-h.i] && p.cutErr == nil
+	first := !p.finishing[1-h.i] && p.cutErr == nil
 	if first {
 		p.cutErr = err
 	}
@@ -528,6 +531,9 @@ func (h *half) copyReadable() (end bool, err error) {
 // second direction both are closed and done is called.
 func (h *half) finish(err error) {
 	p := h.p
+	p.mu.Lock()
+	p.finishing[h.i] = true
+	p.mu.Unlock()
 	if err == nil {
 		if cw, ok := h.dst.(closeWriter); ok {
 			err = cw.CloseWrite()
@@ -566,7 +572,6 @@ func (h *half) finish(err error) {
 	}
 	p.mu.Lock()
 	p.errs[h.i] = err
-	p.finished[h.i] = true
 	p.left--
 	last := p.left == 0
 	p.mu.Unlock()

@@ -58,7 +58,7 @@ var _ interface {
 
 func (s *Session) wrap(ys *yamux.Stream) *Stream {
 	st := &Stream{ys: ys, s: s}
-	st.tr = s.tab.attach(ys.StreamID(), st)
+	s.tab.attach(ys.StreamID(), st)
 	if s.ended.Load() {
 		st.wake() // the session ended before endStreams could see st
 	}
@@ -258,6 +258,13 @@ func (st *Stream) readErr(err error) error {
 	case err == io.EOF:
 		if st.s.tab.finReceived(st.tr) {
 			return io.EOF
+		}
+		if !st.s.ended.Load() && !st.s.mux.IsClosed() || st.tr != nil && st.tr.reset.Load() {
+			// No FIN, and the session lives (yamux marks it closed
+			// before it force-closes its streams): yamux force-closed
+			// this stream, its close timeout, whose reset goes out
+			// right after, and reads that as an EOF.
+			return fmt.Errorf("%w (read)", ErrStreamReset)
 		}
 		return st.s.closedErr()
 	case errors.Is(err, yamux.ErrTimeout):

@@ -321,18 +321,20 @@ func (t *streamTable) settle(id uint32, st *streamTrack) {
 	}
 }
 
-// attach records that st wraps stream id and returns the stream's track
-// (nil if unknown or gone). The table thus doubles as the registry of the
+// attach records that st wraps stream id and sets st.tr to the stream's
+// track (nil if unknown or gone). The table thus doubles as the registry of the
 // live Streams, which the session wakes when it ends (see
 // Session.endStreams); an entry leaves it with its track.
-func (t *streamTable) attach(id uint32, st *Stream) *streamTrack {
+func (t *streamTable) attach(id uint32, st *Stream) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	tr := t.m[id]
+	// st.tr is set before st is published (tr.st), under the table's
+	// lock: streams(), which session end uses, reads it.
+	st.tr = tr
 	if tr != nil {
 		tr.st = st
 	}
-	return tr
 }
 
 // streams returns the Streams of the streams in the table.

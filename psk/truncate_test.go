@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/pion/dtls/v2/pkg/protocol/alert"
 )
@@ -59,5 +60,37 @@ func TestCloseDuringWriteSendsCloseNotify(t *testing.T) {
 	}
 	if sa.rc.rr.err != nil {
 		t.Fatalf("peer read %v: the connection ended without the close_notify Close sent (reader: %v)", err, sa.rc.rr.err)
+	}
+}
+
+// TestCloseTimeoutResetReadsAsReset: when this side's close timeout resets
+// a half-closed stream whose peer went silent, both sides read
+// ErrStreamReset (this side read "session closed" of a live session).
+func TestCloseTimeoutResetReadsAsReset(t *testing.T) {
+	cfg := &Config{StreamCloseTimeout: 300 * time.Millisecond}
+	cli, srv := sessionPair(t, cfg, cfg)
+	cs, ss := streamPair(t, cli, srv)
+	if err := cs.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(ss); err != nil { // the client's FIN
+		t.Fatal(err)
+	}
+	cs.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := cs.Read(make([]byte, 1)); !errors.Is(err, ErrStreamReset) {
+		t.Errorf("client read after its close timeout: %v, want ErrStreamReset", err)
+	}
+	ss.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	deadline := time.Now().Add(5 * time.Second)
+	var err error
+	for err == nil && time.Now().Before(deadline) {
+		_, err = ss.Write([]byte("x"))
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !errors.Is(err, ErrStreamReset) {
+		t.Errorf("server write after the client's close timeout: %v, want ErrStreamReset", err)
+	}
+	if cli.IsClosed() || srv.IsClosed() {
+		t.Error("a stream's reset closed its session")
 	}
 }

@@ -8,9 +8,11 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -521,5 +523,71 @@ func TestCloseTimeoutSinceData(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCloseTimeoutSinceDataGracefulClose: a data frame that carries the
+// peer's FIN on a stream this side half-closed completes the close, which
+// stops the close timer; CloseTimeoutSinceData must not start it again (it
+// did: a stray RST for a stream both sides had closed).
+func TestCloseTimeoutSinceDataGracefulClose(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	conf := testConf()
+	conf.EnableKeepAlive = false
+	conf.StreamCloseTimeout = 300 * time.Millisecond
+	conf.CloseTimeoutSinceData = true
+	srv, err := Server(b, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	frame := func(typ byte, flags uint16, id, length uint32, body []byte) []byte {
+		h := make([]byte, 12)
+		h[0], h[1] = 0, typ
+		binary.BigEndian.PutUint16(h[2:], flags)
+		binary.BigEndian.PutUint32(h[4:], id)
+		binary.BigEndian.PutUint32(h[8:], length)
+		return append(h, body...)
+	}
+	frames := make(chan [12]byte, 16)
+	go func() {
+		for {
+			var h [12]byte
+			if _, err := io.ReadFull(a, h[:]); err != nil {
+				close(frames)
+				return
+			}
+			if h[1] == typeData {
+				io.CopyN(io.Discard, a, int64(binary.BigEndian.Uint32(h[8:])))
+			}
+			frames <- h
+		}
+	}()
+	go a.Write(frame(typeWindowUpdate, flagSYN, 1, 0, nil))
+	st, err := srv.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close() // FIN: the close timer starts
+	// The peer's last data, with its FIN on the same frame.
+	if _, err := a.Write(frame(typeData, flagFIN, 1, 1, []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(2 * time.Second)
+	for {
+		select {
+		case h, ok := <-frames:
+			if !ok {
+				return
+			}
+			flags := binary.BigEndian.Uint16(h[2:])
+			t.Logf("frame type %d flags %#x stream %d", h[1], flags, binary.BigEndian.Uint32(h[4:]))
+			if flags&flagRST != 0 {
+				t.Fatal("RST for a stream both sides closed gracefully (the close timer was re-armed)")
+			}
+		case <-deadline:
+			return
+		}
 	}
 }

@@ -633,8 +633,11 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 	if s.session.config.CloseTimeoutSinceData {
 		// The peer is still sending on a stream this side half-closed:
 		// the close timeout starts again (milagro patch).
+		// Only a timer still running: processFlags stops it when this
+		// frame's FIN completes the close, and one that has fired has
+		// done its work.
 		s.stateLock.Lock()
-		if s.closeTimer != nil {
+		if s.closeTimer != nil && s.closeTimer.Stop() {
 			s.closeTimer.Reset(s.session.config.StreamCloseTimeout)
 		}
 		s.stateLock.Unlock()
