@@ -63,6 +63,7 @@ type Pool struct {
 	// finds out whether they still answer (check): no Open picks them.
 	checking map[*psk.Session]bool
 	checks   sync.WaitGroup
+	done     chan struct{} // closed by Close: Opens waiting for a retry end
 
 	stats PoolStats
 }
@@ -88,7 +89,7 @@ func NewPool(dial SessionDialer, opt PoolOptions) *Pool {
 	if opt.MaxBackoff <= 0 {
 		opt.MaxBackoff = 5 * time.Second
 	}
-	return &Pool{dial: dial, opt: opt, opening: map[*psk.Session]int{}, checking: map[*psk.Session]bool{}}
+	return &Pool{dial: dial, opt: opt, opening: map[*psk.Session]int{}, checking: map[*psk.Session]bool{}, done: make(chan struct{})}
 }
 
 // Stats returns the pool's counters.
@@ -161,8 +162,10 @@ func (p *Pool) check(s *psk.Session) {
 	}
 	p.checking[s] = true
 	p.stats.Checks++
+	p.checks.Add(1) // under mu, which Close takes before it waits
 	p.mu.Unlock()
-	p.checks.Go(func() { // ends with the ping: bounded by psk's write timeout, or by the session's end
+	go func() { // ends with the ping: bounded by psk's write timeout, or by the session's end
+		defer p.checks.Done()
 		_, err := s.Ping()
 		p.mu.Lock()
 		delete(p.checking, s)
@@ -171,7 +174,7 @@ func (p *Pool) check(s *psk.Session) {
 			p.drop(s)
 			s.Close()
 		}
-	})
+	}()
 }
 
 func (p *Pool) count(f func(*PoolStats)) {
@@ -265,6 +268,9 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 				case <-ctx.Done():
 					t.Stop()
 					return nil, false, fmt.Errorf("%w: %w (last dial: %w)", ErrUpstreamDown, ctx.Err(), lastErr)
+				case <-p.done:
+					t.Stop()
+					continue // the loop reports the pool closed
 				}
 			}
 			return nil, false, fmt.Errorf("%w (retry in %s): %w", ErrUpstreamDown, retryAt.Sub(now).Round(time.Millisecond), lastErr)
@@ -305,6 +311,9 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 // Close closes every session of the pool.
 func (p *Pool) Close() {
 	p.mu.Lock()
+	if !p.closed {
+		close(p.done)
+	}
 	p.closed = true
 	ss := p.sessions
 	p.sessions = nil

@@ -164,3 +164,33 @@ func waitForPool(t *testing.T, d time.Duration, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestPoolCloseEndsRetryWait: Close ends an Open waiting for the next dial
+// at once (a client's drain waited for it while the upstream was down).
+func TestPoolCloseEndsRetryWait(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	p := newTestPool(t, addr, PoolOptions{MinBackoff: 5 * time.Second, MaxBackoff: 5 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := p.Open(ctx, ""); err == nil {
+		t.Fatal("first Open succeeded with nothing listening")
+	}
+	errc := make(chan error, 1)
+	go func() { _, err := p.Open(ctx, ""); errc <- err }()
+	time.Sleep(200 * time.Millisecond) // waiting for the retry
+	start := time.Now()
+	p.Close()
+	select {
+	case err := <-errc:
+		if err == nil || time.Since(start) > time.Second {
+			t.Errorf("Open waiting for the retry, after Close: %v after %v; want an error at once", err, time.Since(start))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Open still waiting after Close")
+	}
+}

@@ -206,8 +206,9 @@ func (k *Keystore) Reload(source string) (bool, error) {
 // or a symbolic link to it repointed, is watched again; a change made
 // between the first load and the start of the watch is reloaded at once.
 // Every 5 s it also reads the ..data link, and reloads when it names a
-// generation other than the one in force (and other than one that failed
-// to load): the safety net for lost events, and for a host where inotify
+// generation other than the one in force (one that failed to load is
+// tried again once a minute, and when the keys in force expire): the
+// safety net for lost events, and for a host where inotify
 // cannot be had (fs.inotify.max_user_instances is per user, and every
 // container of one UID on a node shares it); the same tick retries a
 // watcher that could not start. It returns nil when ctx ends.
@@ -232,7 +233,11 @@ func (k *Keystore) Watch(ctx context.Context, hup <-chan os.Signal, interval tim
 		return gen
 	}
 
-	failedGen := "" // the ..data target of the last failed reload: not retried until ..data moves on (or SIGHUP)
+	// The ..data target of the last failed reload: the poll and the watch
+	// retry it only once a minute (a broken generation is not logged every
+	// 5 s; one that failed for a passing reason, EMFILE say, still loads).
+	failedGen, failedAt := "", time.Time{}
+	retryFailed := func(gen string) bool { return gen != failedGen || time.Since(failedAt) >= failedRetryInterval }
 	var w *fsnotify.Watcher
 	var events <-chan fsnotify.Event
 	var errs <-chan error
@@ -275,7 +280,7 @@ func (k *Keystore) Watch(ctx context.Context, hup <-chan os.Signal, interval tim
 			watching, warned = true, false
 			k.watching.Store(true)
 		}
-		if gen := dataGen(); gen != "" && gen != k.Current().Generation && gen != failedGen {
+		if gen := dataGen(); gen != "" && gen != k.Current().Generation && retryFailed(gen) {
 			kick()
 		}
 	}
@@ -284,10 +289,12 @@ func (k *Keystore) Watch(ctx context.Context, hup <-chan os.Signal, interval tim
 	reload := func(source string) {
 		gen := dataGen()
 		burst = time.Time{}
-		if _, err := k.Reload(source); err != nil {
-			failedGen = gen
-		} else {
+		_, err := k.Reload(source)
+		switch {
+		case err == nil:
 			failedGen = ""
+		case dataGen() == gen: // else unknown which generation failed: the next look tells
+			failedGen, failedAt = gen, time.Now()
 		}
 	}
 	poll := time.NewTicker(keyPollInterval)
@@ -346,7 +353,7 @@ func (k *Keystore) Watch(ctx context.Context, hup <-chan os.Signal, interval tim
 			reload("fsnotify")
 		case <-poll.C:
 			watch()
-			if gen := dataGen(); gen != "" && gen != k.Current().Generation && gen != failedGen && burst.IsZero() {
+			if gen := dataGen(); gen != "" && gen != k.Current().Generation && retryFailed(gen) && burst.IsZero() {
 				reload("poll")
 			}
 		case <-hup:
@@ -355,6 +362,9 @@ func (k *Keystore) Watch(ctx context.Context, hup <-chan os.Signal, interval tim
 			watch()
 			reload("timer")
 		case <-expiry.C:
+			if gen := dataGen(); gen != "" && gen != k.Current().Generation {
+				reload("expiry") // a newer generation on disk, whatever failed before
+			}
 			if cur := k.Current(); !cur.ExpiresAt.After(time.Now()) {
 				k.log.Error().Str("generation", cur.Generation).Time("expired", cur.ExpiresAt).Msg("keys expired: not ready until a new generation loads (is keys fetch --watch running?)")
 			}
@@ -362,6 +372,10 @@ func (k *Keystore) Watch(ctx context.Context, hup <-chan os.Signal, interval tim
 	}
 }
 
-// keyPollInterval is how often Watch reads the ..data link (a variable for
-// the tests).
-var keyPollInterval = 5 * time.Second
+// keyPollInterval is how often Watch reads the ..data link, and
+// failedRetryInterval how often it tries again a generation that failed
+// to load (variables for the tests).
+var (
+	keyPollInterval     = 5 * time.Second
+	failedRetryInterval = time.Minute
+)

@@ -2,9 +2,12 @@ package sidecar
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -220,5 +223,51 @@ func TestSlowPeersHoldNoSlot(t *testing.T) {
 	waitFor(t, 15*time.Second, "the slow peers timed out", func() bool { return p.srv.inflight.Load() == 0 })
 	if v := counter(t, p.srv.m.Handshakes.WithLabelValues("timeout")); v != 6 {
 		t.Errorf("handshakes{result=timeout} = %v, want 6", v)
+	}
+}
+
+// TestBurstRefusedOnlyAtMsg1: with one slot and a burst of concurrent
+// handshakes, refusals ('overloaded') come only in place of Msg2: a
+// handshake whose Msg1 the server has worked on waits for a slot for its
+// Msg3 instead of being refused in place of Msg4 (Msg1's work thrown
+// away), and at least one handshake completes.
+func TestBurstRefusedOnlyAtMsg1(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, _ *ClientConfig) { s.MaxHandshakes = 1 })
+	ks := mustOpenKS(t, p.cdir, RoleClient)
+	k := ks.Current()
+	const n = 40
+	var wg sync.WaitGroup
+	var ok, atMsg2, atMsg4, other atomic.Int32
+	for range n {
+		wg.Go(func() {
+			c, err := net.Dial("tcp", p.srv.Addr())
+			if err != nil {
+				other.Add(1)
+				return
+			}
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			res, err := mpinkex.Client(ctx, c, &mpinkex.ClientConfig{Key: k.Client, Permits: k.Permits, ServerID: fxServerID, EpochLen: k.EpochLen})
+			var me *mpinkex.Error
+			var ae *mpinkex.AlertError
+			switch {
+			case err == nil:
+				res.Zeroize()
+				ok.Add(1)
+			case errors.As(err, &me) && errors.As(err, &ae) && ae.Code == mpinkex.AlertOverloaded && me.Step == "read Msg2":
+				atMsg2.Add(1)
+			case errors.As(err, &me) && errors.As(err, &ae) && ae.Code == mpinkex.AlertOverloaded && me.Step == "read Msg4":
+				atMsg4.Add(1)
+			default:
+				t.Logf("handshake: %v", err)
+				other.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d handshakes, one slot: %d done, %d refused in place of Msg2, %d in place of Msg4, %d otherwise", n, ok.Load(), atMsg2.Load(), atMsg4.Load(), other.Load())
+	if atMsg4.Load() != 0 || other.Load() != 0 || ok.Load() == 0 {
+		t.Errorf("want refusals only in place of Msg2 and at least one handshake done")
 	}
 }

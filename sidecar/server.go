@@ -366,7 +366,7 @@ func (s *Server) handshake(ctx context.Context, c net.Conn) (*psk.Session, *mpin
 	// the peer's next message holds none (see workConn).
 	slot := &workSlot{sem: s.hs}
 	defer slot.release()
-	res, err := mpinkex.Server(ctx, &workConn{bufConn: bc, slot: slot}, &mpinkex.ServerConfig{
+	res, err := mpinkex.Server(ctx, &workConn{bufConn: bc, slot: slot, ctx: ctx}, &mpinkex.ServerConfig{
 		Keys: []*mpinkex.ServerKey{k.Server}, Authorize: s.allow.Authorize, RequirePermit: s.cfg.RequirePermit,
 		EpochLen: k.EpochLen, Grace: mpinkexGrace(s.cfg.Grace), StepTimeout: s.cfg.HandshakeTO,
 	})
@@ -402,6 +402,17 @@ func (w *workSlot) acquire() bool {
 	}
 }
 
+// wait takes a slot, waiting for one until ctx ends.
+func (w *workSlot) wait(ctx context.Context) error {
+	select {
+	case w.sem <- struct{}{}:
+		w.held = true
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 func (w *workSlot) release() {
 	if w.held {
 		<-w.sem
@@ -417,12 +428,17 @@ func (w *workSlot) release() {
 // slot again. --max-handshakes so bounds the pairing work, which is what
 // PROTOCOL.md §8 bounds it for, and a peer that sends slowly or not at all
 // costs a connection (--max-conns) until --handshake-timeout, not a slot:
-// slow peers cannot keep real clients out. A frame that arrives when every
-// slot is taken ends the handshake with errOverloaded.
+// slow peers cannot keep real clients out. A first frame (Msg1) that
+// arrives when every slot is taken ends the handshake with errOverloaded;
+// a later one (Msg3) waits for a slot, within the handshake's time: the
+// server has done Msg1's work for it, and slots are held only while
+// computing, so the wait is short.
 type workConn struct {
 	*bufConn
-	slot *workSlot
-	left int // bytes of the frame being read still to come (0: at a frame's start)
+	slot   *workSlot
+	ctx    context.Context // the handshake's
+	left   int             // bytes of the frame being read still to come (0: at a frame's start)
+	frames int             // frames begun
 }
 
 func (c *workConn) Read(p []byte) (int, error) {
@@ -430,10 +446,19 @@ func (c *workConn) Read(p []byte) (int, error) {
 		c.slot.release() // waiting for the peer's next frame holds no slot
 		var whole bool
 		c.left, whole = c.awaitFrame()
+		c.frames++
 		// A frame that is not there whole fails to decode (or its read
 		// fails): no work, so no slot.
-		if whole && !c.slot.acquire() {
-			return 0, errOverloaded
+		switch {
+		case !whole:
+		case c.frames == 1:
+			if !c.slot.acquire() {
+				return 0, errOverloaded
+			}
+		default:
+			if err := c.slot.wait(c.ctx); err != nil {
+				return 0, err
+			}
 		}
 	}
 	if len(p) > c.left {
