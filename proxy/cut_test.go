@@ -18,7 +18,6 @@ type fakeStream struct {
 	net.Conn // unused methods
 	mu       sync.Mutex
 	f        func()
-	eof      bool
 	closed   bool
 	cut      atomic.Bool
 }
