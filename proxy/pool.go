@@ -64,6 +64,8 @@ type Pool struct {
 	checking map[*psk.Session]bool
 	checks   sync.WaitGroup
 	done     chan struct{} // closed by Close: Opens waiting for a retry end
+	// cancelDial cancels the dial under way, if any (Close).
+	cancelDial context.CancelFunc
 
 	stats PoolStats
 }
@@ -248,6 +250,8 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 				continue
 			case <-ctx.Done():
 				return nil, false, ctx.Err()
+			case <-p.done:
+				continue // the loop reports the pool closed
 			}
 		}
 		if len(p.sessions) >= p.opt.MaxSessions {
@@ -278,11 +282,15 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 		done := make(chan struct{})
 		p.dialing = done
 		p.stats.Dials++
+		dctx, cancelDial := context.WithCancel(ctx) // Close cancels it
+		p.cancelDial = cancelDial
 		p.mu.Unlock()
 
-		s, err := p.dial(ctx)
+		s, err := p.dial(dctx)
 
 		p.mu.Lock()
+		cancelDial()
+		p.cancelDial = nil
 		p.dialing = nil
 		close(done)
 		if err != nil {
@@ -313,6 +321,9 @@ func (p *Pool) Close() {
 	p.mu.Lock()
 	if !p.closed {
 		close(p.done)
+	}
+	if p.cancelDial != nil {
+		p.cancelDial()
 	}
 	p.closed = true
 	ss := p.sessions

@@ -194,3 +194,38 @@ func TestPoolCloseEndsRetryWait(t *testing.T) {
 		t.Fatal("Open still waiting after Close")
 	}
 }
+
+// TestPoolCloseEndsDial: Close cancels the dial under way, and an Open
+// waiting for that dial ends too (both ran until their own deadlines, up
+// to 15 s in the client sidecar, holding a socket to a black-holed
+// upstream).
+func TestPoolCloseEndsDial(t *testing.T) {
+	started := make(chan struct{})
+	p := NewPool(func(ctx context.Context) (*psk.Session, error) {
+		close(started)
+		<-ctx.Done() // a black hole
+		return nil, ctx.Err()
+	}, PoolOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	errs := make(chan error, 2)
+	go func() { _, err := p.Open(ctx, ""); errs <- err }()
+	<-started
+	go func() { _, err := p.Open(ctx, ""); errs <- err }() // waits for the dial under way
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	p.Close()
+	for range 2 {
+		select {
+		case err := <-errs:
+			if err == nil {
+				t.Error("an Open succeeded on a closed pool")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("an Open still waiting after Close")
+		}
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Opens ended %v after Close", d)
+	}
+}

@@ -578,7 +578,9 @@ func TestPoolCloseDuringDial(t *testing.T) {
 	p := NewPool(func(ctx context.Context) (*psk.Session, error) {
 		close(entered)
 		<-release
-		return inner(ctx)
+		// A dial that completes although Close cancelled its context
+		// (one past the point of no return): the pool must close it.
+		return inner(context.Background())
 	}, PoolOptions{})
 	errc := make(chan error, 1)
 	go func() {

@@ -2,6 +2,7 @@ package psk
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -170,5 +171,59 @@ func TestDrainEnds(t *testing.T) {
 				t.Fatalf("Drain = %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestDrainWaitsForFINOnTheWire: Drain returns only once the FIN of the
+// last stream is written, not when yamux hands it over to be written: what
+// follows a drain (the sidecars close the session, the process exits) must
+// not overtake it, or the peer reads a cut session instead of the end of a
+// whole answer. Every FIN write is held up for 300 ms here.
+func TestDrainWaitsForFINOnTheWire(t *testing.T) {
+	pr := dialPair(t, sharedDomain(t), pairOpts{})
+	if pr.cliErr != nil || pr.srvErr != nil {
+		t.Fatalf("session setup: client %v, server %v", pr.cliErr, pr.srvErr)
+	}
+	cli, srv := pr.cli, pr.srv
+	serveEcho(t, srv)
+	hook := func(b []byte) {
+		if len(b) == yHeaderLen && binary.BigEndian.Uint16(b[2:4])&yFlagFIN != 0 {
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+	testHookAfterFeed.Store(&hook)
+	defer testHookAfterFeed.Store(nil)
+	st, err := cli.Open(openCtx(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := st.Write([]byte("whole")); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		b, err := io.ReadAll(st)
+		if err == nil && string(b) != "whole" {
+			err = fmt.Errorf("echo %q", b)
+		}
+		got <- err
+	}()
+	// The drain begins (its GoAway goes out) while the stream is open.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	drained := make(chan error, 1)
+	go func() { drained <- srv.Drain(ctx) }()
+	time.Sleep(100 * time.Millisecond)
+	if err := st.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+	srv.raw.Close() // what a process that exits after its drain leaves behind
+	if err := <-got; err != nil {
+		t.Errorf("client read after the server drained and went away: %v, want the whole echo and EOF", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/dtls/v2/pkg/protocol/alert"
@@ -177,7 +178,12 @@ func (c *plainConn) readFailed(err error) error {
 // nothing. The records of one Write go to the socket in as few TCP writes
 // as possible.
 func (c *plainConn) Write(b []byte) (int, error) {
+	c.tab.writeBegin()
+	defer c.tab.writeEnd()
 	_, _ = c.out.feed(b, c.tab.outbound) // outbound never fails
+	if h := testHookAfterFeed.Load(); h != nil {
+		(*h)(b)
+	}
 	c.rc.beginBatch()
 	err := c.writeRecords(b)
 	if ferr := c.rc.endBatch(); err == nil {
@@ -241,3 +247,7 @@ func (c *plainConn) Close() error {
 
 func (c *plainConn) LocalAddr() net.Addr  { return c.rc.LocalAddr() }
 func (c *plainConn) RemoteAddr() net.Addr { return c.rc.RemoteAddr() }
+
+// testHookAfterFeed, set by tests only, runs in Write between counting the
+// frames and writing them.
+var testHookAfterFeed atomic.Pointer[func(b []byte)]

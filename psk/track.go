@@ -124,6 +124,7 @@ type streamTable struct {
 	idled     bool // stopped by the idle timer's decision
 	onIdle    func()
 	writing   int             // streams in the table we have not finished (no FIN or reset from us)
+	writes    int             // plainConn.Writes under way: a FIN they carry is not out yet
 	done      []chan struct{} // closed once writing and opening are 0 (whenDone)
 }
 
@@ -388,7 +389,7 @@ func (t *streamTable) whenDone() <-chan struct{} {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	ch := make(chan struct{})
-	if t.stopped || t.writing+t.opening == 0 {
+	if t.stopped || t.writing+t.opening+t.writes == 0 {
 		close(ch)
 		return ch
 	}
@@ -396,10 +397,27 @@ func (t *streamTable) whenDone() <-chan struct{} {
 	return ch
 }
 
+// writeBegin and writeEnd bracket a plainConn.Write: the frames it feeds
+// count as sent (outbound) before they are written, and a FIN counted so
+// must not release whenDone (Session.Drain) before it is on the wire, or
+// the close that follows a drain could overtake it.
+func (t *streamTable) writeBegin() {
+	t.mu.Lock()
+	t.writes++
+	t.mu.Unlock()
+}
+
+func (t *streamTable) writeEnd() {
+	t.mu.Lock()
+	t.writes--
+	t.releaseDone()
+	t.mu.Unlock()
+}
+
 // releaseDone closes whenDone's channels if nothing is left to finish (or
 // the table has stopped). t.mu held.
 func (t *streamTable) releaseDone() {
-	if len(t.done) == 0 || (!t.stopped && t.writing+t.opening > 0) {
+	if len(t.done) == 0 || (!t.stopped && t.writing+t.opening+t.writes > 0) {
 		return
 	}
 	for _, ch := range t.done {

@@ -225,7 +225,7 @@ func (c *ServerConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.HTTP, "http", c.HTTP, "HTTP reverse proxy to --target: set X-Milagro-Client-Id to the authenticated identity (named --route targets stay TCP)")
 	fs.BoolVar(&c.ProxyProtocol, "proxy-protocol", c.ProxyProtocol, "send a PROXY protocol v2 header with the client identity (TLV 0xE0) to TCP backends")
 	fs.BoolVar(&c.UnsafeTarget, "unsafe-target", c.UnsafeTarget, "allow a backend that is not on loopback (plaintext leaves the host)")
-	fs.IntVar(&c.MaxHandshakes, "max-handshakes", c.MaxHandshakes, "handshakes doing pairing work at once; a message arriving past it is answered 'overloaded' (waiting for a peer holds no slot)")
+	fs.IntVar(&c.MaxHandshakes, "max-handshakes", c.MaxHandshakes, "handshakes doing pairing work at once; a new handshake arriving past it is answered 'overloaded' (waiting for a peer holds no slot)")
 	fs.BoolVar(&c.RequirePermit, "require-permit", c.RequirePermit, "refuse clients without a time permit for the current epoch (makes revocation effective)")
 }
 

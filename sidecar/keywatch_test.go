@@ -229,3 +229,39 @@ func TestKeystoreSIGHUPSameGeneration(t *testing.T) {
 	hup <- syscall.SIGHUP
 	waitFor(t, 2*time.Second, "the SIGHUP's log line", func() bool { return len(logLines(t, buf, "keys unchanged: same generation")) == 1 })
 }
+
+// TestKeystoreRetriesFailedGeneration: a generation that failed to load is
+// tried again by the poll once failedRetryInterval has passed (it may have
+// failed for a passing reason; here a file repaired in place), not on
+// every poll.
+func TestKeystoreRetriesFailedGeneration(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		retry time.Duration
+		want  bool
+	}{
+		{"retried", 500 * time.Millisecond, true},
+		{"not yet", time.Hour, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			oldPoll, oldRetry := keyPollInterval, failedRetryInterval
+			keyPollInterval, failedRetryInterval = 100*time.Millisecond, tc.retry
+			t.Cleanup(func() { keyPollInterval, failedRetryInterval = oldPoll, oldRetry }) // after Watch ends (cleanups run last first)
+			f := sharedKeys(t)
+			dir := f.clientDir(t, fxClientID)
+			ks := mustOpenKS(t, dir, RoleClient)
+			watchKS(t, ks, nil, 0)
+			good := f.files(t, fxClientID, clientKinds)
+			gen := writeKeys(t, dir, tamper(t, good))
+			waitFor(t, 5*time.Second, "the broken generation tried", func() bool { return ks.LastReload().Err != nil })
+			name := keydir.EnvelopeFile("dta-2")
+			if err := os.WriteFile(filepath.Join(dir, gen, name), good[name], 0o600); err != nil {
+				t.Fatal(err)
+			}
+			loaded := eventuallyTrue(2*time.Second, func() bool { return ks.Current().Generation == gen })
+			if loaded != tc.want {
+				t.Errorf("the repaired generation loaded: %v, want %v (retry every %v)", loaded, tc.want, tc.retry)
+			}
+		})
+	}
+}

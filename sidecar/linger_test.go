@@ -271,3 +271,53 @@ func TestBurstRefusedOnlyAtMsg1(t *testing.T) {
 		t.Errorf("want refusals only in place of Msg2 and at least one handshake done")
 	}
 }
+
+// slotGrabConn takes the server's one handshake slot just before the
+// client's second frame (Msg3) goes out.
+type slotGrabConn struct {
+	net.Conn
+	grab   func()
+	writes int
+}
+
+func (c *slotGrabConn) Write(b []byte) (int, error) {
+	if c.writes++; c.writes == 2 {
+		c.grab()
+	}
+	return c.Conn.Write(b)
+}
+
+// TestMsg3SlotWaitTimesOutOverloaded: a Msg3 that waits for a slot until
+// the handshake's deadline is answered with the overloaded Alert in place
+// of Msg4 and counted as overloaded (it was a silent EOF, counted as a
+// timeout of a frame that had arrived whole).
+func TestMsg3SlotWaitTimesOutOverloaded(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, _ *ClientConfig) { s.MaxHandshakes, s.HandshakeTO = 1, time.Second })
+	k := mustOpenKS(t, p.cdir, RoleClient).Current()
+	raw, err := net.Dial("tcp", p.srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	grabbed := false
+	c := &slotGrabConn{Conn: raw, grab: func() { p.srv.hs <- struct{}{}; grabbed = true }}
+	defer func() {
+		if grabbed {
+			<-p.srv.hs
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = mpinkex.Client(ctx, c, &mpinkex.ClientConfig{Key: k.Client, Permits: k.Permits, ServerID: fxServerID, EpochLen: k.EpochLen})
+	var me *mpinkex.Error
+	var ae *mpinkex.AlertError
+	if !errors.As(err, &me) || me.Step != "read Msg4" || !errors.As(err, &ae) || ae.Code != mpinkex.AlertOverloaded {
+		t.Fatalf("client: %v; want the overloaded Alert in place of Msg4", err)
+	}
+	waitFor(t, 5*time.Second, "the refusal counted", func() bool {
+		return counter(t, p.srv.m.Handshakes.WithLabelValues("overloaded")) == 1
+	})
+	if v := counter(t, p.srv.m.Handshakes.WithLabelValues("timeout")); v != 0 {
+		t.Errorf("handshakes{result=timeout} = %v, want 0", v)
+	}
+}

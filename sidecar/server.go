@@ -430,9 +430,10 @@ func (w *workSlot) release() {
 // costs a connection (--max-conns) until --handshake-timeout, not a slot:
 // slow peers cannot keep real clients out. A first frame (Msg1) that
 // arrives when every slot is taken ends the handshake with errOverloaded;
-// a later one (Msg3) waits for a slot, within the handshake's time: the
-// server has done Msg1's work for it, and slots are held only while
-// computing, so the wait is short.
+// a later one (Msg3) waits for a slot, within the handshake's time (and
+// ends it with errOverloaded if none comes): the server has done Msg1's
+// work for it, and slots are held only while computing, so the wait is
+// short.
 type workConn struct {
 	*bufConn
 	slot   *workSlot
@@ -457,6 +458,11 @@ func (c *workConn) Read(p []byte) (int, error) {
 			}
 		default:
 			if err := c.slot.wait(c.ctx); err != nil {
+				if errors.Is(err, context.DeadlineExceeded) {
+					// The frame is here; the slots stayed busy: the
+					// peer gets the overloaded Alert, not a silent end.
+					return 0, fmt.Errorf("%w (waited for a slot until the handshake's deadline)", errOverloaded)
+				}
 				return 0, err
 			}
 		}
