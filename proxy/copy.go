@@ -191,14 +191,8 @@ func newPipe(ctx context.Context, a, b net.Conn, idle time.Duration, done func(S
 // for any cut, so that neither end takes what it got for a whole transfer.
 func (p *pipe) idleClose(w *idleWatch) {
 	if w.writing.Load() > 0 {
-		for _, c := range []net.Conn{p.a, p.b} {
-			switch c := c.(type) {
-			case interface{ Reset() error }:
-				_ = c.Reset()
-			case interface{ SetLinger(int) error }:
-				_ = c.SetLinger(0)
-			}
-		}
+		resetConn(p.a)
+		resetConn(p.b)
 	}
 	p.closeBoth()
 }
@@ -215,6 +209,17 @@ func (h *half) write(b []byte) (int, error) {
 	w.writing.Add(-1)
 	w.touch()
 	return n, err
+}
+
+// resetConn makes c's close a reset where the connection allows: a psk
+// stream's Reset, a TCP connection's SO_LINGER 0 (RST instead of FIN).
+func resetConn(c net.Conn) {
+	switch c := c.(type) {
+	case interface{ Reset() error }:
+		_ = c.Reset()
+	case interface{ SetLinger(int) error }:
+		_ = c.SetLinger(0)
+	}
 }
 
 func (p *pipe) closeBoth() {
@@ -446,12 +451,7 @@ func (p *pipe) cut(h *half, err error) {
 	if !first {
 		return
 	}
-	switch c := p.halves[1-h.i].src.(type) {
-	case interface{ Reset() error }:
-		_ = c.Reset()
-	case interface{ SetLinger(int) error }:
-		_ = c.SetLinger(0)
-	}
+	resetConn(p.halves[1-h.i].src)
 	p.closeBoth()
 }
 
@@ -560,12 +560,7 @@ func (h *half) finish(err error) {
 				reset = append(reset, h.src)
 			}
 			for _, c := range reset {
-				switch c := c.(type) {
-				case interface{ Reset() error }:
-					_ = c.Reset()
-				case interface{ SetLinger(int) error }:
-					_ = c.SetLinger(0)
-				}
+				resetConn(c)
 			}
 		}
 		p.closeBoth()
