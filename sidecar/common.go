@@ -199,15 +199,15 @@ type tracker struct {
 	sessions map[*psk.Session]struct{}
 	conns    map[net.Conn]struct{}
 	streams  atomic.Int64
-	idle     chan struct{}  // signalled when streams drops to 0
-	handlers sync.WaitGroup // the connections' goroutines, until they have logged their end
-	forced   chan struct{}  // closed by force
-	force    func()         // ends a drain under way at once
+	idle     chan struct{}   // signalled when streams drops to 0
+	handlers sync.WaitGroup  // the connections' goroutines, until they have logged their end
+	forced   context.Context // ended by force: every drain's context derives from it
+	force    func()          // ends a drain under way at once
 }
 
 func newTracker() *tracker {
-	t := &tracker{sessions: map[*psk.Session]struct{}{}, conns: map[net.Conn]struct{}{}, idle: make(chan struct{}, 1), forced: make(chan struct{})}
-	t.force = sync.OnceFunc(func() { close(t.forced) })
+	t := &tracker{sessions: map[*psk.Session]struct{}{}, conns: map[net.Conn]struct{}{}, idle: make(chan struct{}, 1)}
+	t.forced, t.force = context.WithCancel(context.Background())
 	return t
 }
 
@@ -227,15 +227,7 @@ func (c *Client) Force() { c.t.force() }
 // drainContext is the drain's deadline: --shutdown-timeout, or sooner if
 // force is called (a second SIGTERM or SIGINT).
 func (t *tracker) drainContext(timeout time.Duration) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	go func() { // ends with ctx
-		select {
-		case <-t.forced:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	return ctx, cancel
+	return context.WithTimeout(t.forced, timeout)
 }
 
 // settle waits, at most d, for the connections' goroutines to finish

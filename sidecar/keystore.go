@@ -95,10 +95,16 @@ func OpenKeystore(opt KeystoreOptions) (*Keystore, error) {
 	}
 	k.cur.Store(keys)
 	k.last.Store(&ReloadStatus{At: keys.LoadedAt, Source: "start"})
+	k.noteExpired(keys)
+	return k, nil
+}
+
+// noteExpired logs keys that have expired: the sidecar is not ready until
+// a new generation loads.
+func (k *Keystore) noteExpired(keys *Keys) {
 	if !keys.ExpiresAt.After(time.Now()) {
 		k.log.Error().Str("generation", keys.Generation).Time("expired", keys.ExpiresAt).Msg("keys expired: not ready until a new generation loads (is keys fetch --watch running?)")
 	}
-	return k, nil
 }
 
 // Current returns the keys in force.
@@ -237,28 +243,37 @@ func (k *Keystore) Watch(ctx context.Context, hup <-chan os.Signal, interval tim
 	// retry it only once a minute (a broken generation is not logged every
 	// 5 s; one that failed for a passing reason, EMFILE say, still loads).
 	failedGen, failedAt := "", time.Time{}
-	retryFailed := func(gen string) bool { return gen != failedGen || time.Since(failedAt) >= failedRetryInterval }
+	// behind reports whether ..data names a generation to load: not the
+	// one in force, nor one that failed less than a minute ago.
+	behind := func() bool {
+		gen := dataGen()
+		return gen != "" && gen != k.Current().Generation && (gen != failedGen || time.Since(failedAt) >= failedRetryInterval)
+	}
+
+	// The watcher; k.watching says whether the folder's watch is in place.
 	var w *fsnotify.Watcher
 	var events <-chan fsnotify.Event
 	var errs <-chan error
-	watching := false
-	warned := false // a watcher that cannot start is logged once, not every poll
+	warned := false // a watch that cannot be had is logged once, not every poll
+	cannotWatch := func(err error) {
+		if !warned {
+			k.log.Error().Err(err).Str("dir", dir).Msg("cannot watch the key directory; polling its ..data link every 5 s instead (SIGHUP and --timed-reload still reload)")
+			warned = true
+		}
+	}
 	stopWatcher := func() {
 		if w != nil {
 			w.Close()
 		}
-		w, events, errs, watching = nil, nil, nil, false
+		w, events, errs = nil, nil, nil
 		k.watching.Store(false)
 	}
 	defer stopWatcher()
-	watch := func() { // (re)start the watcher, (re)add the folder's watch, then look for what changed meanwhile
+	watch := func() { // (re)start the watcher and (re)add the folder's watch
 		if w == nil {
 			nw, err := fsnotify.NewWatcher()
 			if err != nil {
-				if !warned {
-					k.log.Error().Err(err).Msg("cannot watch the key directory; polling its ..data link every 5 s instead (SIGHUP and --timed-reload still reload)")
-					warned = true
-				}
+				cannotWatch(err)
 				return
 			}
 			w, events, errs = nw, nw.Events, nw.Errors
@@ -266,25 +281,23 @@ func (k *Keystore) Watch(ctx context.Context, hup <-chan os.Signal, interval tim
 				k.log.Warn().Err(err).Str("dir", parent).Msg("cannot watch the key directory's parent; a key directory replaced as a whole is found by the 5 s poll")
 			}
 		}
-		if !watching {
-			if err := w.Add(dir); err != nil {
-				if !warned {
-					k.log.Warn().Err(err).Str("dir", dir).Msg("cannot watch the key directory; polling its ..data link every 5 s instead (SIGHUP and --timed-reload still reload)")
-					warned = true
-				}
-				return
-			}
-			if warned {
-				k.log.Info().Str("dir", dir).Msg("watching the key directory again")
-			}
-			watching, warned = true, false
-			k.watching.Store(true)
+		if k.watching.Load() {
+			return
 		}
-		if gen := dataGen(); gen != "" && gen != k.Current().Generation && retryFailed(gen) {
-			kick()
+		if err := w.Add(dir); err != nil {
+			cannotWatch(err)
+			return
 		}
+		if warned {
+			k.log.Info().Str("dir", dir).Msg("watching the key directory again")
+		}
+		warned = false
+		k.watching.Store(true)
 	}
 	watch()
+	if behind() { // changed between the first load and the watch
+		kick()
+	}
 
 	reload := func(source string) {
 		gen := dataGen()
@@ -332,7 +345,6 @@ func (k *Keystore) Watch(ctx context.Context, hup <-chan os.Signal, interval tim
 				// link to it repointed (only a Create: the old watch would
 				// go on following the old target). Watch it anew.
 				_ = w.Remove(dir)
-				watching = false
 				k.watching.Store(false)
 				watch()
 				kick()
@@ -353,7 +365,7 @@ func (k *Keystore) Watch(ctx context.Context, hup <-chan os.Signal, interval tim
 			reload("fsnotify")
 		case <-poll.C:
 			watch()
-			if gen := dataGen(); gen != "" && gen != k.Current().Generation && retryFailed(gen) && burst.IsZero() {
+			if burst.IsZero() && behind() {
 				reload("poll")
 			}
 		case <-hup:
@@ -365,9 +377,7 @@ func (k *Keystore) Watch(ctx context.Context, hup <-chan os.Signal, interval tim
 			if gen := dataGen(); gen != "" && gen != k.Current().Generation {
 				reload("expiry") // a newer generation on disk, whatever failed before
 			}
-			if cur := k.Current(); !cur.ExpiresAt.After(time.Now()) {
-				k.log.Error().Str("generation", cur.Generation).Time("expired", cur.ExpiresAt).Msg("keys expired: not ready until a new generation loads (is keys fetch --watch running?)")
-			}
+			k.noteExpired(k.Current())
 		}
 	}
 }
