@@ -77,7 +77,6 @@ func (p *frameParser) atBoundary() bool { return p.n == 0 && p.skip == 0 }
 type streamTrack struct {
 	finIn  bool // the peer closed its side (FIN received)
 	finOut bool // we sent FIN
-	rst    bool // reset in either direction
 	gone   bool // removed from the table: both FINs or a reset
 	onGone []func()
 	st     *Stream // the Stream wrapping it, if any (see attach)
@@ -89,7 +88,7 @@ type streamTrack struct {
 	// has reached yamux.
 	avail  atomic.Int64
 	ended  atomic.Bool
-	reset  atomic.Bool            // rst, for Stream.Cut
+	reset  atomic.Bool            // reset in either direction (set under the table lock; Stream.Cut reads it without)
 	notify atomic.Pointer[func()] // Stream.NotifyReadable's f
 
 	// filling: yamux is reading the body of a data frame of the stream
@@ -205,7 +204,6 @@ func (t *streamTable) inbound(h *[yHeaderLen]byte) (*streamTrack, error) {
 		st.finIn = true
 	}
 	if flags&yFlagRST != 0 {
-		st.rst = true
 		st.reset.Store(true)
 	}
 	t.settle(id, st)
@@ -233,7 +231,6 @@ func (t *streamTable) outbound(h *[yHeaderLen]byte) error {
 		t.finished()
 	}
 	if flags&yFlagRST != 0 {
-		st.rst = true
 		st.reset.Store(true)
 		// A reset sent here that no caller of Stream.Reset is waiting on
 		// (yamux's StreamCloseTimeout) ends the stream for a
@@ -305,7 +302,7 @@ func (t *streamTable) unreserve() {
 
 // settle removes a finished stream, as yamux does at the same frame.
 func (t *streamTable) settle(id uint32, st *streamTrack) {
-	if !(st.finIn && st.finOut) && !st.rst {
+	if !(st.finIn && st.finOut) && !st.reset.Load() {
 		return
 	}
 	delete(t.m, id)
@@ -358,7 +355,7 @@ func (t *streamTable) finReceived(st *streamTrack) bool {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return st.finIn && !st.rst
+	return st.finIn && !st.reset.Load()
 }
 
 // whenGone runs f (once) when st leaves the table, now if it has or the
