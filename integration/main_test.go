@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -145,7 +146,7 @@ func startProc(t *testing.T, name string, env []string, bin string, args ...stri
 	// Killed with the test binary too, should it die without cleanups (a
 	// -timeout panic): no D-TA or sidecar is left running.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := startFromForker(cmd); err != nil {
 		cancel()
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -168,6 +169,29 @@ func startProc(t *testing.T, name string, env []string, bin string, args ...stri
 		}
 	})
 	return p
+}
+
+// forker is the goroutine that starts every long-running child, locked to
+// one OS thread for the life of the test binary. Pdeathsig fires when the
+// thread that forked the child exits, not the process (golang/go#27505), and
+// tpInNetns ends its threads on purpose: a child forked from a thread that
+// later ran a namespace helper was SIGKILLed mid-test.
+var forker = make(chan func())
+
+func init() {
+	go func() {
+		runtime.LockOSThread()
+		for f := range forker {
+			f()
+		}
+	}()
+}
+
+// startFromForker starts cmd on the forker's thread.
+func startFromForker(cmd *exec.Cmd) error {
+	errc := make(chan error, 1)
+	forker <- func() { errc <- cmd.Start() }
+	return <-errc
 }
 
 func (p *proc) exited() bool {
@@ -214,7 +238,11 @@ func (p *proc) waitListening(timeout time.Duration) string {
 func (p *proc) signal(sig syscall.Signal) {
 	p.t.Helper()
 	if err := p.cmd.Process.Signal(sig); err != nil {
-		p.t.Fatalf("signal %v to %s: %v", sig, p.name, err)
+		state := "running"
+		if p.exited() {
+			state = p.state.String()
+		}
+		p.t.Fatalf("signal %v to %s: %v (%s)", sig, p.name, err, state)
 	}
 }
 
