@@ -202,16 +202,30 @@ func TestLimitsProcess(t *testing.T) {
 		echoLine(t, held[1], "still")
 	})
 
-	// --quiet=handshake-errs: a refused handshake is counted, not logged.
+	// --quiet=handshake-errs: probe noise (a scanner's bytes) is counted,
+	// not logged; a proven identity refused by --allow-id is still logged.
 	t.Run("quiet", func(t *testing.T) {
 		s := e.server(t, "server (quiet)", e.echo.addr, "--allow-id", "spiffe://test.example/ns/admin/*", "--quiet=handshake-errs")
+		probe, err := net.Dial("tcp", s.listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = probe.Write([]byte("GET / HTTP/1.1\r\nHost: scanner\r\n\r\n"))
+		_, _ = io.Copy(io.Discard, probe) // the server ends it
+		probe.Close()
+		if !eventually(5*time.Second, func() bool { return s.metric(t, "milagro_handshakes_total", `result="bad_message"`) >= 1 }) {
+			t.Fatal("the scanner's bytes were not counted")
+		}
+		if n := s.logNone(quiet, "handshake failed"); n != 0 {
+			t.Errorf("--quiet=handshake-errs: %d \"handshake failed\" lines for a scanner", n)
+		}
 		c := e.client(t, "client (quiet)", s.listen)
 		mustBeRefused(t, c, 2*time.Second)
 		if !eventually(5*time.Second, func() bool { return s.metric(t, "milagro_handshakes_total", `result="unauthorized"`) >= 1 }) {
 			t.Fatal("the refused handshake was not counted")
 		}
-		if n := s.logNone(quiet, "handshake failed"); n != 0 {
-			t.Errorf("--quiet=handshake-errs: %d \"handshake failed\" lines", n)
+		if n := s.logCount(1, "handshake failed", "client not authorised", clientID); n != 1 {
+			t.Errorf("--quiet=handshake-errs: %d \"handshake failed\" lines for the identity --allow-id refused, want 1:\n%s", n, s.stderr.String())
 		}
 	})
 }

@@ -223,7 +223,12 @@ func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
 			AnErr("reason", sess.Err()).Msg("session closed")
 	}}
 	c.sessLogs.Store(sess, sl)
+	// Counted with the connections' handlers, so that settle waits for the
+	// "session closed" line too. Add is safe here: the pool dials inside
+	// an app connection's Open, whose handler is counted until it returns.
+	c.t.handlers.Add(1)
 	go func() {
+		defer c.t.handlers.Done()
 		<-sess.Done()
 		c.t.removeSession(sess)
 		c.m.Sessions.Dec()

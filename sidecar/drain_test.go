@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -131,5 +132,25 @@ func TestDrainForceAndLogs(t *testing.T) {
 	}
 	if n := len(logLines(t, p.sLog, "session closed")); n != 1 {
 		t.Errorf("%d \"session closed\" lines when Run returned, want 1", n)
+	}
+}
+
+// TestClientSessionLineBeforeRunReturns: the client's "session closed" line
+// is written before Run returns, after which main exits. Its goroutine was
+// not counted with the handlers settle waits for: on one CPU (a pod with a
+// 1-CPU limit runs GOMAXPROCS=1) the line was lost in most runs.
+func TestClientSessionLineBeforeRunReturns(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	for i := range 5 {
+		p := startPair(t, echoBackend(t, 0), nil)
+		if err := echoOnce(p.clientListen, []byte("hi")); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.cliRun.stop(t); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(logLines(t, p.cLog, "session closed")); n != 1 {
+			t.Errorf("run %d: %d \"session closed\" lines when Run returned, want 1", i, n)
+		}
 	}
 }

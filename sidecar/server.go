@@ -249,7 +249,11 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 		s.m.Handshakes.WithLabelValues(handshakeResult(err)).Inc()
 		var me *mpinkex.Error
 		isMpinkex := errors.As(err, &me)
-		if !s.cfg.quiet("handshake-errs") {
+		// --quiet handshake-errs silences probe noise. A refusal by
+		// --allow-id is not noise: the client proved a domain identity
+		// (ErrPolicy comes only after the pairing check), so it is an
+		// audit line and always written.
+		if !s.cfg.quiet("handshake-errs") || errors.Is(err, mpinkex.ErrPolicy) {
 			ev := s.log.Warn().Str("remote", remote).Err(err)
 			if isMpinkex && me.ClaimedID != "" {
 				ev = ev.Str("claimed_client", me.ClaimedID) // unauthenticated
