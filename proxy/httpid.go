@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -25,8 +28,41 @@ type HTTPConfig struct {
 	// ReadHeaderTimeout bounds reading a request's header; IdleTimeout
 	// closes a connection with no request for that long (0: none).
 	ReadHeaderTimeout, IdleTimeout time.Duration
-	// OnBackendError, if set, is told why a request got 502 Bad Gateway.
+	// OnBackendError, if set, is told why a request got 502 Bad Gateway:
+	// the backend failed it. A request its client abandoned (the
+	// connection closed, or the body broke off) is not the backend's
+	// failure and is not reported.
 	OnBackendError func(error)
+	// Count, if set, is called as bytes move on the served connections:
+	// up is what the client sent (read), else what it was sent.
+	Count func(up bool, n int)
+	// ResponseTimeout bounds the wait for the backend's response header
+	// (504 Gateway Timeout after it); 0: no bound.
+	ResponseTimeout time.Duration
+	// ErrorLog receives net/http's own error lines (a body copy cut
+	// short, a handler panic); nil: the standard logger.
+	ErrorLog *log.Logger
+}
+
+// clientBodyError is an error reading a request's body from the client:
+// the client broke off an upload (or sent a malformed chunked body). The
+// backend request fails with it, but the backend did nothing wrong.
+type clientBodyError struct{ err error }
+
+func (e *clientBodyError) Error() string {
+	return "read request body from the client: " + e.err.Error()
+}
+func (e *clientBodyError) Unwrap() error { return e.err }
+
+// clientBody tags the errors of a request body read from the client.
+type clientBody struct{ io.ReadCloser }
+
+func (b clientBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		err = &clientBodyError{err}
+	}
+	return n, err
 }
 
 // HTTPIdentityProxy serves HTTP on connections whose peer is already
@@ -38,6 +74,7 @@ type HTTPIdentityProxy struct {
 	tr    *http.Transport
 	conns chan net.Conn
 	stop  chan struct{}
+	count func(up bool, n int)
 	once  sync.Once
 }
 
@@ -53,14 +90,19 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 	if network == "unix" {
 		u.Host = "backend"
 	}
-	p := &HTTPIdentityProxy{conns: make(chan net.Conn), stop: make(chan struct{})}
+	p := &HTTPIdentityProxy{conns: make(chan net.Conn), stop: make(chan struct{}), count: cfg.Count}
 	p.tr = &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			d := net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: cfg.KeepAlive}
 			return d.DialContext(ctx, network, addr)
 		},
-		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     90 * time.Second,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: cfg.ResponseTimeout,
+		// What the app asked for, byte for byte: Go's transport would
+		// otherwise ask for gzip itself and unpack the answer, dropping
+		// Content-Length and leaving the gzip version's ETag on it.
+		DisableCompression: true,
 	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
@@ -78,36 +120,65 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 			}
 		},
 		Transport: p.tr,
+		ErrorLog:  cfg.ErrorLog,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if cfg.OnBackendError != nil {
-				cfg.OnBackendError(err)
+			var cbe *clientBodyError
+			switch {
+			case errors.As(err, &cbe):
+				http.Error(w, "incomplete request body", http.StatusBadRequest)
+			case r.Context().Err() != nil:
+				// The client left (see the handler): nobody reads an answer.
+				w.WriteHeader(http.StatusBadGateway)
+			case isTimeout(err):
+				if cfg.OnBackendError != nil {
+					cfg.OnBackendError(err)
+				}
+				http.Error(w, "backend timed out", http.StatusGatewayTimeout)
+			default:
+				if cfg.OnBackendError != nil {
+					cfg.OnBackendError(err)
+				}
+				http.Error(w, "backend unreachable", http.StatusBadGateway)
 			}
-			http.Error(w, "backend unreachable", http.StatusBadGateway)
 		},
 	}
 	p.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			// net/http cancels a request when its connection reads EOF,
-			// but a client that half-closes after its request (nc -N,
-			// HTTP/1.0 scripts) still reads the answer: the backend
-			// request ends only when the connection is closed. (A
-			// context with a Done channel also keeps ReverseProxy off
-			// CloseNotify, which fires on that EOF too.)
+			// net/http cancels a request when its connection reads EOF.
+			// That is how a client that gives up (closes) is seen, and
+			// the backend request then ends, as it would behind nginx or
+			// Envoy. A request that says it is the connection's last
+			// (HTTP/1.0, Connection: close) may be followed by a
+			// half-close (nc -N, scripts) and still reads the answer:
+			// its backend request ends only when the connection is
+			// closed. (A context with a Done channel also keeps
+			// ReverseProxy off CloseNotify, which fires on that EOF.)
 			ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 			defer cancel()
 			if ic, ok := r.Context().Value(identityKey{}).(*identityConn); ok {
+				eof := r.Context().Done() // net/http's: EOF or a reset
+				if r.Close {
+					eof = nil
+				}
 				go func() { // ends with the request (cancel) at the latest
 					select {
 					case <-ic.done:
+						cancel()
+					case <-eof:
 						cancel()
 					case <-ctx.Done():
 					}
 				}()
 			}
-			rp.ServeHTTP(w, r.WithContext(ctx))
+			r = r.WithContext(ctx)
+			if r.Body != nil && r.Body != http.NoBody {
+				r.Body = clientBody{r.Body}
+			}
+			rp.ServeHTTP(w, r)
 		}),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
+		ErrorLog:          cfg.ErrorLog,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if ic, ok := c.(*identityConn); ok {
 				return context.WithValue(ctx, identityKey{}, ic)
@@ -143,7 +214,7 @@ func (p *HTTPIdentityProxy) Run(ctx context.Context) {
 // written to it. If ctx ends or the proxy stops before taking conn, conn
 // is closed and nothing was served.
 func (p *HTTPIdentityProxy) Serve(ctx context.Context, conn net.Conn, identity string) (read, written int64) {
-	ic := &identityConn{Conn: conn, identity: identity, done: make(chan struct{})}
+	ic := &identityConn{Conn: conn, identity: identity, count: p.count, done: make(chan struct{})}
 	select {
 	case p.conns <- ic:
 	case <-ctx.Done():
@@ -162,6 +233,7 @@ func (p *HTTPIdentityProxy) Serve(ctx context.Context, conn net.Conn, identity s
 type identityConn struct {
 	net.Conn
 	identity      string
+	count         func(up bool, n int) // nil: not counted as the bytes move
 	read, written atomic.Int64
 	once          sync.Once
 	done          chan struct{}
@@ -170,12 +242,18 @@ type identityConn struct {
 func (c *identityConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.read.Add(int64(n))
+	if c.count != nil && n > 0 {
+		c.count(true, n)
+	}
 	return n, err
 }
 
 func (c *identityConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.written.Add(int64(n))
+	if c.count != nil && n > 0 {
+		c.count(false, n)
+	}
 	return n, err
 }
 
@@ -183,6 +261,13 @@ func (c *identityConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { close(c.done) })
 	return err
+}
+
+// isTimeout reports whether err is a timeout: the backend did not answer
+// (or could not be dialled) in time.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // chanListener is a net.Listener whose connections come from a channel.

@@ -2,13 +2,17 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -28,10 +32,13 @@ func httpBackend(t *testing.T, h http.Handler) string {
 }
 
 // startHTTPProxy runs an HTTPIdentityProxy to target until the test ends.
-func startHTTPProxy(t *testing.T, target string, onErr func(error)) (*HTTPIdentityProxy, context.CancelFunc, <-chan struct{}) {
+func startHTTPProxy(t *testing.T, target string, onErr func(error), mod ...func(*HTTPConfig)) (*HTTPIdentityProxy, context.CancelFunc, <-chan struct{}) {
 	t.Helper()
-	p, err := NewHTTPIdentityProxy(HTTPConfig{Target: target, ConnectTimeout: time.Second,
-		ReadHeaderTimeout: 5 * time.Second, OnBackendError: onErr})
+	cfg := HTTPConfig{Target: target, ConnectTimeout: time.Second, ReadHeaderTimeout: 5 * time.Second, OnBackendError: onErr}
+	for _, f := range mod {
+		f(&cfg)
+	}
+	p, err := NewHTTPIdentityProxy(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,9 +217,10 @@ func TestHTTPIdentityHeaderSpellings(t *testing.T) {
 
 // TestHTTPIdentityProxyHalfClose: a client that half-closes after its
 // request (nc -N, HTTP/1.0 scripts) gets the answer, as in TCP mode. (A
-// half-close and a client gone look alike, an EOF, so a backend request
-// is not cancelled by that EOF; it is when the proxy closes the
-// connection: at shutdown here, or at the stream's idle timeout.)
+// half-close and a client gone look alike, an EOF, so the backend request
+// of a request that said it was the connection's last is not cancelled by
+// that EOF; it is when the proxy closes the connection, at shutdown here.
+// Any other request's is cancelled by the EOF: TestHTTPIdentityProxyClientGone.)
 func TestHTTPIdentityProxyHalfClose(t *testing.T) {
 	canceled := make(chan struct{}, 1)
 	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -235,7 +243,8 @@ func TestHTTPIdentityProxyHalfClose(t *testing.T) {
 	}
 
 	c2, _ := serveOne(t, p, "id")
-	io.WriteString(c2, "GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+	io.WriteString(c2, "GET /wait HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	c2.(*net.TCPConn).CloseWrite()
 	time.Sleep(100 * time.Millisecond)
 	stop()
 	select {
@@ -244,3 +253,210 @@ func TestHTTPIdentityProxyHalfClose(t *testing.T) {
 		t.Error("the backend request was not cancelled when the proxy closed its connection")
 	}
 }
+
+// TestHTTPIdentityProxyClientGone: a client that gives up on a request
+// (closes its connection, here after 100 ms) ends the backend request at
+// once, as behind nginx or Envoy; before, it ran on (and held its stream)
+// until the backend answered, for ever with a hung backend.
+func TestHTTPIdentityProxyClientGone(t *testing.T) {
+	canceled := make(chan struct{}, 1)
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+			canceled <- struct{}{}
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	var backendErrors atomic.Int32
+	p, _, _ := startHTTPProxy(t, backend, func(error) { backendErrors.Add(1) })
+	c, out := serveOne(t, p, "id")
+	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+	time.Sleep(100 * time.Millisecond)
+	c.Close()
+	select {
+	case <-canceled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the backend request went on after its client left")
+	}
+	select {
+	case <-out:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve still holds the connection of a client that left")
+	}
+	if n := backendErrors.Load(); n != 0 {
+		t.Errorf("a client that left counted as %d backend errors", n)
+	}
+}
+
+// TestHTTPIdentityProxyClientBodyErrors: an upload the client breaks off
+// is the client's failure: 400 (to a client that still reads), and not
+// reported as a backend error (it had marked a healthy backend down). A
+// backend that fails is still reported: TestHTTPIdentityProxyBackendDown.
+func TestHTTPIdentityProxyClientBodyErrors(t *testing.T) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+	var mu sync.Mutex
+	var reported []error
+	p, _, _ := startHTTPProxy(t, backend, func(err error) { mu.Lock(); reported = append(reported, err); mu.Unlock() })
+	for _, req := range []string{
+		"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789",
+		"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\nzz",
+	} {
+		c, _ := serveOne(t, p, "id")
+		io.WriteString(c, req)
+		time.Sleep(100 * time.Millisecond) // the body is being forwarded
+		c.(*net.TCPConn).CloseWrite()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(c)
+		if !strings.HasPrefix(string(b), "HTTP/1.1 400") {
+			t.Errorf("%q then EOF: got %q, want 400", req[:30], b)
+		}
+	}
+	mu.Lock()
+	if len(reported) != 0 {
+		t.Errorf("the client's broken uploads were reported as backend errors: %v", reported)
+	}
+	mu.Unlock()
+
+}
+
+// TestHTTPIdentityProxyTransparent: the backend sees the app's request as
+// sent, and the app the backend's answer: no Accept-Encoding added, no
+// answer unpacked (Go's transport would ask for gzip and unpack it,
+// dropping Content-Length and keeping the gzip version's ETag).
+func TestHTTPIdentityProxyTransparent(t *testing.T) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Got-Accept-Encoding", r.Header.Get("Accept-Encoding"))
+		w.Header().Set("ETag", `"v1"`)
+		if r.Header.Get("Accept-Encoding") == "gzip" {
+			w.Header().Set("Content-Encoding", "gzip")
+			w.Header().Set("Content-Length", "6")
+			w.Write([]byte("GZDATA"))
+			return
+		}
+		w.Header().Set("Content-Length", "5")
+		w.Write([]byte("plain"))
+	}))
+	p, _, _ := startHTTPProxy(t, backend, nil)
+	for _, tc := range []struct{ ae, wantAE, wantBody, wantCE string }{
+		{"", "", "plain", ""},
+		{"gzip", "gzip", "GZDATA", "gzip"},
+	} {
+		c, _ := serveOne(t, p, "id")
+		req := "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+		if tc.ae != "" {
+			req += "Accept-Encoding: " + tc.ae + "\r\n"
+		}
+		io.WriteString(c, req+"\r\n")
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		c.Close()
+		if got := resp.Header.Get("Got-Accept-Encoding"); got != tc.wantAE {
+			t.Errorf("app sent Accept-Encoding %q: backend saw %q", tc.ae, got)
+		}
+		if string(body) != tc.wantBody || resp.Header.Get("Content-Encoding") != tc.wantCE || resp.ContentLength != int64(len(tc.wantBody)) {
+			t.Errorf("app sent Accept-Encoding %q: got body %q, Content-Encoding %q, length %d; want %q, %q, %d",
+				tc.ae, body, resp.Header.Get("Content-Encoding"), resp.ContentLength, tc.wantBody, tc.wantCE, len(tc.wantBody))
+		}
+	}
+}
+
+// TestHTTPIdentityProxyResponseTimeout: a backend that does not answer
+// within ResponseTimeout gets the client a 504, reported as the backend's
+// failure.
+func TestHTTPIdentityProxyResponseTimeout(t *testing.T) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	var backendErrors atomic.Int32
+	p, _, _ := startHTTPProxy(t, backend, func(error) { backendErrors.Add(1) }, func(c *HTTPConfig) { c.ResponseTimeout = 300 * time.Millisecond })
+	c, _ := serveOne(t, p, "id")
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, _ := io.ReadAll(c); !strings.HasPrefix(string(b), "HTTP/1.1 504") {
+		t.Errorf("got %q, want 504", b)
+	}
+	if n := backendErrors.Load(); n != 1 {
+		t.Errorf("%d backend errors reported, want 1", n)
+	}
+}
+
+// TestHTTPIdentityProxyErrorLogAndCount: net/http's own error lines go to
+// ErrorLog (they went to the standard logger: plain text in a JSON log),
+// and Count sees the bytes as they move, before the connection ends.
+func TestHTTPIdentityProxyErrorLogAndCount(t *testing.T) {
+	flushed := make(chan struct{})
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/short" {
+			w.Header().Set("Content-Length", "100")
+			w.Write([]byte("only nine"))
+			return // net/http closes: the proxy's body copy fails
+		}
+		w.Write([]byte("first part\n"))
+		w.(http.Flusher).Flush()
+		<-flushed
+	}))
+	var logged syncBuf
+	var up, down atomic.Int64
+	p, _, _ := startHTTPProxy(t, backend, nil, func(c *HTTPConfig) {
+		c.ErrorLog = log.New(&logged, "", 0)
+		c.Count = func(isUp bool, n int) {
+			if isUp {
+				up.Add(int64(n))
+			} else {
+				down.Add(int64(n))
+			}
+		}
+	})
+	c, _ := serveOne(t, p, "id")
+	io.WriteString(c, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		l, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l == "first part\n" || strings.HasSuffix(l, "first part\n") {
+			break
+		}
+	}
+	if u, d := up.Load(), down.Load(); u == 0 || d == 0 {
+		t.Errorf("while the answer streams, Count saw %d bytes up and %d down, want both > 0", u, d)
+	}
+	close(flushed)
+	c.Close()
+
+	c2, _ := serveOne(t, p, "id")
+	io.WriteString(c2, "GET /short HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.ReadAll(c2)
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logged.String(), "ReverseProxy read error") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(logged.String(), "ReverseProxy read error") {
+		t.Errorf("ErrorLog got %q, want net/http's body copy error", logged.String())
+	}
+}
+
+// syncBuf is a bytes.Buffer safe for a logger's writes and a test's reads.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }

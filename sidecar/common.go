@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"os"
 	"slices"
@@ -19,6 +20,17 @@ import (
 	"github.com/milagro-sc/milagro/proxy"
 	"github.com/milagro-sc/milagro/psk"
 )
+
+// stdLogger is a standard library logger (what net/http writes its own
+// errors to) whose lines become warn lines of l: the log stays JSON.
+func stdLogger(l zerolog.Logger) *stdlog.Logger { return stdlog.New(warnWriter{l}, "", 0) }
+
+type warnWriter struct{ l zerolog.Logger }
+
+func (w warnWriter) Write(p []byte) (int, error) {
+	w.l.Warn().Msg(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
 
 // ErrDrainTimeout is returned by Run when SIGTERM's drain did not finish
 // within the shutdown timeout and connections were cut (exit status 1).
@@ -146,7 +158,7 @@ func (c *Common) runBeside(bg context.Context, wg *sync.WaitGroup, m *Metrics, k
 					shutdown()
 				}
 			}
-			if err := serveStatus(bg, sl, m, c.EnablePprof, status, stop); err != nil {
+			if err := serveStatus(bg, sl, m, c.EnablePprof, status, stop, log); err != nil {
 				log.Error().Err(err).Msg("status endpoint failed")
 			}
 		})

@@ -169,6 +169,11 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 		hp, err := proxy.NewHTTPIdentityProxy(proxy.HTTPConfig{
 			Target: s.cfg.Target, ConnectTimeout: s.cfg.ConnectTimeout, KeepAlive: localTCPKeepAlive(s.cfg.Target),
 			ReadHeaderTimeout: s.cfg.HandshakeTO, IdleTimeout: s.cfg.SessionIdle,
+			// --idle-timeout: a backend quiet that long before it answers
+			// gets 504, as a quiet TCP stream is cut.
+			ResponseTimeout: s.cfg.IdleTimeout,
+			ErrorLog:        stdLogger(s.log.With().Str("component", "http").Logger()),
+			Count:           s.m.countBytes,
 			OnBackendError: func(err error) {
 				s.m.BackendErrors.Inc()
 				s.noteBackend(s.cfg.Target, err)
@@ -611,7 +616,7 @@ func (s *Server) serveHTTPStream(ctx context.Context, in *psk.IncomingStream, lo
 	}
 	start := time.Now()
 	up, down := s.httpProxy.Serve(ctx, st, st.Session().PeerID())
-	s.m.streamClosed(log, start, proxy.Stats{AToB: up, BToA: down}, nil, false).Uint32("stream", st.StreamID()).Str("target", target).Bool("http", true).Msg("stream closed")
+	s.m.streamClosed(log, start, proxy.Stats{AToB: up, BToA: down}, nil, true).Uint32("stream", st.StreamID()).Str("target", target).Bool("http", true).Msg("stream closed")
 	done(up, down)
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
 	"golang.org/x/net/netutil"
 
 	"github.com/milagro-sc/milagro/proxy"
@@ -94,7 +95,7 @@ const maxStatusConns = 64
 // calls it with the caller's address and answers 202: the drain has begun
 // (the endpoint stays up until the drain ends, /readyz answers 503
 // meanwhile); from any other address it answers 403.
-func serveStatus(ctx context.Context, ln net.Listener, m *Metrics, pprofOn bool, status func(full bool) StatusInfo, shutdown func(from string)) error {
+func serveStatus(ctx context.Context, ln net.Listener, m *Metrics, pprofOn bool, status func(full bool) StatusInfo, shutdown func(from string), log zerolog.Logger) error {
 	mux := http.NewServeMux()
 	if shutdown != nil {
 		mux.HandleFunc("POST /_shutdown", func(w http.ResponseWriter, r *http.Request) {
@@ -141,7 +142,8 @@ func serveStatus(ctx context.Context, ln net.Listener, m *Metrics, pprofOn bool,
 	// Bounded like the data plane: idle keep-alive connections end, and
 	// at most maxStatusConns are open (probes and scrapers need a few).
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-		WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second}
+		WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second,
+		ErrorLog: stdLogger(log.With().Str("component", "status").Logger())}
 	if pprofOn {
 		srv.WriteTimeout = 70 * time.Second // /debug/pprof/profile?seconds=60
 	}
