@@ -117,6 +117,7 @@ type ServerConfig struct {
 	UnsafeTarget  bool              `yaml:"unsafe-target"`
 	MaxHandshakes int               `yaml:"max-handshakes"`
 	RequirePermit bool              `yaml:"require-permit"`
+	MaxSessionAge time.Duration     `yaml:"max-session-age"`
 }
 
 // Route maps an application destination to an upstream server sidecar and
@@ -159,7 +160,7 @@ func commonDefaults(c *Common, listen string) {
 
 // DefaultServerConfig returns the server defaults.
 func DefaultServerConfig() *ServerConfig {
-	c := &ServerConfig{MaxHandshakes: 64}
+	c := &ServerConfig{MaxHandshakes: 64, MaxSessionAge: 10 * time.Minute}
 	commonDefaults(&c.Common, ":8443")
 	return c
 }
@@ -227,6 +228,7 @@ func (c *ServerConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.UnsafeTarget, "unsafe-target", c.UnsafeTarget, "allow a backend that is not on loopback (plaintext leaves the host)")
 	fs.IntVar(&c.MaxHandshakes, "max-handshakes", c.MaxHandshakes, "handshakes doing pairing work at once; a new handshake arriving past it is answered 'overloaded' (waiting for a peer holds no slot)")
 	fs.BoolVar(&c.RequirePermit, "require-permit", c.RequirePermit, "refuse clients without a time permit for the current epoch (makes revocation effective)")
+	fs.DurationVar(&c.MaxSessionAge, "max-session-age", c.MaxSessionAge, "send a session GoAway after this long (±10%), so that clients' new connections spread over the replicas behind a load balancer; its streams go on (0: never)")
 }
 
 // RegisterFlags binds the client flags to c.

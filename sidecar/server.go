@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -89,6 +90,9 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 	}
 	if cfg.MaxHandshakes <= 0 {
 		return nil, configErr(errors.New("--max-handshakes must be positive"))
+	}
+	if cfg.MaxSessionAge < 0 {
+		return nil, configErr(errors.New("--max-session-age must not be negative"))
 	}
 	routeACL := map[string]*AllowList{}
 	for name, pats := range cfg.RouteAllow {
@@ -284,6 +288,9 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	var streams atomic.Int64
 	var up, down atomic.Int64
 	var wg sync.WaitGroup
+	if s.cfg.MaxSessionAge > 0 {
+		wg.Go(func() { s.ageOut(sess, log) })
+	}
 	for {
 		in, err := sess.Accept(ctx)
 		if err != nil {
@@ -336,6 +343,40 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	s.m.Sessions.Dec()
 	log.Info().Int64("streams", streams.Load()).Int64("bytes_up", up.Load()).Int64("bytes_down", down.Load()).
 		Dur("duration", time.Since(start)).AnErr("reason", sess.Err()).Msg("session closed")
+}
+
+// ageOut ends sess gracefully once it is --max-session-age old (±10%, so
+// that the sessions of clients started together do not end together): a
+// GoAway sends the client's new connections to a new session, which a
+// load balancer (a Kubernetes Service) may give to another replica, and
+// the session closes once its streams have ended in both directions,
+// however long they take. A session that ends first ends it.
+func (s *Server) ageOut(sess *psk.Session, log zerolog.Logger) {
+	age := s.cfg.MaxSessionAge
+	age += time.Duration(rand.Int64N(int64(age)/5+1)) - age/10
+	t := time.NewTimer(age)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-sess.Done():
+		return
+	}
+	log.Debug().Dur("age", age).Msg("session reached --max-session-age: going away")
+	if sess.GoAway() != nil {
+		return // ended meanwhile
+	}
+	// Closed once no stream is left in either direction (a stream whose
+	// backend has finished may still carry the app's upload).
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for sess.NumStreams() > 0 {
+		select {
+		case <-tick.C:
+		case <-sess.Done():
+			return
+		}
+	}
+	sess.Close()
 }
 
 // Lingering after a refusal (see closeAfterAlert): how long after an

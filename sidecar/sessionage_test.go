@@ -1,0 +1,63 @@
+package sidecar
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestMaxSessionAge: a server session older than --max-session-age gets a
+// GoAway, so the client's new connections go to a new session (through a
+// load balancer, possibly another replica), while a connection it carries
+// goes on; the old session closes once that connection has ended. No app
+// connection fails across the change.
+func TestMaxSessionAge(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, _ *ClientConfig) { s.MaxSessionAge = 300 * time.Millisecond })
+	held := p.holdApps(t, 1)[0]
+
+	var failed atomic.Int32
+	var wg sync.WaitGroup
+	stop := time.Now().Add(1500 * time.Millisecond)
+	for range 2 {
+		wg.Go(func() {
+			for time.Now().Before(stop) {
+				if err := echoOnce(p.clientListen, []byte("across the GoAway")); err != nil {
+					failed.Add(1)
+					t.Errorf("app connection: %v", err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	if n := len(logLines(t, p.sLog, "session open")); n < 3 {
+		t.Errorf("%d sessions opened in 1.5 s with --max-session-age 300ms, want at least 3", n)
+	}
+	if err := pingEcho(held); err != nil {
+		t.Fatalf("the connection held on the first session was cut: %v", err)
+	}
+	// Every session is past its age now; those without streams close, the
+	// one carrying held stays until held ends.
+	waitFor(t, 5*time.Second, "the sessions without streams closed", func() bool { return p.srv.t.numSessions() == 1 })
+	time.Sleep(500 * time.Millisecond)
+	if n := p.srv.t.numSessions(); n != 1 {
+		t.Fatalf("%d sessions while held is open, want its 1", n)
+	}
+	held.Close()
+	waitFor(t, 5*time.Second, "held's session closed once held ended", func() bool { return p.srv.t.numSessions() == 0 })
+}
+
+// TestMaxSessionAgeOff: 0 never ends a session.
+func TestMaxSessionAgeOff(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, _ *ClientConfig) { s.MaxSessionAge = 0 })
+	for range 5 {
+		if err := echoOnce(p.clientListen, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := len(logLines(t, p.sLog, "session open")); n != 1 {
+		t.Errorf("%d sessions, want 1", n)
+	}
+}
