@@ -348,8 +348,14 @@ func TestKubernetesManifests(t *testing.T) {
 				} else {
 					clients = append(clients, p)
 				}
-				if !sidecar {
-					t.Errorf("%s: `milagro %s` in container %s should be a native sidecar (an init container with restartPolicy: Always), so that it starts before the app and stops after it", where, p.cmd, ct.Name)
+				switch {
+				case p.cmd == "client" && !sidecar:
+					t.Errorf("%s: `milagro client` in container %s should be a native sidecar (an init container with restartPolicy: Always), so that it starts before the app and stops after it", where, ct.Name)
+				case p.cmd == "server" && isInit:
+					// Kubernetes stops a native sidecar only once the app
+					// has exited: meanwhile clients' warm sessions would
+					// carry new connections to a dead backend.
+					t.Errorf("%s: `milagro server` in container %s should be a regular container beside the app, so that it gets SIGTERM with the app and sends its clients GoAway at once (and the app a preStop sleep, to outlive the drain's start)", where, ct.Name)
 				}
 				checkStatusProbes(t, where, ct, p)
 				checkKeysFromFetcher(t, where, spec, i, ct, p, fetchersHere)
@@ -365,6 +371,24 @@ func TestKubernetesManifests(t *testing.T) {
 			}
 		}
 		if hasServer {
+			// The app behind a server must outlive the GoAway: a preStop
+			// sleep delays its SIGTERM while clients move away, and the
+			// grace period covers that sleep and the server's drain.
+			for _, ct := range spec.Containers {
+				if milagroArgv(&ct) != nil {
+					continue
+				}
+				var sleep int64
+				if ct.Lifecycle != nil && ct.Lifecycle.PreStop != nil && ct.Lifecycle.PreStop.Sleep != nil {
+					sleep = ct.Lifecycle.PreStop.Sleep.Seconds
+				}
+				if sleep < 3 {
+					t.Errorf("%s: app container %s behind milagro server needs lifecycle.preStop.sleep (a few seconds), so that it serves while clients move to other replicas", where, ct.Name)
+				}
+				if g := spec.TerminationGracePeriodSeconds; g == nil || *g < sleep+20 {
+					t.Errorf("%s: terminationGracePeriodSeconds must cover the app's preStop sleep (%d s) and the server's drain", where, sleep)
+				}
+			}
 			for _, o := range objs {
 				if s, ok := o.obj.(*corev1.Service); ok && selects(s.Spec.Selector, w.tmpl.Labels) {
 					for _, sp := range s.Spec.Ports {
