@@ -277,8 +277,11 @@ type scStatusDoc struct {
 		Upstream string `json:"upstream"`
 		VerifyID string `json:"verify_id"`
 		Stats    struct {
-			Dials, DialFailures, Opens, OpenFailures uint64
-			Sessions                                 int
+			Dials        uint64 `json:"dials"`
+			DialFailures uint64 `json:"dial_failures"`
+			Opens        uint64 `json:"opens"`
+			OpenFailures uint64 `json:"open_failures"`
+			Sessions     int    `json:"sessions"`
 		} `json:"stats"`
 	} `json:"upstreams"`
 }

@@ -30,10 +30,17 @@ type PoolOptions struct {
 	// a second after the wait waits for the next dial; one with no
 	// deadline, or too close a one, fails at once with the last error.
 	MinBackoff, MaxBackoff time.Duration
+	// RetryDial, if set, reports whether an Open whose own dial failed
+	// with err waits for the next dial too (within its deadline, as
+	// above): a failure to connect, which a moment may cure (a replica
+	// that has just stopped listening, a restart), not a refusal. nil:
+	// such an Open fails with the dial's error.
+	RetryDial func(err error) bool
 }
 
 // ErrUpstreamDown is wrapped by Open while the pool backs off after failed
-// session dials.
+// session dials. A SessionDialer may wrap it too, in an error that says
+// the upstream could not be reached.
 var ErrUpstreamDown = errors.New("upstream unavailable")
 
 // Pool keeps secure sessions to one upstream for the client side: app
@@ -70,11 +77,18 @@ type Pool struct {
 	stats PoolStats
 }
 
-// PoolStats are counters for observability.
+// PoolStats are counters for observability (the client's /_status).
 type PoolStats struct {
-	Dials, DialFailures, Opens, OpenFailures uint64
-	Checks                                   uint64 // sessions set aside for a ping after an Open timed out
-	Sessions                                 int
+	Dials        uint64 `json:"dials"`
+	DialFailures uint64 `json:"dial_failures"`
+	Opens        uint64 `json:"opens"`
+	OpenFailures uint64 `json:"open_failures"`
+	Checks       uint64 `json:"checks"`   // sessions set aside for a ping after an Open timed out
+	Sessions     int    `json:"sessions"` // live sessions
+	// While dials fail: the last one's error and when the next may be
+	// made (empty and zero once a dial has worked).
+	LastDialError string    `json:"last_dial_error,omitempty"`
+	RetryAt       time.Time `json:"retry_at,omitzero"`
 }
 
 // NewPool makes a pool; it dials nothing until the first Open.
@@ -99,7 +113,14 @@ func (p *Pool) Stats() PoolStats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := p.stats
-	s.Sessions = len(p.sessions)
+	for _, x := range p.sessions {
+		if !x.IsClosed() { // an ended session leaves the list at the next Open
+			s.Sessions++
+		}
+	}
+	if p.lastErr != nil {
+		s.LastDialError, s.RetryAt = p.lastErr.Error(), p.retryAt
+	}
 	return s
 }
 
@@ -300,6 +321,12 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 			b := p.opt.MinBackoff << min(p.failures-1, 20)
 			b = min(b, p.opt.MaxBackoff)
 			p.retryAt = time.Now().Add(b/2 + rand.N(b/2+1))
+			if p.opt.RetryDial != nil && p.opt.RetryDial(err) && !p.closed {
+				if dl, ok := ctx.Deadline(); ok && dl.Sub(p.retryAt) > time.Second {
+					p.mu.Unlock()
+					continue // the backoff above waits for the next dial
+				}
+			}
 			p.mu.Unlock()
 			return nil, false, err
 		}

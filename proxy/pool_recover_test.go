@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -152,6 +154,56 @@ func TestPoolWaitsForRetry(t *testing.T) {
 	if st := p.Stats(); st.Dials != 2 || st.DialFailures != 1 {
 		t.Errorf("Stats %+v, want 2 dials (one failed)", st)
 	}
+}
+
+// TestPoolRetryDial: with RetryDial, an Open whose own dial failed to
+// connect waits for the next dial within its deadline, so an app
+// connection that arrives while a replica restarts is served once it is
+// back; an error RetryDial does not take fails at once.
+func TestPoolRetryDial(t *testing.T) {
+	addr := closedAddr(t)
+	refused := func(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+	p := newTestPool(t, addr, PoolOptions{MinBackoff: 200 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, RetryDial: refused})
+	up := make(chan *echoUpstream, 1)
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		up <- newEchoUpstream(t, addr)
+	}()
+	start := time.Now()
+	if err := roundTrip(t, p, []byte("after the restart")); err != nil {
+		t.Fatalf("Open across the restart: %v", err)
+	}
+	if st := p.Stats(); st.Dials < 2 || st.DialFailures < 1 || st.OpenFailures != 0 || st.Sessions != 1 || st.LastDialError != "" || !st.RetryAt.IsZero() {
+		t.Errorf("Stats %+v after %v, want failed dials, then one that worked (no dial error left), one session and no failed Open", st, time.Since(start))
+	}
+
+	// A session that has ended is not counted, although it leaves the
+	// pool's list only at the next Open.
+	(<-up).killSessions()
+	waitForPool(t, 5*time.Second, "the ended session uncounted", func() bool { return p.Stats().Sessions == 0 })
+
+	// An error RetryDial does not take: at once.
+	never := newTestPool(t, closedAddr(t), PoolOptions{MinBackoff: 2 * time.Second, RetryDial: func(error) bool { return false }})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start = time.Now()
+	if _, err := never.Open(ctx, ""); err == nil || time.Since(start) > time.Second {
+		t.Errorf("Open with a dial error RetryDial refuses: %v after %v, want the error at once", err, time.Since(start))
+	}
+	// What /_status shows of an upstream that is down.
+	if st := never.Stats(); !strings.Contains(st.LastDialError, "connection refused") || time.Until(st.RetryAt) <= 0 || st.Sessions != 0 {
+		t.Errorf("Stats %+v, want the dial error, a retry time ahead and no session", st)
+	}
+}
+
+// closedAddr is a loopback address nothing listens on.
+func closedAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 func waitForPool(t *testing.T, d time.Duration, what string, cond func() bool) {

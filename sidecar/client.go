@@ -150,7 +150,12 @@ func (c *Client) newUpstream(addr, verifyID, serverID, target string) (*upstream
 	}
 	u := &upstream{addr: addr, verifyID: verifyID, serverID: serverID, target: target}
 	u.pool = proxy.NewPool(func(ctx context.Context) (*psk.Session, error) { return c.dial(ctx, u) },
-		proxy.PoolOptions{MaxStreamsPerSession: c.cfg.MaxStreams, MaxSessions: c.cfg.MaxSessions})
+		proxy.PoolOptions{MaxStreamsPerSession: c.cfg.MaxStreams, MaxSessions: c.cfg.MaxSessions,
+			// A connect failure (a replica that has just stopped
+			// listening, a restart) may be cured by the next dial: the
+			// app connection waits for it within its time. A refused
+			// handshake is not retried.
+			RetryDial: func(err error) bool { return errors.Is(err, proxy.ErrUpstreamDown) }})
 	return u, nil
 }
 
@@ -166,7 +171,7 @@ func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
 		conn, err := d.DialContext(ctx, "tcp", u.addr)
 		if err != nil {
 			c.m.Handshakes.WithLabelValues("connect_failed").Inc()
-			return nil, fmt.Errorf("connect %s: %w", u.addr, err)
+			return nil, fmt.Errorf("connect %s: %w: %w", u.addr, proxy.ErrUpstreamDown, err)
 		}
 		conn = BufferedConn(conn)
 		k := c.keys.Current()
@@ -452,6 +457,9 @@ func streamFailure(err error) string {
 	}
 	if errors.Is(err, proxy.ErrUpstreamDown) {
 		return "upstream_down"
+	}
+	if errors.Is(err, psk.ErrTooManyStreams) {
+		return "over_limit"
 	}
 	return "error"
 }

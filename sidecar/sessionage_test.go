@@ -61,3 +61,39 @@ func TestMaxSessionAgeOff(t *testing.T) {
 		t.Errorf("%d sessions, want 1", n)
 	}
 }
+
+// TestClientRidesOutServerRestart: an app connection that arrives while
+// its upstream is down (a replica that has just stopped listening, a
+// restart) waits for the next dial within its time and is served once the
+// server is back; before, the first one was refused at once. One the pool
+// cannot serve within its time is counted upstream_down.
+func TestClientRidesOutServerRestart(t *testing.T) {
+	backend := echoBackend(t, 0)
+	p := startPair(t, backend, nil)
+	if err := echoOnce(p.clientListen, []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	addr := p.srv.Addr()
+	if err := p.srvRun.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(700 * time.Millisecond)
+		scfg := DefaultServerConfig()
+		scfg.Listen, scfg.Target, scfg.Keys = addr, backend, p.sdir
+		scfg.AllowIDs = []string{"spiffe://test.example/ns/web/**"}
+		srv, err := NewServer(scfg, bufLog(t, "server (restarted)"))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		run(t, srv.Run, nil)
+	}()
+	start := time.Now()
+	if err := echoOnce(p.clientListen, []byte("during the restart")); err != nil {
+		t.Fatalf("app connection during the restart: %v after %v", err, time.Since(start))
+	}
+	if n := counter(t, p.cli.m.StreamsTotal.WithLabelValues("error")) + counter(t, p.cli.m.StreamsTotal.WithLabelValues("upstream_down")); n != 0 {
+		t.Errorf("%v app connections failed", n)
+	}
+}

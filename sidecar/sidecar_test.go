@@ -600,6 +600,12 @@ func TestClientMaxSessions(t *testing.T) {
 	if st := p.cli.status(false); len(st.Upstreams) != 1 || st.Upstreams[0].Stats.Dials != 1 {
 		t.Errorf("client status %+v, want one upstream with one dial", st.Upstreams)
 	}
+	waitFor(t, 5*time.Second, "the refusal counted as over_limit", func() bool {
+		return counter(t, p.cli.m.StreamsTotal.WithLabelValues("over_limit")) == 1
+	})
+	if n := counter(t, p.cli.m.StreamsTotal.WithLabelValues("error")); n != 0 {
+		t.Errorf("streams_total{result=error} = %v, want 0 (the refusal is over_limit)", n)
+	}
 }
 
 // TestDrainCountsUnacceptedStreams: a stream the client opened before the
