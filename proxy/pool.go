@@ -27,13 +27,16 @@ type PoolOptions struct {
 	// MinBackoff and MaxBackoff bound the wait after a failed dial
 	// (defaults 200 ms, 5 s), doubled from one to the other while dials
 	// fail, with jitter. Meanwhile an Open whose context leaves more than
-	// a second after the wait waits for the next dial; one with no
-	// deadline, or too close a one, fails at once with the last error.
+	// a second after the wait waits for the next dial (once: if that
+	// fails too, so does the Open); one with no deadline, or too close a
+	// one, fails at once with the last error.
 	MinBackoff, MaxBackoff time.Duration
 	// RetryDial, if set, reports whether an Open whose own dial failed
-	// with err waits for the next dial too (within its deadline, as
-	// above): a failure to connect, which a moment may cure (a replica
-	// that has just stopped listening, a restart), not a refusal. nil:
+	// with err dials once more after the backoff (within its deadline,
+	// as above): a failure to connect, which the next dial may not meet
+	// (behind a load balancer, a replica that has just stopped
+	// listening), not a refusal. Once only, so that an app connection
+	// to an upstream that is down still fails within a backoff. nil:
 	// such an Open fails with the dial's error.
 	RetryDial func(err error) bool
 }
@@ -227,6 +230,10 @@ func (p *Pool) drop(s *psk.Session) {
 // session returns the least loaded live session with room, or dials one
 // (fresh: this call dialled it).
 func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
+	// An Open waits out at most one backoff, and retries its own failed
+	// dial at most once (RetryDial): while the upstream is down, an app
+	// connection fails within about a backoff, not at its deadline.
+	waited, retried := false, false
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -282,7 +289,8 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 		if now := time.Now(); now.Before(p.retryAt) {
 			retryAt, lastErr := p.retryAt, p.lastErr
 			p.mu.Unlock()
-			if dl, ok := ctx.Deadline(); ok && dl.Sub(retryAt) > time.Second {
+			if dl, ok := ctx.Deadline(); ok && dl.Sub(retryAt) > time.Second && !waited {
+				waited = true
 				// Time enough for the next dial: wait for it (or for
 				// another Open's), rather than fail an app connection
 				// that could be served once the upstream is back.
@@ -321,8 +329,9 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 			b := p.opt.MinBackoff << min(p.failures-1, 20)
 			b = min(b, p.opt.MaxBackoff)
 			p.retryAt = time.Now().Add(b/2 + rand.N(b/2+1))
-			if p.opt.RetryDial != nil && p.opt.RetryDial(err) && !p.closed {
+			if !retried && p.opt.RetryDial != nil && p.opt.RetryDial(err) && !p.closed {
 				if dl, ok := ctx.Deadline(); ok && dl.Sub(p.retryAt) > time.Second {
+					retried = true
 					p.mu.Unlock()
 					continue // the backoff above waits for the next dial
 				}

@@ -157,24 +157,29 @@ func TestPoolWaitsForRetry(t *testing.T) {
 }
 
 // TestPoolRetryDial: with RetryDial, an Open whose own dial failed to
-// connect waits for the next dial within its deadline, so an app
-// connection that arrives while a replica restarts is served once it is
-// back; an error RetryDial does not take fails at once.
+// connect dials once more after the backoff, within its deadline: an app
+// connection that meets a replica that has just stopped listening (or a
+// quick restart) is served by the next dial. Once only: an upstream that
+// stays down fails the Open after two dials, not at its deadline; an
+// error RetryDial does not take fails it at once.
 func TestPoolRetryDial(t *testing.T) {
 	addr := closedAddr(t)
 	refused := func(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
-	p := newTestPool(t, addr, PoolOptions{MinBackoff: 200 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, RetryDial: refused})
+	opt := PoolOptions{MinBackoff: 300 * time.Millisecond, MaxBackoff: 300 * time.Millisecond, RetryDial: refused}
+	p := newTestPool(t, addr, opt)
 	up := make(chan *echoUpstream, 1)
-	go func() {
-		time.Sleep(500 * time.Millisecond)
+	go func() { // back as soon as the first dial has failed
+		for p.Stats().DialFailures == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
 		up <- newEchoUpstream(t, addr)
 	}()
 	start := time.Now()
 	if err := roundTrip(t, p, []byte("after the restart")); err != nil {
 		t.Fatalf("Open across the restart: %v", err)
 	}
-	if st := p.Stats(); st.Dials < 2 || st.DialFailures < 1 || st.OpenFailures != 0 || st.Sessions != 1 || st.LastDialError != "" || !st.RetryAt.IsZero() {
-		t.Errorf("Stats %+v after %v, want failed dials, then one that worked (no dial error left), one session and no failed Open", st, time.Since(start))
+	if st := p.Stats(); st.Dials != 2 || st.DialFailures != 1 || st.OpenFailures != 0 || st.Sessions != 1 || st.LastDialError != "" || !st.RetryAt.IsZero() {
+		t.Errorf("Stats %+v after %v, want a failed dial, then one that worked (no dial error left), one session and no failed Open", st, time.Since(start))
 	}
 
 	// A session that has ended is not counted, although it leaves the
@@ -182,17 +187,28 @@ func TestPoolRetryDial(t *testing.T) {
 	(<-up).killSessions()
 	waitForPool(t, 5*time.Second, "the ended session uncounted", func() bool { return p.Stats().Sessions == 0 })
 
-	// An error RetryDial does not take: at once.
-	never := newTestPool(t, closedAddr(t), PoolOptions{MinBackoff: 2 * time.Second, RetryDial: func(error) bool { return false }})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	down := newTestPool(t, closedAddr(t), opt)
+	start = time.Now()
+	if _, err := down.Open(ctx, ""); err == nil || time.Since(start) > 2*time.Second || down.Stats().Dials != 2 {
+		t.Errorf("Open to an upstream that stays down: %v after %v and %d dials, want an error after 2 dials, well before the deadline", err, time.Since(start), down.Stats().Dials)
+	}
+	// What /_status shows of an upstream that is down.
+	if st := down.Stats(); !strings.Contains(st.LastDialError, "connection refused") || time.Until(st.RetryAt) <= 0 || st.Sessions != 0 {
+		t.Errorf("Stats %+v, want the dial error, a retry time ahead and no session", st)
+	}
+
+	// One that arrives during the backoff waits for the next dial, once.
+	start = time.Now()
+	if _, err := down.Open(ctx, ""); !errors.Is(err, ErrUpstreamDown) || time.Since(start) > 2*time.Second || down.Stats().Dials != 3 {
+		t.Errorf("Open during the backoff to an upstream that stays down: %v after %v and %d dials in all, want ErrUpstreamDown after one more dial", err, time.Since(start), down.Stats().Dials)
+	}
+
+	never := newTestPool(t, closedAddr(t), PoolOptions{MinBackoff: 2 * time.Second, RetryDial: func(error) bool { return false }})
 	start = time.Now()
 	if _, err := never.Open(ctx, ""); err == nil || time.Since(start) > time.Second {
 		t.Errorf("Open with a dial error RetryDial refuses: %v after %v, want the error at once", err, time.Since(start))
-	}
-	// What /_status shows of an upstream that is down.
-	if st := never.Stats(); !strings.Contains(st.LastDialError, "connection refused") || time.Until(st.RetryAt) <= 0 || st.Sessions != 0 {
-		t.Errorf("Stats %+v, want the dial error, a retry time ahead and no session", st)
 	}
 }
 
