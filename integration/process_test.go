@@ -134,6 +134,28 @@ func TestKeystoreProcess(t *testing.T) {
 		}
 	})
 
+	// SIGHUP reloads keys, not the --config file: a changed file is
+	// reported, with what to do (systemctl reload users expect stunnel's
+	// re-read); an unchanged one is not.
+	t.Run("sighup-config", func(t *testing.T) {
+		cfg := filepath.Join(t.TempDir(), "server.yaml")
+		if err := os.WriteFile(cfg, []byte("max-handshakes: 32\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s := e.server(t, "server (sighup config)", e.echo.addr, "--config", cfg)
+		s.signal(syscall.SIGHUP)
+		s.waitLog(t, 5*time.Second, 1, "keys unchanged: same generation")
+		if n := s.logNone(quiet, "the --config file has changed since the start: restart to apply it (SIGHUP reloads keys only)"); n != 0 {
+			t.Errorf("unchanged config: %d warnings", n)
+		}
+		if err := os.WriteFile(cfg, []byte("max-handshakes: 8\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s.signal(syscall.SIGHUP)
+		s.waitLog(t, 5*time.Second, 1, "the --config file has changed since the start: restart to apply it (SIGHUP reloads keys only)", cfg)
+		s.waitLog(t, 5*time.Second, 2, "keys unchanged: same generation")
+	})
+
 	// --timed-reload reloads on its own.
 	t.Run("timed-reload", func(t *testing.T) {
 		c := e.client(t, "client (timed reload)", e.echo.addr, "--timed-reload", "200ms")

@@ -420,7 +420,7 @@ func (c *Client) openApp(ctx context.Context, app net.Conn, u *upstream) *route 
 	if err != nil {
 		app.Close()
 		c.m.StreamsTotal.WithLabelValues(streamFailure(err)).Inc()
-		c.log.Warn().Err(err).Str("upstream", u.addr).Str("app", app.RemoteAddr().String()).Msg("connection refused: no secure stream")
+		withHint(c.log.Warn().Err(err), err).Str("upstream", u.addr).Str("app", app.RemoteAddr().String()).Msg("connection refused: no secure stream")
 		return nil
 	}
 	return &route{app: app, st: st, u: u}
@@ -445,6 +445,28 @@ func (c *Client) pipe(ctx context.Context, r *route, done func()) {
 		}
 		done()
 	})
+}
+
+// withHint adds to a refusal's log line what to check, where the error
+// alone does not say it: the server's Alert carries one code for every
+// refusal, and where it came tells them apart (PROTOCOL.md §5).
+func withHint(ev *zerolog.Event, err error) *zerolog.Event {
+	var me *mpinkex.Error
+	var alert *mpinkex.AlertError
+	if !errors.As(err, &me) || me.Role != "client" || !errors.As(err, &alert) {
+		return ev
+	}
+	switch {
+	case alert.Code == mpinkex.AlertOverloaded:
+		return ev.Str("hint", "the server is at its --max-handshakes; the pool retries after a backoff")
+	case alert.Code != mpinkex.AlertHandshakeFailure:
+		return ev
+	case me.Step == "read Msg2":
+		return ev.Str("hint", "the server does not hold the identity asked for: check --verify-id/--server-id, and that both sides' keys are of one domain")
+	case me.Step == "read Msg4":
+		return ev.Str("hint", "the server refused this client: check its --allow-id (and --route-allow), --require-permit with a missing or revoked permit, or this client's --factor-file")
+	}
+	return ev
 }
 
 func streamFailure(err error) string {
@@ -560,7 +582,7 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 	cancel()
 	if err != nil {
 		c.m.StreamsTotal.WithLabelValues(streamFailure(err)).Inc()
-		c.log.Warn().Err(err).Str("destination", dest).Str("upstream", u.addr).Str("app", app).Msg("CONNECT failed")
+		withHint(c.log.Warn().Err(err), err).Str("destination", dest).Str("upstream", u.addr).Str("app", app).Msg("CONNECT failed")
 		code, msg := http.StatusBadGateway, "upstream or backend unreachable\n"
 		var r *psk.StreamRefusedError
 		switch {

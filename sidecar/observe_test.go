@@ -206,3 +206,34 @@ func TestServerMaxConnsStreams(t *testing.T) {
 		t.Errorf("the other held connection: %v", err)
 	}
 }
+
+// TestRefusalHints: the client's refusal line says what to check, which
+// the Alert's one code does not: refused at Msg2, the server does not hold
+// the identity asked for; at Msg4, it refused this client.
+func TestRefusalHints(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(*ServerConfig, *ClientConfig)
+		want string
+	}{
+		{"identity the server lacks", func(_ *ServerConfig, c *ClientConfig) {
+			c.VerifyID, c.ServerID = "spiffe://test.example/ns/pay/**", "spiffe://test.example/ns/pay/sa/other"
+		}, "--verify-id/--server-id"},
+		{"client not allowed", func(s *ServerConfig, _ *ClientConfig) { s.AllowIDs = []string{"spiffe://test.example/ns/nobody/**"} }, "--allow-id"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startPair(t, echoBackend(t, 0), tc.mod)
+			if err := echoOnce(p.clientListen, []byte("x")); err == nil {
+				t.Fatal("went through")
+			}
+			var lines []map[string]any
+			waitFor(t, 5*time.Second, "the refusal line", func() bool {
+				lines = logLines(t, p.cLog, "connection refused: no secure stream")
+				return len(lines) > 0
+			})
+			if h, _ := lines[0]["hint"].(string); !strings.Contains(h, tc.want) {
+				t.Errorf("hint %q, want one naming %s (error %v)", h, tc.want, lines[0]["error"])
+			}
+		})
+	}
+}

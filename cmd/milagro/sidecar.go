@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"flag"
 	"fmt"
@@ -100,11 +101,15 @@ func (s *signals) release() {
 // runSidecar runs a server or client until SIGTERM/SIGINT, reloading keys on
 // SIGHUP; exit 0 after a clean drain, 1 when the drain timed out. A second
 // SIGTERM or SIGINT during the drain ends it at once (force), exit 1.
-func runSidecar(sigs *signals, run func(ctx context.Context, hup <-chan os.Signal) error, force func()) error {
+func runSidecar(sigs *signals, run func(ctx context.Context, hup <-chan os.Signal) error, force func(), config string, log zerolog.Logger) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan struct{})
 	defer close(done)
+	hup := (<-chan os.Signal)(sigs.hup)
+	if config != "" {
+		hup = noteConfigChange(config, log, sigs.hup, done)
+	}
 	go func() { // ends with the run
 		for n := 0; ; n++ {
 			select {
@@ -119,7 +124,40 @@ func runSidecar(sigs *signals, run func(ctx context.Context, hup <-chan os.Signa
 			}
 		}
 	}()
-	return run(ctx, sigs.hup)
+	return run(ctx, hup)
+}
+
+// noteConfigChange passes SIGHUPs on (they reload keys) and, when the
+// --config file has changed since the start, logs that a restart is needed
+// to apply it: SIGHUP (systemctl reload) does not re-read it, as stunnel's
+// users might expect. It ends with done.
+func noteConfigChange(path string, log zerolog.Logger, in <-chan os.Signal, done <-chan struct{}) <-chan os.Signal {
+	sum := func() [32]byte {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return [32]byte{}
+		}
+		return sha256.Sum256(b)
+	}
+	start := sum()
+	out := make(chan os.Signal, 1)
+	go func() {
+		for {
+			select {
+			case sig := <-in:
+				if sum() != start {
+					log.Warn().Str("config", path).Msg("the --config file has changed since the start: restart to apply it (SIGHUP reloads keys only)")
+				}
+				select {
+				case out <- sig:
+				default: // a reload is pending already
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+	return out
 }
 
 func runServer(args []string, _, stderr io.Writer) error {
@@ -139,7 +177,7 @@ func runServer(args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return configError(err)
 	}
-	return runSidecar(sigs, srv.Run, srv.Force)
+	return runSidecar(sigs, srv.Run, srv.Force, configFile(args), log)
 }
 
 func runClient(args []string, _, stderr io.Writer) error {
@@ -159,7 +197,7 @@ func runClient(args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return configError(err)
 	}
-	return runSidecar(sigs, cl.Run, cl.Force)
+	return runSidecar(sigs, cl.Run, cl.Force, configFile(args), log)
 }
 
 // configError makes configuration mistakes usage errors (exit 2) and keeps
