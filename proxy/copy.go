@@ -190,6 +190,11 @@ func newPipe(ctx context.Context, a, b net.Conn, idle time.Duration, done func(S
 // buffer's worth within the timeout: its connections are then reset, as
 // for any cut, so that neither end takes what it got for a whole transfer.
 func (p *pipe) idleClose(w *idleWatch) {
+	p.mu.Lock()
+	if p.cutErr == nil {
+		p.cutErr = ErrIdleTimeout // what done reports, if nothing worse
+	}
+	p.mu.Unlock()
 	if w.writing.Load() > 0 {
 		resetConn(p.a)
 		resetConn(p.b)
@@ -807,6 +812,9 @@ func (w *idleWatch) stop() {
 	w.t.Stop()
 	w.mu.Unlock()
 }
+
+// ErrIdleTimeout is the end of a pipe that the idle timeout closed.
+var ErrIdleTimeout = errors.New("idle timeout: nothing moved in either direction")
 
 func firstReal(errs ...error) error {
 	for _, e := range errs {

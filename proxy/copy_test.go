@@ -202,8 +202,9 @@ func TestPipeIdleTimeout(t *testing.T) {
 			t.Errorf("%s: after idle close, read: %v, want EOF", name, err)
 		}
 	}
-	if r.err != nil {
-		t.Errorf("idle timeout is a normal end, Pipe returned %v", r.err)
+	// The ends are clean (FIN), and Pipe says why they came.
+	if !errors.Is(r.err, ErrIdleTimeout) {
+		t.Errorf("idle timeout: Pipe returned %v, want ErrIdleTimeout", r.err)
 	}
 }
 

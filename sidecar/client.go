@@ -438,7 +438,7 @@ func (c *Client) pipe(ctx context.Context, r *route, done func()) {
 	}
 	proxy.StartCounting(ctx, r.app, r.st, c.cfg.IdleTimeout, c.m.countBytes, func(stats proxy.Stats, err error) {
 		stats.AToB += r.early // counted in the metric when sent
-		c.m.streamClosed(c.log, start, stats, err, true).Str("upstream", r.u.addr).Str("server", r.st.Session().PeerID()).
+		c.m.streamClosed(c.log, start, stats, c.t.endErr(err), true).Str("upstream", r.u.addr).Str("server", r.st.Session().PeerID()).
 			Uint32("stream", r.st.StreamID()).Msg("stream closed")
 		if sl != nil {
 			sl.(*sessionLog).streamDone(stats.AToB, stats.BToA)

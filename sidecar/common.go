@@ -215,6 +215,21 @@ type tracker struct {
 	handlers sync.WaitGroup  // the connections' goroutines, until they have logged their end
 	forced   context.Context // ended by force: every drain's context derives from it
 	force    func()          // ends a drain under way at once
+	cut      atomic.Bool     // a drain has timed out and is closing what is left
+}
+
+// errDrainCut is how a connection that a drain cut (its time was up) ends
+// in its log line and count: the copy sees only its own sockets closed.
+var errDrainCut = errors.New("cut at the end of --shutdown-timeout")
+
+// endErr is what a proxied connection's end is logged and counted as: err,
+// or errDrainCut for one that ended cleanly while a timed-out drain was
+// closing everything.
+func (t *tracker) endErr(err error) error {
+	if err == nil && t.cut.Load() {
+		return errDrainCut
+	}
+	return err
 }
 
 func newTracker() *tracker {
@@ -335,6 +350,9 @@ func (t *tracker) drain(ctx context.Context) bool {
 	}
 	t.mu.Lock()
 	clean := len(t.conns) == 0 && t.streams.Load() == 0
+	if !clean {
+		t.cut.Store(true)
+	}
 	ss := make([]*psk.Session, 0, len(t.sessions))
 	for s := range t.sessions {
 		ss = append(ss, s)

@@ -2,9 +2,11 @@ package sidecar
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -151,6 +153,57 @@ func TestClientSessionLineBeforeRunReturns(t *testing.T) {
 		}
 		if n := len(logLines(t, p.cLog, "session closed")); n != 1 {
 			t.Errorf("run %d: %d \"session closed\" lines when Run returned, want 1", i, n)
+		}
+	}
+}
+
+// TestDrainCutCountedAsCut: connections a timed-out (here forced) drain
+// cuts are logged and counted as cut, not as clean ends: the client's
+// copies see only their own sockets closed, which had read as "ok".
+func TestDrainCutCountedAsCut(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(_ *ServerConfig, c *ClientConfig) { c.ShutdownTimeout = time.Minute })
+	p.holdApps(t, 2)
+	p.cliRun.cancel()
+	waitFor(t, 5*time.Second, "draining", func() bool { return p.cli.draining.Load() })
+	p.cli.Force()
+	select {
+	case <-p.cliRun.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after Force")
+	}
+	lines := logLines(t, p.cLog, "stream closed")
+	if len(lines) != 2 {
+		t.Fatalf("%d \"stream closed\" lines, want 2", len(lines))
+	}
+	for _, l := range lines {
+		if e, _ := l["error"].(string); !strings.Contains(e, "--shutdown-timeout") {
+			t.Errorf("a cut stream logged error %q, want the cut", e)
+		}
+	}
+	if ok, cut := counter(t, p.cli.m.StreamsTotal.WithLabelValues("ok")), counter(t, p.cli.m.StreamsTotal.WithLabelValues("error")); ok != 0 || cut != 2 {
+		t.Errorf("streams_total ok %v, error %v; want 0 and 2", ok, cut)
+	}
+}
+
+// TestIdleCutCounted: a connection --idle-timeout closes is logged with why
+// and counted idle_timeout on both sides (it read as a clean "ok").
+func TestIdleCutCounted(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, c *ClientConfig) {
+		s.IdleTimeout, c.IdleTimeout = 200*time.Millisecond, 200*time.Millisecond
+	})
+	app := p.holdApps(t, 1)[0]
+	app.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(app); err != nil {
+		t.Fatalf("idle close: %v, want EOF", err)
+	}
+	for name, m := range map[string]*Metrics{"client": p.cli.m, "server": p.srv.m} {
+		waitFor(t, 5*time.Second, name+" counts the idle cut", func() bool {
+			return counter(t, m.StreamsTotal.WithLabelValues("idle_timeout")) == 1
+		})
+	}
+	for name, b := range map[string]*logBuf{"client": p.cLog, "server": p.sLog} {
+		if l := logLines(t, b, "stream closed"); len(l) != 1 || !strings.Contains(fmt.Sprint(l[0]["error"]), "idle timeout") {
+			t.Errorf("%s: stream closed lines %v, want one saying idle timeout", name, l)
 		}
 	}
 }

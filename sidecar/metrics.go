@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,7 +82,7 @@ var handshakeBuckets = []float64{0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02
 var (
 	handshakeResults = []string{"ok", "unauthorized", "auth_failed", "bad_message", "overloaded", "refused", "key_mismatch",
 		"timeout", "closed", "error", "connect_failed"}
-	streamResults = []string{"ok", "error", "refused", "unreachable", "upstream_down", "bad_header", "over_limit"}
+	streamResults = []string{"ok", "error", "idle_timeout", "refused", "unreachable", "upstream_down", "bad_header", "over_limit"}
 )
 
 // countBytes is proxy.StartCounting's count: bytes are counted as they
@@ -115,7 +116,10 @@ func (m *Metrics) streamClosed(log zerolog.Logger, start time.Time, st proxy.Sta
 		m.down.Add(float64(st.BToA))
 	}
 	result, ev := "ok", log.Info()
-	if err != nil {
+	switch {
+	case errors.Is(err, proxy.ErrIdleTimeout):
+		result, ev = "idle_timeout", log.Info().Err(err)
+	case err != nil:
 		result, ev = "error", log.Info().Err(err)
 	}
 	m.StreamsTotal.WithLabelValues(result).Inc()

@@ -657,7 +657,7 @@ func (s *Server) serveHTTPStream(ctx context.Context, in *psk.IncomingStream, lo
 	}
 	start := time.Now()
 	up, down := s.httpProxy.Serve(ctx, st, st.Session().PeerID())
-	s.m.streamClosed(log, start, proxy.Stats{AToB: up, BToA: down}, nil, true).Uint32("stream", st.StreamID()).Str("target", target).Bool("http", true).Msg("stream closed")
+	s.m.streamClosed(log, start, proxy.Stats{AToB: up, BToA: down}, s.t.endErr(nil), true).Uint32("stream", st.StreamID()).Str("target", target).Bool("http", true).Msg("stream closed")
 	done(up, down)
 }
 
@@ -668,7 +668,7 @@ func (s *Server) serveHTTPStream(ctx context.Context, in *psk.IncomingStream, lo
 func (s *Server) pipeStream(ctx context.Context, p *openedStream, log zerolog.Logger, finish func(up, down int64)) {
 	start := time.Now()
 	proxy.StartCounting(ctx, p.st, p.backend, s.cfg.IdleTimeout, s.m.countBytes, func(stats proxy.Stats, err error) {
-		s.m.streamClosed(log, start, stats, err, true).Uint32("stream", p.st.StreamID()).Str("target", p.target).Msg("stream closed")
+		s.m.streamClosed(log, start, stats, s.t.endErr(err), true).Uint32("stream", p.st.StreamID()).Str("target", p.target).Msg("stream closed")
 		finish(stats.AToB, stats.BToA)
 	})
 }
