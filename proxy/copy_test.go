@@ -612,11 +612,12 @@ func TestStartQuietEnds(t *testing.T) {
 		name    string
 		idle    time.Duration
 		end     func(cancel context.CancelFunc, up *echoUpstream)
-		wantErr bool
+		wantErr bool  // an abnormal end: the app is reset
+		wantEnd error // what done reports, if not nil or abnormal
 	}{
-		{"idle timeout", 200 * time.Millisecond, func(context.CancelFunc, *echoUpstream) {}, false},
-		{"cancel", 0, func(cancel context.CancelFunc, _ *echoUpstream) { cancel() }, false},
-		{"session dies", 0, func(_ context.CancelFunc, up *echoUpstream) { up.killSessions() }, true},
+		{"idle timeout", 200 * time.Millisecond, func(context.CancelFunc, *echoUpstream) {}, false, ErrIdleTimeout},
+		{"cancel", 0, func(cancel context.CancelFunc, _ *echoUpstream) { cancel() }, false, nil},
+		{"session dies", 0, func(_ context.CancelFunc, up *echoUpstream) { up.killSessions() }, true, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := newEchoUpstream(t, "127.0.0.1:0")
@@ -645,7 +646,12 @@ func TestStartQuietEnds(t *testing.T) {
 			tc.end(cancel, up)
 			select {
 			case err := <-done:
-				if (err != nil) != tc.wantErr {
+				switch {
+				case tc.wantEnd != nil:
+					if !errors.Is(err, tc.wantEnd) {
+						t.Errorf("Start ended with %v, want %v", err, tc.wantEnd)
+					}
+				case (err != nil) != tc.wantErr:
 					t.Errorf("Start ended with %v, want an error: %v", err, tc.wantErr)
 				}
 			case <-time.After(10 * time.Second):
