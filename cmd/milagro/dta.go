@@ -116,7 +116,7 @@ func runDTAServe(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *dir == "" || *policyPath == "" {
-		return usagef("--dir and --policy are required")
+		return usagef("--dir and --policy are required (or MILAGRO_DTA_DIR and MILAGRO_DTA_POLICY)")
 	}
 	log, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {

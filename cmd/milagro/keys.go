@@ -38,7 +38,7 @@ func runKeysFetch(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *domainPath == "" || *identity == "" || *tokenFile == "" || *out == "" {
-		return usagef("--domain, --identity, --token-file and --out are required")
+		return usagef("--domain, --identity, --token-file and --out are required (or MILAGRO_DOMAIN, MILAGRO_IDENTITY, MILAGRO_TOKEN_FILE and MILAGRO_KEYS)")
 	}
 	log, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
