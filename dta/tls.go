@@ -57,23 +57,36 @@ func (o *TLSOptions) mode() (string, error) {
 	return m, nil
 }
 
-// Listen opens the D-TA's listener on addr with the chosen TLS mode. ACME
-// certificates are obtained before it returns and renewed in the background
-// until ctx ends.
-func Listen(ctx context.Context, addr string, o TLSOptions) (net.Listener, error) {
+// Check reports a choice of TLS mode and address that Listen refuses:
+// none or several modes, or plain HTTP off loopback. The command line
+// calls it before anything else, so that such a mistake is a usage error.
+func (o TLSOptions) Check(addr string) error {
 	mode, err := o.mode()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if mode == "http" {
 		host, _, err := net.SplitHostPort(addr)
 		if err != nil {
-			return nil, fmt.Errorf("listen %s: %w", addr, err)
+			return fmt.Errorf("listen %s: %w", addr, err)
 		}
 		ip := net.ParseIP(host)
 		if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-			return nil, fmt.Errorf("--insecure-http serves only on a loopback address, not %q", addr)
+			return fmt.Errorf("--insecure-http serves only on a loopback address, not %q", addr)
 		}
+	}
+	return nil
+}
+
+// Listen opens the D-TA's listener on addr with the chosen TLS mode. ACME
+// certificates are obtained before it returns and renewed in the background
+// until ctx ends.
+func Listen(ctx context.Context, addr string, o TLSOptions) (net.Listener, error) {
+	if err := o.Check(addr); err != nil {
+		return nil, err
+	}
+	mode, _ := o.mode()
+	if mode == "http" {
 		return net.Listen("tcp", addr)
 	}
 	var cfg *tls.Config
@@ -85,6 +98,7 @@ func Listen(ctx context.Context, addr string, o TLSOptions) (net.Listener, error
 		}
 		cfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	case "acme":
+		var err error
 		if cfg, err = acmeConfig(ctx, o); err != nil {
 			return nil, err
 		}

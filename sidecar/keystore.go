@@ -139,7 +139,9 @@ func (k *Keystore) load() (*Keys, error) {
 		switch {
 		case set.Token != nil:
 			if k.factor == "" {
-				return nil, fmt.Errorf("key directory %s stores a client token: give --factor-file", k.dir)
+				// A setting missing, not a broken key: at the start a
+				// usage error (exit 2: no restart loop can mend it).
+				return nil, configErr(fmt.Errorf("key directory %s stores a client token: give --factor-file", k.dir))
 			}
 			keys.Client, err = mpinkex.NewClientKeyFromToken(set.Identity, *set.Token, k.factor)
 		case set.CS != nil:

@@ -118,6 +118,9 @@ func runDTAServe(args []string, stdout, stderr io.Writer) error {
 	if *dir == "" || *policyPath == "" {
 		return usagef("--dir and --policy are required (or MILAGRO_DTA_DIR and MILAGRO_DTA_POLICY)")
 	}
+	if err := tlsOpt.Check(*listen); err != nil {
+		return usagef("%v", err)
+	}
 	log, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
 		return err
