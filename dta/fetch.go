@@ -271,7 +271,9 @@ func Watch(ctx context.Context, opt FetchOptions, log zerolog.Logger, onFetch fu
 				return nil
 			}
 			wait = backoff/2 + rand.N(backoff/2+1)
+			msg := "key fetch failed; no key set yet"
 			if cur, err := keydir.Load(opt.Out); err == nil {
+				msg = "key fetch failed; keeping the current set"
 				cur.Zeroize() // only its epochs are needed
 				if e := cur.Epochs(); len(e) > 0 {
 					end := time.Unix(int64(e[len(e)-1]+1)*int64(cur.Domain.EpochLen), 0)
@@ -280,7 +282,7 @@ func Watch(ctx context.Context, opt FetchOptions, log zerolog.Logger, onFetch fu
 					}
 				}
 			}
-			log.Warn().Err(err).Dur("retry_in", wait).Msg("key fetch failed; keeping the current set")
+			log.Warn().Err(err).Dur("retry_in", wait).Msg(msg)
 			backoff = min(backoff*2, maxBackoff)
 		} else {
 			backoff = time.Second

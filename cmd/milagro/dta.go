@@ -236,7 +236,7 @@ func runDTAInfo(args []string, stdout, stderr io.Writer) error {
 }
 
 func runDomainBuild(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("domain build", stderr)
+	fs := withArgs(newFlags("domain build", stderr), "DIR1=URL1 DIR2=URL2 ... (one per D-TA: a folder holding its dta.json, and its public URL)")
 	out := fs.String("out", "", "where to write domain.json (default: standard output)")
 	if err := parse(fs, args, 64); err != nil {
 		return err

@@ -144,7 +144,7 @@ func describeSet(w io.Writer, dir string, s *keydir.Set) {
 }
 
 func runKeysCheck(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("keys check", stderr)
+	fs := withArgs(newFlags("keys check", stderr), "CLIENTDIR SERVERDIR")
 	factorFile := fs.String("factor-file", "", "the client's PIN or passphrase, when its set stores a token")
 	if err := parse(fs, args, 2); err != nil {
 		return err
@@ -186,7 +186,7 @@ func runKeysCheck(args []string, stdout, stderr io.Writer) error {
 }
 
 func runKeysShow(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("keys show", stderr)
+	fs := withArgs(newFlags("keys show", stderr), "DIR")
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}

@@ -126,6 +126,16 @@ func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// withArgs makes fs's -h name the positional arguments too: "usage:
+// milagro NAME [flags] ARGS".
+func withArgs(fs *flag.FlagSet, args string) *flag.FlagSet {
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: %s [flags] %s\n", fs.Name(), args)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
 // parse parses flags, mapping errors to usage errors and rejecting
 // positional arguments beyond max.
 func parse(fs *flag.FlagSet, args []string, maxPositional int) error {
