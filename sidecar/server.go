@@ -626,7 +626,11 @@ func (s *Server) openStream(ctx context.Context, in *psk.IncomingStream, log zer
 	}
 	st, err := in.Accept()
 	if err != nil {
+		// The stream ended before it was accepted (the client reset
+		// it, or the session ended, while the backend was dialled).
 		backend.Close()
+		s.m.StreamsTotal.WithLabelValues("error").Inc()
+		log.Info().Err(err).Str("target", target).Msg("stream ended before it was accepted")
 		done(0, 0)
 		return nil
 	}
@@ -638,6 +642,7 @@ func (s *Server) openStream(ctx context.Context, in *psk.IncomingStream, log zer
 		if err != nil {
 			st.Close()
 			backend.Close()
+			s.m.StreamsTotal.WithLabelValues("error").Inc()
 			log.Warn().Err(err).Msg("PROXY header not sent")
 			done(0, 0)
 			return nil
@@ -652,6 +657,8 @@ func (s *Server) openStream(ctx context.Context, in *psk.IncomingStream, log zer
 func (s *Server) serveHTTPStream(ctx context.Context, in *psk.IncomingStream, log zerolog.Logger, target string, done func(up, down int64)) {
 	st, err := in.Accept()
 	if err != nil {
+		s.m.StreamsTotal.WithLabelValues("error").Inc()
+		log.Info().Err(err).Str("target", target).Msg("stream ended before it was accepted")
 		done(0, 0)
 		return
 	}
