@@ -171,6 +171,13 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 				}()
 			}
 			r = r.WithContext(ctx)
+			// Only WebSocket may take the connection over: after any
+			// other upgrade (h2c) the backend would read requests this
+			// proxy never rewrote, with the client's own identity
+			// header. The others go through as plain requests.
+			if up := r.Header.Get("Upgrade"); up != "" && !strings.EqualFold(strings.TrimSpace(up), "websocket") {
+				r.Header.Del("Upgrade")
+			}
 			if r.Body != nil && r.Body != http.NoBody {
 				r.Body = clientBody{r.Body}
 			}

@@ -460,3 +460,60 @@ type syncBuf struct {
 
 func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
 func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// TestHTTPIdentityProxyUpgrades: a WebSocket upgrade reaches the backend
+// with the identity set (a forged copy removed) and then carries bytes
+// both ways; any other upgrade (h2c) goes through as a plain request, or
+// the backend would read requests this proxy never rewrote.
+func TestHTTPIdentityProxyUpgrades(t *testing.T) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "" {
+			w.Header().Set("Got-Id", r.Header.Get(IdentityHeader))
+			io.WriteString(w, "plain")
+			return
+		}
+		if r.Header.Get(IdentityHeader) != "spiffe://a/b" || !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			http.Error(w, "bad upgrade: "+r.Header.Get("Upgrade")+" "+r.Header.Get(IdentityHeader), http.StatusBadRequest)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		brw.Flush()
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(brw, buf); err == nil {
+			c.Write(append([]byte("echo:"), buf...))
+		}
+	}))
+	p, _, _ := startHTTPProxy(t, backend, nil)
+
+	c, _ := serveOne(t, p, "spiffe://a/b")
+	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nX-Milagro-Client-Id: forged\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("WebSocket upgrade: %v %v", resp, err)
+	}
+	io.WriteString(c, "hello")
+	got := make([]byte, 10)
+	if _, err := io.ReadFull(br, got); err != nil || string(got) != "echo:hello" {
+		t.Errorf("after the upgrade: %q, %v; want echo:hello", got, err)
+	}
+	c.Close()
+
+	c2, _ := serveOne(t, p, "spiffe://a/b")
+	io.WriteString(c2, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nConnection: close\r\n\r\n")
+	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err = http.ReadResponse(bufio.NewReader(c2), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || string(body) != "plain" || resp.Header.Get("Got-Id") != "spiffe://a/b" {
+		t.Errorf("h2c upgrade: %d %q (identity %q), want a plain 200 with the identity", resp.StatusCode, body, resp.Header.Get("Got-Id"))
+	}
+}
