@@ -488,10 +488,13 @@ func streamFailure(err error) string {
 
 // routeKey is how routes are keyed and looked up: an IP:PORT in netip's
 // canonical form (what SO_ORIGINAL_DST yields, so "[FD00:0::9]:80" matches
-// a redirect to fd00::9 port 80), any other HOST:PORT in lower case.
+// a redirect to fd00::9 port 80; IPv4-mapped addresses unmapped), any other
+// HOST:PORT in lower case.
 func routeKey(dest string) string {
 	if ap, err := netip.ParseAddrPort(dest); err == nil {
-		return ap.String()
+		// An IPv4-mapped IPv6 address is its IPv4 address: a dual-stack
+		// socket reports 127.0.0.1 as ::ffff:127.0.0.1.
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
 	}
 	return strings.ToLower(dest)
 }

@@ -412,3 +412,17 @@ func TestSameBackend(t *testing.T) {
 		}
 	}
 }
+
+// TestRouteKey: routes and destinations meet in one spelling.
+func TestRouteKey(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"127.0.0.1:9", "127.0.0.1:9"},
+		{"[::ffff:127.0.0.1]:9", "127.0.0.1:9"},
+		{"[FD00:0::9]:80", "[fd00::9]:80"},
+		{"Pay.Internal:443", "pay.internal:443"},
+	} {
+		if got := routeKey(tc.in); got != tc.want {
+			t.Errorf("routeKey(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
