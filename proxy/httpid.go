@@ -54,12 +54,18 @@ func (e *clientBodyError) Error() string {
 }
 func (e *clientBodyError) Unwrap() error { return e.err }
 
-// clientBody tags the errors of a request body read from the client.
-type clientBody struct{ io.ReadCloser }
+// clientBody tags the errors of a request body read from the client, and
+// remembers one: the client's EOF also cancels the request, so the error
+// the backend request ends with may be that cancellation instead.
+type clientBody struct {
+	io.ReadCloser
+	failed atomic.Bool
+}
 
-func (b clientBody) Read(p []byte) (int, error) {
+func (b *clientBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF {
+		b.failed.Store(true)
 		err = &clientBodyError{err}
 	}
 	return n, err
@@ -123,12 +129,16 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 		ErrorLog:  cfg.ErrorLog,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			var cbe *clientBodyError
+			cb, _ := r.Body.(*clientBody)
 			switch {
-			case errors.As(err, &cbe):
+			case errors.As(err, &cbe) || cb != nil && cb.failed.Load():
 				http.Error(w, "incomplete request body", http.StatusBadRequest)
 			case r.Context().Err() != nil:
-				// The client left (see the handler): nobody reads an answer.
-				w.WriteHeader(http.StatusBadGateway)
+				// The client closed its connection (see the handler): a
+				// client that is gone reads nothing; one that only
+				// half-closed learns why (the EOF may also have cut its
+				// body before the body's own error came through).
+				http.Error(w, "request cancelled: the connection was closed before the answer (a request that half-closes must say Connection: close)", http.StatusBadRequest)
 			case isTimeout(err):
 				if cfg.OnBackendError != nil {
 					cfg.OnBackendError(err)
@@ -179,7 +189,7 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 				r.Header.Del("Upgrade")
 			}
 			if r.Body != nil && r.Body != http.NoBody {
-				r.Body = clientBody{r.Body}
+				r.Body = &clientBody{ReadCloser: r.Body}
 			}
 			rp.ServeHTTP(w, r)
 		}),

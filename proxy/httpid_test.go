@@ -433,6 +433,12 @@ func TestHTTPIdentityProxyErrorLogAndCount(t *testing.T) {
 			break
 		}
 	}
+	// The writer counts right after its write returns, which may be just
+	// after the reader has the bytes: wait a little, the answer still open.
+	deadline := time.Now().Add(2 * time.Second)
+	for (up.Load() == 0 || down.Load() == 0) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if u, d := up.Load(), down.Load(); u == 0 || d == 0 {
 		t.Errorf("while the answer streams, Count saw %d bytes up and %d down, want both > 0", u, d)
 	}
@@ -443,7 +449,7 @@ func TestHTTPIdentityProxyErrorLogAndCount(t *testing.T) {
 	io.WriteString(c2, "GET /short HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
 	io.ReadAll(c2)
-	deadline := time.Now().Add(5 * time.Second)
+	deadline = time.Now().Add(5 * time.Second)
 	for !strings.Contains(logged.String(), "ReverseProxy read error") && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
