@@ -332,8 +332,17 @@ func (s *Session) exitErr(err error) {
 
 // GoAway can be used to prevent accepting further
 // connections. It does not close the underlying conn.
+//
+// The frame is written before new streams are refused (patch 9,
+// PATCHES.md): the RST that refuses a SYN must not reach the peer before
+// the GoAway, or the peer cannot tell it from any other reset. A SYN that
+// arrives meanwhile was sent before the peer saw the GoAway, and is taken.
 func (s *Session) GoAway() error {
-	return s.waitForSend(s.goAway(goAwayNormal), nil)
+	hdr := header(make([]byte, headerSize))
+	hdr.encode(typeGoAway, 0, 0, goAwayNormal)
+	err := s.waitForSend(hdr, nil)
+	atomic.SwapInt32(&s.localGoAway, 1)
+	return err
 }
 
 // goAway is used to send a goAway message
