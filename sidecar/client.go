@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"sync/atomic"
 	"time"
 
@@ -151,12 +152,19 @@ func (c *Client) newUpstream(addr, verifyID, serverID, target string) (*upstream
 	u := &upstream{addr: addr, verifyID: verifyID, serverID: serverID, target: target}
 	u.pool = proxy.NewPool(func(ctx context.Context) (*psk.Session, error) { return c.dial(ctx, u) },
 		proxy.PoolOptions{MaxStreamsPerSession: c.cfg.MaxStreams, MaxSessions: c.cfg.MaxSessions,
-			// A connect failure (a replica that has just stopped
-			// listening, a restart) may be cured by the next dial: the
-			// app connection waits for it within its time. A refused
-			// handshake is not retried.
-			RetryDial: func(err error) bool { return errors.Is(err, proxy.ErrUpstreamDown) }})
+			RetryDial: retryableDial})
 	return u, nil
+}
+
+// retryableDial reports whether a failed session dial is worth one more
+// try after the backoff (proxy.PoolOptions.RetryDial): nobody listening,
+// or the connection reset as it was made (behind a load balancer, a
+// replica that has just stopped; a restart), which the next dial may not
+// meet. Not a timeout (a node gone or a dropped SYN: a second dial would
+// double the app's wait, to its whole budget), nor a refused handshake.
+func retryableDial(err error) bool {
+	return errors.Is(err, proxy.ErrUpstreamDown) &&
+		(errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET))
 }
 
 // dial builds a secure session to u with the keys in force now.

@@ -4,14 +4,19 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/milagro-sc/milagro/mpinkex"
+	"github.com/milagro-sc/milagro/proxy"
 )
 
 // fwdPair starts a server sidecar in front of backend and a client sidecar
@@ -423,6 +428,25 @@ func TestRouteKey(t *testing.T) {
 	} {
 		if got := routeKey(tc.in); got != tc.want {
 			t.Errorf("routeKey(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestRetryableDial: only a connect that found nobody listening (or was
+// reset) is tried once more; a timeout would double the app's wait, and
+// a refused handshake will not change.
+func TestRetryableDial(t *testing.T) {
+	refused := fmt.Errorf("connect 10.0.0.1:8443: %w: %w", proxy.ErrUpstreamDown,
+		&net.OpError{Op: "dial", Net: "tcp", Err: &os.SyscallError{Syscall: "connect", Err: syscall.ECONNREFUSED}})
+	timeout := fmt.Errorf("connect 10.0.0.1:8443: %w: %w", proxy.ErrUpstreamDown,
+		&net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded})
+	alert := fmt.Errorf("handshake with 10.0.0.1:8443: %w", &mpinkex.Error{Role: "client", Step: "read Msg2", Err: &mpinkex.AlertError{Code: mpinkex.AlertHandshakeFailure}})
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{{refused, true}, {timeout, false}, {alert, false}, {syscall.ECONNREFUSED, false}} {
+		if got := retryableDial(tc.err); got != tc.want {
+			t.Errorf("retryableDial(%v) = %v, want %v", tc.err, got, tc.want)
 		}
 	}
 }
