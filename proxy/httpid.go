@@ -42,6 +42,11 @@ type HTTPConfig struct {
 	// ErrorLog receives net/http's own error lines (a body copy cut
 	// short, a handler panic); nil: the standard logger.
 	ErrorLog *log.Logger
+	// Retiring, if set, reports whether a served connection's carrier is
+	// going away (a secure session past its age): answers on it then
+	// say Connection: close, so that the app's keep-alive connection
+	// ends and its next one goes to a new session.
+	Retiring func(net.Conn) bool
 }
 
 // clientBodyError is an error reading a request's body from the client:
@@ -181,6 +186,9 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 				}()
 			}
 			r = r.WithContext(ctx)
+			if ic, ok := r.Context().Value(identityKey{}).(*identityConn); ok && cfg.Retiring != nil && cfg.Retiring(ic.Conn) {
+				w.Header().Set("Connection", "close") // net/http closes after this answer
+			}
 			// Only WebSocket may take the connection over: after any
 			// other upgrade (h2c) the backend would read requests this
 			// proxy never rewrote, with the client's own identity

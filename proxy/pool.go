@@ -234,6 +234,14 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 	// dial at most once (RetryDial): while the upstream is down, an app
 	// connection fails within about a backoff, not at its deadline.
 	waited, retried := false, false
+	var gone []*psk.Session // left the pool going away: closed once idle
+	defer func() {
+		for _, s := range gone {
+			if s.NumStreams() == 0 {
+				s.Close()
+			}
+		}
+	}()
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -245,6 +253,13 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 		live := p.sessions[:0]
 		for _, s := range p.sessions {
 			if s.IsClosed() {
+				continue
+			}
+			if s.PeerGoingAway() {
+				// The server drains it, or it is --max-session-age old:
+				// it leaves the pool (as drop does), and its streams
+				// finish there while new ones go elsewhere.
+				gone = append(gone, s)
 				continue
 			}
 			live = append(live, s)

@@ -297,3 +297,42 @@ func TestPoolCloseEndsDial(t *testing.T) {
 		t.Errorf("Opens ended %v after Close", d)
 	}
 }
+
+// TestPoolGoingAwaySessionLeaves: a session whose server sent GoAway (a
+// drain, or --max-session-age) leaves the pool even while it carries
+// streams: it no longer counts against MaxSessions, so a busy client
+// opens a new one instead of refusing connections, and the old one's
+// streams go on.
+func TestPoolGoingAwaySessionLeaves(t *testing.T) {
+	up := newEchoUpstream(t, "127.0.0.1:0")
+	var mu sync.Mutex
+	var sessions []*psk.Session
+	p := NewPool(poolDialer(t, up.addr, &sessions, &mu), PoolOptions{MaxSessions: 1, MaxStreamsPerSession: 1})
+	t.Cleanup(p.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	held, err := p.Open(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	up.mu.Lock()
+	srv := up.sessions[0]
+	up.mu.Unlock()
+	if err := srv.GoAway(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	old := sessions[0]
+	mu.Unlock()
+	waitForPool(t, 5*time.Second, "the GoAway read", old.PeerGoingAway)
+	if err := roundTrip(t, p, []byte("on a new session")); err != nil {
+		t.Fatalf("Open with the only session full and going away: %v", err)
+	}
+	if st := p.Stats(); st.Dials != 2 || st.Sessions != 1 {
+		t.Errorf("Stats %+v, want 2 dials and the new session only", st)
+	}
+	if _, err := held.Write([]byte("still")); err != nil || old.IsClosed() {
+		t.Errorf("the stream on the old session: write %v, session closed %v; want it going on", err, old.IsClosed())
+	}
+}

@@ -160,6 +160,8 @@ type Session struct {
 	mux *yamux.Session
 	tab *streamTable
 
+	goingAway atomic.Bool // GoAway has been called (GoingAway)
+
 	openSem    chan struct{}   // client: streams waiting for a status
 	hdrSem     chan struct{}   // server: streams between yamux and Accept
 	incoming   chan acceptItem // server
@@ -375,6 +377,7 @@ func (s *Session) Ping() (time.Duration, error) {
 // streams already open continue. A client Open after the server's GoAway
 // fails with an error wrapping ErrSessionClosed and yamux.ErrRemoteGoAway.
 func (s *Session) GoAway() error {
+	s.goingAway.Store(true)
 	if err := s.mux.GoAway(); err != nil {
 		if errors.Is(err, yamux.ErrSessionShutdown) {
 			return s.closedErr()
@@ -383,6 +386,16 @@ func (s *Session) GoAway() error {
 	}
 	return nil
 }
+
+// GoingAway reports whether this side has sent (or is sending) GoAway:
+// the session takes no new streams and ends once its streams have. A
+// server uses it to end HTTP keep-alive connections on such a session
+// after their current answer, so that their apps reconnect elsewhere.
+func (s *Session) GoingAway() bool { return s.goingAway.Load() }
+
+// PeerGoingAway reports whether the peer's GoAway has arrived: it takes no
+// new streams (an Open fails at once). A client's pool stops picking it.
+func (s *Session) PeerGoingAway() bool { return s.mux.RemoteGoAway() }
 
 // Drain is the graceful end of a session: it sends GoAway and waits until
 // this side has finished every stream, that is sent its FIN (CloseWrite,

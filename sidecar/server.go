@@ -178,6 +178,12 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 			ResponseTimeout: s.cfg.IdleTimeout,
 			ErrorLog:        stdLogger(s.log.With().Str("component", "http").Logger()),
 			Count:           s.m.countBytes,
+			// A keep-alive connection on a session past
+			// --max-session-age (or draining) ends after its answer.
+			Retiring: func(c net.Conn) bool {
+				st, ok := c.(*psk.Stream)
+				return ok && st.Session().GoingAway()
+			},
 			OnBackendError: func(err error) {
 				s.m.BackendErrors.Inc()
 				s.noteBackend(s.cfg.Target, err)

@@ -1,6 +1,8 @@
 package sidecar
 
 import (
+	"io"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -96,5 +98,33 @@ func TestClientRidesOutServerRestart(t *testing.T) {
 	}
 	if n := counter(t, p.cli.m.StreamsTotal.WithLabelValues("error")) + counter(t, p.cli.m.StreamsTotal.WithLabelValues("upstream_down")); n != 0 {
 		t.Errorf("%v app connections failed", n)
+	}
+}
+
+// TestMaxSessionAgeHTTPKeepAlive: in --http mode an app's keep-alive
+// connection on a session past its age is closed after its answer
+// (Connection: close), so its next requests go to a new session: an app
+// that reuses its connections still spreads. Before, one keep-alive
+// connection held its first session for good.
+func TestMaxSessionAgeHTTPKeepAlive(t *testing.T) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	p := startPair(t, backend, func(s *ServerConfig, _ *ClientConfig) { s.HTTP, s.MaxSessionAge = true, 200*time.Millisecond })
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}, Timeout: 5 * time.Second}
+	defer hc.CloseIdleConnections()
+	stop := time.Now().Add(1500 * time.Millisecond)
+	for n := 0; time.Now().Before(stop); n++ {
+		resp, err := hc.Get("http://" + p.clientListen + "/")
+		if err != nil {
+			t.Fatalf("request %d: %v", n, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "ok" {
+			t.Fatalf("request %d: %q", n, b)
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	if n := len(logLines(t, p.sLog, "session open")); n < 3 {
+		t.Errorf("%d sessions in 1.5 s of keep-alive requests with --max-session-age 200ms, want at least 3", n)
 	}
 }
