@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -301,6 +302,14 @@ func TestKubernetesManifests(t *testing.T) {
 
 		var fetchersHere []fetcher
 		hasServer := false
+		var serverSleep int64    // the server container's preStop sleep
+		serverDrain := int64(30) // its --shutdown-timeout, in seconds
+		preStopSleep := func(ct *corev1.Container) int64 {
+			if ct.Lifecycle != nil && ct.Lifecycle.PreStop != nil && ct.Lifecycle.PreStop.Sleep != nil {
+				return ct.Lifecycle.PreStop.Sleep.Seconds
+			}
+			return 0
+		}
 		for i := range all {
 			ct := &all[i]
 			isInit := i < len(spec.InitContainers)
@@ -356,6 +365,20 @@ func TestKubernetesManifests(t *testing.T) {
 					// has exited: meanwhile clients' warm sessions would
 					// carry new connections to a dead backend.
 					t.Errorf("%s: `milagro server` in container %s should be a regular container beside the app, so that it gets SIGTERM with the app and sends its clients GoAway at once (and the app a preStop sleep, to outlive the drain's start)", where, ct.Name)
+				case p.cmd == "server":
+					// It serves on while the Service drops the pod (on
+					// SIGTERM it closes its listener, and dials that
+					// still reach it would be refused).
+					if serverSleep = preStopSleep(ct); serverSleep < 3 {
+						t.Errorf("%s: `milagro server` in container %s needs lifecycle.preStop.sleep (a few seconds), so that it accepts while the Service stops sending new connections to the pod", where, ct.Name)
+					}
+					if v := p.get("shutdown-timeout"); v != "" {
+						d, err := time.ParseDuration(v)
+						if err != nil {
+							t.Errorf("%s: --shutdown-timeout %q: %v", where, v, err)
+						}
+						serverDrain = int64(d.Seconds())
+					}
 				}
 				checkStatusProbes(t, where, ct, p)
 				checkKeysFromFetcher(t, where, spec, i, ct, p, fetchersHere)
@@ -378,15 +401,12 @@ func TestKubernetesManifests(t *testing.T) {
 				if milagroArgv(&ct) != nil {
 					continue
 				}
-				var sleep int64
-				if ct.Lifecycle != nil && ct.Lifecycle.PreStop != nil && ct.Lifecycle.PreStop.Sleep != nil {
-					sleep = ct.Lifecycle.PreStop.Sleep.Seconds
+				sleep := preStopSleep(&ct)
+				if sleep <= serverSleep {
+					t.Errorf("%s: app container %s behind milagro server needs a lifecycle.preStop.sleep longer than the server's (%d s), so that it serves while the server's GoAway moves clients to other replicas", where, ct.Name, serverSleep)
 				}
-				if sleep < 3 {
-					t.Errorf("%s: app container %s behind milagro server needs lifecycle.preStop.sleep (a few seconds), so that it serves while clients move to other replicas", where, ct.Name)
-				}
-				if g := spec.TerminationGracePeriodSeconds; g == nil || *g < sleep+20 {
-					t.Errorf("%s: terminationGracePeriodSeconds must cover the app's preStop sleep (%d s) and the server's drain", where, sleep)
+				if g := spec.TerminationGracePeriodSeconds; g == nil || *g < max(sleep, serverSleep+serverDrain) {
+					t.Errorf("%s: terminationGracePeriodSeconds must cover the app's preStop sleep (%d s) and the server's sleep and drain (%d + %d s)", where, sleep, serverSleep, serverDrain)
 				}
 			}
 			for _, o := range objs {
