@@ -470,9 +470,11 @@ func withHint(ev *zerolog.Event, err error) *zerolog.Event {
 	case alert.Code != mpinkex.AlertHandshakeFailure:
 		return ev
 	case me.Step == "read Msg2":
-		return ev.Str("hint", "the server does not hold the identity asked for: check --verify-id/--server-id, and that both sides' keys are of one domain")
+		// Refused on what Msg1 claims (mpinkex/server.go, before Msg2).
+		return ev.Str("hint", "the server does not hold the identity asked for (check --verify-id/--server-id, and that both sides' keys are of one domain), or it requires a time permit this client lacks for the epoch (--require-permit: revoked, or keys fetch --watch not renewing)")
 	case me.Step == "read Msg4":
-		return ev.Str("hint", "the server refused this client: check its --allow-id (and --route-allow), --require-permit with a missing or revoked permit, or this client's --factor-file")
+		// Refused after the pairing check (a wrong key or PIN) or by policy.
+		return ev.Str("hint", "the server refused this client: its --allow-id (and --route-allow), or this client's key (a wrong --factor-file PIN, keys of another domain)")
 	}
 	return ev
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -220,6 +221,11 @@ func TestRefusalHints(t *testing.T) {
 			c.VerifyID, c.ServerID = "spiffe://test.example/ns/pay/**", "spiffe://test.example/ns/pay/sa/other"
 		}, "--verify-id/--server-id"},
 		{"client not allowed", func(s *ServerConfig, _ *ClientConfig) { s.AllowIDs = []string{"spiffe://test.example/ns/nobody/**"} }, "--allow-id"},
+		{"no time permit", func(s *ServerConfig, c *ClientConfig) {
+			s.RequirePermit = true
+			c.Keys = filepath.Join(t.TempDir(), "keys")
+			writeKeys(t, c.Keys, sharedKeys(t).files(t, fxClientID, []keydir.Kind{keydir.KindClient}))
+		}, "--require-permit"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := startPair(t, echoBackend(t, 0), tc.mod)
