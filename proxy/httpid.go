@@ -115,6 +115,12 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 		// Content-Length and leaving the gzip version's ETag on it.
 		DisableCompression: true,
 	}
+	// retiring: the answer to r says Connection: close (net/http then
+	// closes after it), checked when the answer is made.
+	retiring := func(r *http.Request) bool {
+		ic, ok := r.Context().Value(identityKey{}).(*identityConn)
+		return ok && cfg.Retiring != nil && cfg.Retiring(ic.Conn)
+	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(u)
@@ -132,7 +138,18 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 		},
 		Transport: p.tr,
 		ErrorLog:  cfg.ErrorLog,
+		// After the hop-by-hop headers are removed and any 1xx answer's
+		// headers cleared; not on a 101, whose connection is handed over.
+		ModifyResponse: func(res *http.Response) error {
+			if res.StatusCode != http.StatusSwitchingProtocols && retiring(res.Request) {
+				res.Header.Set("Connection", "close")
+			}
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if retiring(r) {
+				w.Header().Set("Connection", "close")
+			}
 			var cbe *clientBodyError
 			cb, _ := r.Body.(*clientBody)
 			switch {
@@ -186,9 +203,6 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 				}()
 			}
 			r = r.WithContext(ctx)
-			if ic, ok := r.Context().Value(identityKey{}).(*identityConn); ok && cfg.Retiring != nil && cfg.Retiring(ic.Conn) {
-				w.Header().Set("Connection", "close") // net/http closes after this answer
-			}
 			// Only WebSocket may take the connection over: after any
 			// other upgrade (h2c) the backend would read requests this
 			// proxy never rewrote, with the client's own identity

@@ -523,3 +523,49 @@ func TestHTTPIdentityProxyUpgrades(t *testing.T) {
 		t.Errorf("h2c upgrade: %d %q (identity %q), want a plain 200 with the identity", resp.StatusCode, body, resp.Header.Get("Got-Id"))
 	}
 }
+
+// TestHTTPIdentityProxyRetiring: on a connection whose carrier is going
+// away every final answer says Connection: close and the connection ends
+// after it, an answer after a 103 too (its headers are cleared after the
+// 1xx); a 101 does not (its connection is handed over).
+func TestHTTPIdentityProxyRetiring(t *testing.T) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/hints":
+			w.Header().Set("Link", "</style.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+			io.WriteString(w, "after hints")
+		case "/ws":
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+			brw.Flush()
+		default:
+			io.WriteString(w, "plain")
+		}
+	}))
+	p, _, _ := startHTTPProxy(t, backend, nil, func(c *HTTPConfig) { c.Retiring = func(net.Conn) bool { return true } })
+	for _, path := range []string{"/", "/hints"} {
+		c, _ := serveOne(t, p, "id")
+		io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, err := io.ReadAll(c) // ends only if the proxy closes
+		if err != nil {
+			t.Errorf("%s: %v after %q, want the connection closed after the answer", path, err, b)
+		}
+		final := string(b[strings.LastIndex(string(b), "HTTP/1.1 "):])
+		if !strings.Contains(final, "Connection: close") {
+			t.Errorf("%s: final answer %q without Connection: close", path, final)
+		}
+	}
+	c, _ := serveOne(t, p, "id")
+	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols || strings.Contains(strings.ToLower(strings.Join(resp.Header.Values("Connection"), ",")), "close") {
+		t.Errorf("101 on a retiring connection: %v, %v; want an upgrade without Connection: close", resp, err)
+	}
+}

@@ -158,13 +158,19 @@ func (c *Client) newUpstream(addr, verifyID, serverID, target string) (*upstream
 
 // retryableDial reports whether a failed session dial is worth one more
 // try after the backoff (proxy.PoolOptions.RetryDial): nobody listening,
-// or the connection reset as it was made (behind a load balancer, a
-// replica that has just stopped; a restart), which the next dial may not
-// meet. Not a timeout (a node gone or a dropped SYN: a second dial would
-// double the app's wait, to its whole budget), nor a refused handshake.
+// or the connection reset before the handshake ended (behind a load
+// balancer, a replica that has just stopped and reset what waited in its
+// accept queue; a restart), which the next dial may not meet. Nothing of
+// the app's has been sent then. Not a timeout (a node gone or a dropped
+// SYN: a second dial would double the app's wait, to its whole budget),
+// nor a refusal, which comes as an Alert.
 func retryableDial(err error) bool {
-	return errors.Is(err, proxy.ErrUpstreamDown) &&
-		(errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET))
+	var alert *mpinkex.AlertError
+	if errors.As(err, &alert) {
+		return false
+	}
+	return errors.Is(err, proxy.ErrUpstreamDown) && errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ECONNRESET)
 }
 
 // dial builds a secure session to u with the keys in force now.

@@ -441,10 +441,14 @@ func TestRetryableDial(t *testing.T) {
 	timeout := fmt.Errorf("connect 10.0.0.1:8443: %w: %w", proxy.ErrUpstreamDown,
 		&net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded})
 	alert := fmt.Errorf("handshake with 10.0.0.1:8443: %w", &mpinkex.Error{Role: "client", Step: "read Msg2", Err: &mpinkex.AlertError{Code: mpinkex.AlertHandshakeFailure}})
+	// A replica that stopped listening resets what waited in its accept
+	// queue: the client reads the reset in place of Msg2.
+	reset := fmt.Errorf("handshake with 10.0.0.1:8443: %w", &mpinkex.Error{Role: "client", Step: "read Msg2",
+		Err: &net.OpError{Op: "read", Net: "tcp", Err: &os.SyscallError{Syscall: "read", Err: syscall.ECONNRESET}}})
 	for _, tc := range []struct {
 		err  error
 		want bool
-	}{{refused, true}, {timeout, false}, {alert, false}, {syscall.ECONNREFUSED, false}} {
+	}{{refused, true}, {reset, true}, {timeout, false}, {alert, false}, {syscall.ECONNREFUSED, false}} {
 		if got := retryableDial(tc.err); got != tc.want {
 			t.Errorf("retryableDial(%v) = %v, want %v", tc.err, got, tc.want)
 		}

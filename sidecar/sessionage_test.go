@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -163,4 +164,37 @@ func TestPermitBoundSession(t *testing.T) {
 	}
 	held.Close()
 	waitFor(t, 5*time.Second, "the first session closed once its connection ended", func() bool { return p.srv.t.numSessions() == 1 })
+}
+
+// TestClientRidesOutAcceptQueueReset: a replica that stops listening
+// resets the connections waiting in its accept queue, whose clients have
+// sent Msg1 and read the reset in place of Msg2. Nothing of the app's has
+// been sent: the dial is made once more, and here finds the new server.
+func TestClientRidesOutAcceptQueueReset(t *testing.T) {
+	backend := echoBackend(t, 0)
+	p := startPair(t, backend, nil)
+	addr := p.srv.Addr()
+	if err := p.srvRun.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", addr) // never accepts
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		ln.Close() // resets the queued connection
+		scfg := DefaultServerConfig()
+		scfg.Listen, scfg.Target, scfg.Keys = addr, backend, p.sdir
+		scfg.AllowIDs = []string{"spiffe://test.example/ns/web/**"}
+		srv, err := NewServer(scfg, bufLog(t, "server (restarted)"))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		run(t, srv.Run, nil)
+	}()
+	if err := echoOnce(p.clientListen, []byte("after the reset")); err != nil {
+		t.Fatalf("app connection whose dial was reset mid-handshake: %v (pool %+v)", err, p.cli.status(false).Upstreams[0].Stats)
+	}
 }
