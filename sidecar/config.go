@@ -209,14 +209,20 @@ func (c *ServerConfig) RegisterFlags(fs *flag.FlagSet) {
 		c.Routes[name] = addr
 		return nil
 	}), "route", "named target NAME=ADDR that clients may ask for; repeatable")
-	routeAllowSet := false // the first --route-allow replaces the YAML file's
+	// The first --route-allow NAME=… replaces the YAML file's patterns for
+	// NAME only: the file's restrictions of other routes stay (replacing
+	// the whole map would open them to every allowed client).
+	routeAllowSet := map[string]bool{}
 	fs.Var(funcList(func(v string) error {
 		name, pat, ok := strings.Cut(v, "=")
 		if !ok || name == "" || pat == "" {
 			return errors.New("want NAME=PATTERN")
 		}
-		if c.RouteAllow == nil || !routeAllowSet {
-			c.RouteAllow, routeAllowSet = map[string]List{}, true
+		if c.RouteAllow == nil {
+			c.RouteAllow = map[string]List{}
+		}
+		if !routeAllowSet[name] {
+			c.RouteAllow[name], routeAllowSet[name] = nil, true
 		}
 		c.RouteAllow[name] = append(c.RouteAllow[name], pat)
 		return nil

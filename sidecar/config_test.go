@@ -429,3 +429,32 @@ func TestNewLogger(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigRouteAllowPerRoute: --route-allow (or MILAGRO_ROUTE_ALLOW)
+// NAME=… replaces the file's patterns for NAME only. Replacing the whole
+// map, as it did, silently opened the file's other restricted routes to
+// every allowed client.
+func TestConfigRouteAllowPerRoute(t *testing.T) {
+	yaml := "allow-id: spiffe://p/**\nroutes: {db: 127.0.0.1:2, admin: 127.0.0.1:3}\nroute-allow: {db: [spiffe://p/ns/ops/*], admin: [spiffe://p/ns/ops/*]}\n"
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+	}{
+		{"flag", nil, []string{"--route-allow", "db=spiffe://p/ns/api/*", "--route-allow", "db=spiffe://p/ns/web/*"}},
+		{"env", map[string]string{"MILAGRO_ROUTE_ALLOW": "db=spiffe://p/ns/api/* db=spiffe://p/ns/web/*"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := parseServer(t, yaml, tc.env, tc.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.RouteAllow["db"]; !slices.Equal(got, []string{"spiffe://p/ns/api/*", "spiffe://p/ns/web/*"}) {
+				t.Errorf("db: %q, want the %s's two patterns", got, tc.name)
+			}
+			if got := s.RouteAllow["admin"]; !slices.Equal(got, []string{"spiffe://p/ns/ops/*"}) {
+				t.Errorf("admin: %q, want the file's restriction kept", got)
+			}
+		})
+	}
+}
