@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -259,6 +260,10 @@ func TestRouteConfigErrors(t *testing.T) {
 			_, port, _ := net.SplitHostPort(s.Target)
 			s.HTTP, s.Routes = true, map[string]string{"raw": "localhost:" + port}
 		}, "bypass the identity header"},
+		{"restricted route to the target", func(s *ServerConfig) {
+			s.Routes = map[string]string{"admin": "localhost:1"}
+			s.RouteAllow = map[string]List{"admin": {"spiffe://test.example/ns/ops/*"}}
+		}, "the restriction would not hold"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := DefaultServerConfig()
@@ -345,8 +350,11 @@ func TestConnectEarlyBytesCounted(t *testing.T) {
 // every allowed client.
 func TestRouteAllow(t *testing.T) {
 	backend := echoBackend(t, 0)
+	// Each route its own backend: one restricted route to the default
+	// target's backend is refused at start (TestRouteConfigErrors).
+	dbBackend, opsBackend := echoBackend(t, 0), echoBackend(t, 0)
 	fwd, cl := fwdPair(t, backend, []string{"db.internal:5432#db", "ops.internal:22#ops", "echo.internal:7"}, nil, func(s *ServerConfig) {
-		s.Routes = map[string]string{"db": backend, "ops": backend}
+		s.Routes = map[string]string{"db": dbBackend, "ops": opsBackend}
 		s.RouteAllow = map[string]List{
 			"db":  {"spiffe://test.example/ns/web/**"},   // the test client
 			"ops": {"spiffe://test.example/ns/admin/**"}, // not it
@@ -414,6 +422,40 @@ func TestSameBackend(t *testing.T) {
 	} {
 		if got := sameBackend(tc.a, tc.b); got != tc.want {
 			t.Errorf("sameBackend(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+
+	// One socket by other paths: a symlinked folder (as /var/run → /run),
+	// a relative path; both existing or not yet.
+	dir := t.TempDir()
+	real := filepath.Join(dir, "run")
+	if err := os.Mkdir(real, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(real, filepath.Join(dir, "varrun")); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(real)
+	sock := filepath.Join(real, "app.sock")
+	for _, exists := range []bool{false, true} {
+		if exists {
+			ln, err := net.Listen("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+		}
+		for _, tc := range []struct {
+			a, b string
+			want bool
+		}{
+			{"unix:" + sock, "unix:" + filepath.Join(dir, "varrun", "app.sock"), true},
+			{"unix:" + sock, "unix:app.sock", true},
+			{"unix:" + sock, "unix:" + filepath.Join(dir, "varrun", "other.sock"), false},
+		} {
+			if got := sameBackend(tc.a, tc.b); got != tc.want {
+				t.Errorf("socket exists %v: sameBackend(%q, %q) = %v, want %v", exists, tc.a, tc.b, got, tc.want)
+			}
 		}
 	}
 }

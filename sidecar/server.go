@@ -96,8 +96,13 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 	}
 	routeACL := map[string]*AllowList{}
 	for name, pats := range cfg.RouteAllow {
-		if _, ok := cfg.Routes[name]; !ok {
+		addr, ok := cfg.Routes[name]
+		if !ok {
 			return nil, configErr(fmt.Errorf("--route-allow %s: no --route of that name", name))
+		}
+		if cfg.Target != "" && sameBackend(addr, cfg.Target) {
+			// Every allowed client reaches it as the default target.
+			return nil, configErr(fmt.Errorf("--route-allow %s: the route leads to the --target backend, which every allowed client reaches anyway: the restriction would not hold", name))
 		}
 		for _, p := range pats {
 			if err := pattern.Validate(p); err != nil {
@@ -788,6 +793,31 @@ func (s *Server) status(full bool) StatusInfo {
 // IPs of one address, or both this host (localhost, a loopback IP, an
 // unspecified one such as 0.0.0.0 or an empty host, which dial this host
 // too). Host names other than localhost are compared as written.
+// sameSocket reports whether two unix socket paths name one socket: the
+// same file if both exist, else the same path once relative paths and
+// symlinked folders (/var/run → /run) are resolved.
+func sameSocket(a, b string) bool {
+	if filepath.Clean(a) == filepath.Clean(b) {
+		return true
+	}
+	fa, errA := os.Stat(a)
+	fb, errB := os.Stat(b)
+	if errA == nil && errB == nil {
+		return os.SameFile(fa, fb)
+	}
+	resolve := func(p string) string {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return filepath.Clean(p)
+		}
+		if dir, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
+			return filepath.Join(dir, filepath.Base(abs))
+		}
+		return abs
+	}
+	return resolve(a) == resolve(b)
+}
+
 func sameBackend(a, b string) bool {
 	na, aa, err1 := proxy.ParseAddr(a)
 	nb, ab, err2 := proxy.ParseAddr(b)
@@ -795,7 +825,7 @@ func sameBackend(a, b string) bool {
 		return false
 	}
 	if na == "unix" {
-		return filepath.Clean(aa) == filepath.Clean(ab)
+		return sameSocket(aa, ab)
 	}
 	ha, pa, _ := net.SplitHostPort(aa)
 	hb, pb, _ := net.SplitHostPort(ab)
