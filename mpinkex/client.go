@@ -251,7 +251,7 @@ func Client(ctx context.Context, rw io.ReadWriter, cfg *ClientConfig) (*Result, 
 		return fail("check layer", fmt.Errorf("%w: server chose %#02x", ErrLayer, m2.Layer))
 	}
 	if err := verify(m2.ServerID); err != nil {
-		return fail("check server identity", fmt.Errorf("%w: server proves %q: %w", ErrServerID, m2.ServerID, err))
+		return fail("check server identity", fmt.Errorf("%w: server claims %q (before any proof): %w", ErrServerID, m2.ServerID, err))
 	}
 	peer, err := key.server(m2.ServerID)
 	if err != nil {
