@@ -299,15 +299,8 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	var streams atomic.Int64
 	var up, down atomic.Int64
 	var wg sync.WaitGroup
-	// With --require-permit a session lives no longer than the time
-	// permit it was opened with (PROTOCOL.md §4: revocation is the D-TAs
-	// no longer issuing permits): its client reconnects with its next one.
-	var permitEnd time.Time
-	if s.cfg.RequirePermit && res.PermitUsed {
-		permitEnd = time.Unix(int64(res.Epoch+1)*int64(s.keys.Current().EpochLen/time.Second), 0).Add(max(s.cfg.Grace, 0))
-	}
-	if s.cfg.MaxSessionAge > 0 || !permitEnd.IsZero() {
-		wg.Go(func() { s.ageOut(sess, log, permitEnd) })
+	if s.cfg.MaxSessionAge > 0 {
+		wg.Go(func() { s.ageOut(sess, log) })
 	}
 	for {
 		in, err := sess.Accept(ctx)
@@ -364,32 +357,22 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 }
 
 // ageOut ends sess gracefully once it is --max-session-age old (±10%, so
-// that the sessions of clients started together do not end together), or
-// at permitEnd (if set) when its client's time permit, and grace, have
-// run out: a GoAway sends the client's new connections to a new session
-// (which a load balancer, a Kubernetes Service, may give to another
-// replica; for which a revoked client has no permit), and the session
-// closes once its streams have ended in both directions, however long
-// they take. A session that ends first ends it.
-func (s *Server) ageOut(sess *psk.Session, log zerolog.Logger, permitEnd time.Time) {
-	why := "session reached --max-session-age: going away"
-	var wait time.Duration
-	if age := s.cfg.MaxSessionAge; age > 0 {
-		wait = age + time.Duration(rand.Int64N(int64(age)/5+1)) - age/10
-	}
-	if !permitEnd.IsZero() {
-		if d := time.Until(permitEnd); wait == 0 || d < wait {
-			wait, why = max(d, 0), "the client's time permit has ended: going away (its next session needs the next permit)"
-		}
-	}
-	t := time.NewTimer(wait)
+// that the sessions of clients started together do not end together): a
+// GoAway sends the client's new connections to a new session, which a
+// load balancer (a Kubernetes Service) may give to another replica, and
+// the session closes once its streams have ended in both directions,
+// however long they take. A session that ends first ends it.
+func (s *Server) ageOut(sess *psk.Session, log zerolog.Logger) {
+	age := s.cfg.MaxSessionAge
+	age += time.Duration(rand.Int64N(int64(age)/5+1)) - age/10
+	t := time.NewTimer(age)
 	defer t.Stop()
 	select {
 	case <-t.C:
 	case <-sess.Done():
 		return
 	}
-	log.Debug().Dur("after", wait).Msg(why)
+	log.Debug().Dur("age", age).Msg("session reached --max-session-age: going away")
 	if sess.GoAway() != nil {
 		return // ended meanwhile
 	}

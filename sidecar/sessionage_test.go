@@ -8,8 +8,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/milagro-sc/milagro/mpinkex"
 )
 
 // TestMaxSessionAge: a server session older than --max-session-age gets a
@@ -130,40 +128,6 @@ func TestMaxSessionAgeHTTPKeepAlive(t *testing.T) {
 	if n := len(logLines(t, p.sLog, "session open")); n < 3 {
 		t.Errorf("%d sessions in 1.5 s of keep-alive requests with --max-session-age 200ms, want at least 3", n)
 	}
-}
-
-// TestPermitBoundSession: with --require-permit a session lives no longer
-// than the time permit it was opened with (here 2 s epochs, no grace): at
-// the epoch's end it gets a GoAway, so new connections need the client's
-// next permit (a revoked client has none), and they get it without a
-// failure; a connection open across the boundary goes on.
-func TestPermitBoundSession(t *testing.T) {
-	f, err := newKeyFixture(t.TempDir(), 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := startPairKeys(t, f, echoBackend(t, 0), func(s *ServerConfig, c *ClientConfig) {
-		s.RequirePermit, s.Grace, s.MaxSessionAge, c.Grace = true, 0, 0, 0
-	})
-	held := p.holdApps(t, 1)[0]
-	epoch, err := mpinkex.Epoch(time.Now(), 2*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(time.Until(time.Unix(int64(epoch+1)*2, 0)) + 300*time.Millisecond)
-	for i := range 5 {
-		if err := echoOnce(p.clientListen, []byte("next epoch")); err != nil {
-			t.Fatalf("connection %d after the boundary: %v", i, err)
-		}
-	}
-	if n := len(logLines(t, p.sLog, "session open")); n != 2 {
-		t.Errorf("%d sessions, want 2: the first ends with its permit's epoch", n)
-	}
-	if err := pingEcho(held); err != nil {
-		t.Fatalf("the connection open across the boundary was cut: %v", err)
-	}
-	held.Close()
-	waitFor(t, 5*time.Second, "the first session closed once its connection ended", func() bool { return p.srv.t.numSessions() == 1 })
 }
 
 // TestClientRidesOutAcceptQueueReset: a replica that stops listening

@@ -170,13 +170,7 @@ type pair struct {
 
 func startPair(t *testing.T, target string, mod func(*ServerConfig, *ClientConfig)) *pair {
 	t.Helper()
-	return startPairKeys(t, sharedKeys(t), target, mod)
-}
-
-// startPairKeys is startPair with the keys of f (another domain's, or one
-// with another epoch length).
-func startPairKeys(t *testing.T, f *keyFixture, target string, mod func(*ServerConfig, *ClientConfig)) *pair {
-	t.Helper()
+	f := sharedKeys(t)
 	p := &pair{cdir: f.clientDir(t, fxClientID), sdir: f.serverDir(t, fxServerID)}
 	scfg := DefaultServerConfig()
 	scfg.Listen, scfg.Target, scfg.Keys = "127.0.0.1:0", target, p.sdir
