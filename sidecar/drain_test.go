@@ -210,7 +210,10 @@ func TestIdleCutCounted(t *testing.T) {
 			waitFor(t, 5*time.Second, side+" counts the idle cut", func() bool {
 				return counter(t, m.StreamsTotal.WithLabelValues("idle_timeout")) == 1
 			})
-			if l := logLines(t, b, "stream closed"); len(l) != 1 || !strings.Contains(fmt.Sprint(l[0]["error"]), "idle timeout") {
+			// Counted just before the line is written: wait for it.
+			var l []map[string]any
+			waitFor(t, 5*time.Second, side+"'s stream closed line", func() bool { l = logLines(t, b, "stream closed"); return len(l) > 0 })
+			if len(l) != 1 || !strings.Contains(fmt.Sprint(l[0]["error"]), "idle timeout") {
 				t.Errorf("%s: stream closed lines %v, want one saying idle timeout", side, l)
 			}
 		})
