@@ -83,15 +83,7 @@ func TestClientRidesOutServerRestart(t *testing.T) {
 		for p.cli.status(false).Upstreams[0].Stats.DialFailures == 0 {
 			time.Sleep(2 * time.Millisecond)
 		}
-		scfg := DefaultServerConfig()
-		scfg.Listen, scfg.Target, scfg.Keys = addr, backend, p.sdir
-		scfg.AllowIDs = []string{"spiffe://test.example/ns/web/**"}
-		srv, err := NewServer(scfg, bufLog(t, "server (restarted)"))
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		run(t, srv.Run, nil)
+		p.restartServer(t, addr, backend)
 	}()
 	start := time.Now()
 	if err := echoOnce(p.clientListen, []byte("during the restart")); err != nil {
@@ -148,17 +140,23 @@ func TestClientRidesOutAcceptQueueReset(t *testing.T) {
 	go func() {
 		time.Sleep(300 * time.Millisecond)
 		ln.Close() // resets the queued connection
-		scfg := DefaultServerConfig()
-		scfg.Listen, scfg.Target, scfg.Keys = addr, backend, p.sdir
-		scfg.AllowIDs = []string{"spiffe://test.example/ns/web/**"}
-		srv, err := NewServer(scfg, bufLog(t, "server (restarted)"))
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		run(t, srv.Run, nil)
+		p.restartServer(t, addr, backend)
 	}()
 	if err := echoOnce(p.clientListen, []byte("after the reset")); err != nil {
 		t.Fatalf("app connection whose dial was reset mid-handshake: %v (pool %+v)", err, p.cli.status(false).Upstreams[0].Stats)
 	}
+}
+
+// restartServer starts a server like startPair's on addr (the address
+// of the one stopped), with the pair's keys, until the test ends.
+func (p *pair) restartServer(t *testing.T, addr, backend string) {
+	scfg := DefaultServerConfig()
+	scfg.Listen, scfg.Target, scfg.Keys = addr, backend, p.sdir
+	scfg.AllowIDs = []string{"spiffe://test.example/ns/web/**"}
+	srv, err := NewServer(scfg, bufLog(t, "server (restarted)"))
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	run(t, srv.Run, nil)
 }
