@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -590,4 +591,38 @@ func TestCloseTimeoutSinceDataGracefulClose(t *testing.T) {
 			return
 		}
 	}
+}
+
+// Patch 10: a peer that floods pings and reads nothing gets at most
+// maxPongs answers in flight, each a goroutine; without the bound the
+// server's goroutines (and memory) grew with every 12 bytes it received.
+func TestPingFloodBounded(t *testing.T) {
+	c, s := testConnTCP(t)
+	conf := testConfNoKeepAlive()
+	conf.ConnectionWriteTimeout = 5 * time.Second
+	server, err := Server(s, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	before := runtime.NumGoroutine()
+	// The attacker: raw ping frames, never reading the answers (which
+	// fill the socket buffers, so the answers' writes block).
+	var hdr [headerSize]byte
+	frames := make([]byte, 0, 20000*headerSize)
+	for i := range 20000 {
+		header(hdr[:]).encode(typePing, flagSYN, 0, uint32(i))
+		frames = append(frames, hdr[:]...)
+	}
+	c.(*net.TCPConn).SetWriteBuffer(1 << 20)
+	for range 20 {
+		if _, err := c.Write(frames); err != nil {
+			break // the server closed: fine too
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := runtime.NumGoroutine() - before; n > maxPongs+16 {
+		t.Errorf("%d more goroutines after a ping flood, want at most about %d", n, maxPongs)
+	}
+	c.Close()
 }

@@ -69,6 +69,10 @@ type Session struct {
 	// directFrames counts the frames written by their senders (tests).
 	directFrames atomic.Uint64
 
+	// pongs counts the ping answers being sent: at most maxPongs at once
+	// (milagro patch 10, PATCHES.md).
+	pongs atomic.Int32
+
 	// writeMu serialises the frames written to conn: the send loop holds
 	// it for each queued frame, and a frame sent while nothing is queued
 	// is written under it by its sender (milagro patch, see PATCHES.md).
@@ -720,6 +724,12 @@ func (s *Session) handleStreamMessage(hdr header) error {
 	return nil
 }
 
+// maxPongs bounds the ping answers in flight (patch 10): each is sent by
+// a goroutine of its own, which a peer that pings without reading would
+// otherwise multiply without limit (one per 12 bytes it sends). A ping
+// past it goes unanswered, as it would over a congested link.
+const maxPongs = 32
+
 // handlePing is invokde for a typePing frame
 func (s *Session) handlePing(hdr header) error {
 	flags := hdr.Flags()
@@ -728,7 +738,12 @@ func (s *Session) handlePing(hdr header) error {
 	// Check if this is a query, respond back in a separate context so we
 	// don't interfere with the receiving thread blocking for the write.
 	if flags&flagSYN == flagSYN {
+		if s.pongs.Add(1) > maxPongs {
+			s.pongs.Add(-1)
+			return nil
+		}
 		go func() {
+			defer s.pongs.Add(-1)
 			hdr := header(make([]byte, headerSize))
 			hdr.encode(typePing, flagACK, 0, pingID)
 			if err := s.sendNoWait(hdr); err != nil {
