@@ -450,6 +450,44 @@ func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, 
 // rateLimit lets a log line through at most once a second, so that a
 // flood (of refusals, say) does not become a log flood; the next line that
 // gets through says how many were held back (also_refused).
+// warnLimit rate-limits one session's warn lines about its streams
+// (refused, dropped, backend unreachable): a client that opens streams in
+// a loop must not turn each into a log line (a review measured 8 bytes of
+// log per byte sent). At most warnBurst lines a second; the first after a
+// held-back one says how many were (also_refused); the counters count
+// them all.
+type warnLimit struct {
+	log zerolog.Logger
+
+	mu      sync.Mutex
+	window  time.Time // start of the current second
+	n       int       // lines written in it
+	skipped int       // lines held back since the last written
+}
+
+const warnBurst = 10
+
+// event is a warn event, or nil (on which zerolog's methods do nothing)
+// if warnBurst lines were written within the current second.
+func (w *warnLimit) event() *zerolog.Event {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if now := time.Now(); now.Sub(w.window) >= time.Second {
+		w.window, w.n = now, 0
+	}
+	if w.n >= warnBurst {
+		w.skipped++
+		return nil
+	}
+	w.n++
+	ev := w.log.Warn()
+	if w.skipped > 0 {
+		ev = ev.Int("also_refused", w.skipped)
+		w.skipped = 0
+	}
+	return ev
+}
+
 type rateLimit struct {
 	mu      sync.Mutex
 	last    time.Time

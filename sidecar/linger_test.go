@@ -321,3 +321,33 @@ func TestMsg3SlotWaitTimesOutOverloaded(t *testing.T) {
 		t.Errorf("handshakes{result=timeout} = %v, want 0", v)
 	}
 }
+
+// TestStreamRefusalsRateLimited: a client that opens streams to a target
+// the server refuses, in a loop, gets at most warnBurst log lines a second
+// per session; the next line says how many were held back, and the
+// counter counts every one.
+func TestStreamRefusalsRateLimited(t *testing.T) {
+	p := startPair(t, closedAddr(t), nil)
+	const n = 60
+	for range n {
+		if err := echoOnce(p.clientListen, []byte("x")); err == nil {
+			t.Fatal("went through to a closed backend")
+		}
+	}
+	waitFor(t, 5*time.Second, "every refusal counted", func() bool {
+		return counter(t, p.srv.m.StreamsTotal.WithLabelValues("unreachable")) == n
+	})
+	if lines := logLines(t, p.sLog, "backend unreachable"); len(lines) >= n || len(lines) < warnBurst {
+		t.Errorf("%d \"backend unreachable\" lines for %d refusals, want from %d to fewer than %d", len(lines), n, warnBurst, n)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if err := echoOnce(p.clientListen, []byte("x")); err == nil {
+		t.Fatal("went through")
+	}
+	var last map[string]any
+	waitFor(t, 5*time.Second, "the line after the pause", func() bool {
+		l := logLines(t, p.sLog, "backend unreachable")
+		last = l[len(l)-1]
+		return last["also_refused"] != nil
+	})
+}

@@ -299,6 +299,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	var streams atomic.Int64
 	var up, down atomic.Int64
 	var wg sync.WaitGroup
+	warn := &warnLimit{log: log} // this session's stream refusals
 	if s.cfg.MaxSessionAge > 0 {
 		wg.Go(func() { s.ageOut(sess, log) })
 	}
@@ -307,7 +308,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 		if err != nil {
 			var se *psk.StreamError
 			if errors.As(err, &se) {
-				log.Warn().Err(err).Msg("stream dropped")
+				warn.event().Err(err).Msg("stream dropped")
 				s.m.StreamsTotal.WithLabelValues("bad_header").Inc()
 				continue
 			}
@@ -332,11 +333,11 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 				// without bound: past --max-conns, the stream is refused.
 				_ = in.Reject(psk.StatusRefused)
 				s.m.StreamsTotal.WithLabelValues("over_limit").Inc()
-				log.Warn().Int("max_conns", s.cfg.MaxConns).Msg("stream refused: --max-conns proxied connections open")
+				warn.event().Int("max_conns", s.cfg.MaxConns).Msg("stream refused: --max-conns proxied connections open")
 				done(0, 0)
 				return
 			}
-			if p := s.openStream(ctx, in, log, done); p != nil {
+			if p := s.openStream(ctx, in, log, warn, done); p != nil {
 				// The copy runs on goroutines of its own and this one
 				// ends: its stack, grown by the backend dial, is not kept
 				// for as long as the connection stays open.
@@ -602,12 +603,12 @@ type openedStream struct {
 // refuses it with the status that says why). It returns nil when the
 // stream is finished with, having called done; otherwise the caller pipes
 // the result with pipeStream. HTTP-mode streams are served here.
-func (s *Server) openStream(ctx context.Context, in *psk.IncomingStream, log zerolog.Logger, done func(up, down int64)) *openedStream {
+func (s *Server) openStream(ctx context.Context, in *psk.IncomingStream, log zerolog.Logger, warn *warnLimit, done func(up, down int64)) *openedStream {
 	target, ok := s.target(in)
 	if !ok {
 		_ = in.Reject(psk.StatusRefused)
 		s.m.StreamsTotal.WithLabelValues("refused").Inc()
-		log.Warn().Str("target", in.Target()).Msg("stream refused: no such target")
+		warn.event().Str("target", in.Target()).Msg("stream refused: no such target")
 		done(0, 0)
 		return nil
 	}
@@ -615,7 +616,7 @@ func (s *Server) openStream(ctx context.Context, in *psk.IncomingStream, log zer
 		if err := acl.Authorize(in.Session().PeerID()); err != nil {
 			_ = in.Reject(psk.StatusRefused)
 			s.m.StreamsTotal.WithLabelValues("refused").Inc()
-			log.Warn().Str("target", in.Target()).Msg("stream refused: the client matches no --route-allow pattern of this route")
+			warn.event().Str("target", in.Target()).Msg("stream refused: the client matches no --route-allow pattern of this route")
 			done(0, 0)
 			return nil
 		}
@@ -631,7 +632,7 @@ func (s *Server) openStream(ctx context.Context, in *psk.IncomingStream, log zer
 	if err != nil {
 		_ = in.Reject(psk.StatusUnreachable)
 		s.m.StreamsTotal.WithLabelValues("unreachable").Inc()
-		log.Warn().Err(err).Str("target", target).Msg("backend unreachable")
+		warn.event().Err(err).Str("target", target).Msg("backend unreachable")
 		done(0, 0)
 		return nil
 	}
@@ -654,7 +655,7 @@ func (s *Server) openStream(ctx context.Context, in *psk.IncomingStream, log zer
 			st.Close()
 			backend.Close()
 			s.m.StreamsTotal.WithLabelValues("error").Inc()
-			log.Warn().Err(err).Msg("PROXY header not sent")
+			warn.event().Err(err).Msg("PROXY header not sent")
 			done(0, 0)
 			return nil
 		}
