@@ -447,9 +447,6 @@ func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, 
 	}
 }
 
-// rateLimit lets a log line through at most once a second, so that a
-// flood (of refusals, say) does not become a log flood; the next line that
-// gets through says how many were held back (also_refused).
 // warnLimit rate-limits one session's warn lines about its streams
 // (refused, dropped, backend unreachable): a client that opens streams in
 // a loop must not turn each into a log line (a review measured 8 bytes of
@@ -488,6 +485,9 @@ func (w *warnLimit) event() *zerolog.Event {
 	return ev
 }
 
+// rateLimit lets a log line through at most once a second, so that a
+// flood (of refusals, say) does not become a log flood; the next line that
+// gets through says how many were held back (also_refused).
 type rateLimit struct {
 	mu      sync.Mutex
 	last    time.Time
