@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -350,4 +351,50 @@ func TestStreamRefusalsRateLimited(t *testing.T) {
 		last = l[len(l)-1]
 		return last["also_refused"] != nil
 	})
+}
+
+// TestHandshakesPerIP: one source address holds at most
+// --max-handshakes-per-ip connections in their handshake; the next is
+// answered overloaded at once, so that silent connections from one
+// address cannot hold every --max-conns slot, while a client from another
+// address gets in. A count ends with its handshake.
+func TestHandshakesPerIP(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, _ *ClientConfig) { s.MaxHandshakesPerIP = 4 })
+	from := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}
+	var held []net.Conn
+	for range 4 {
+		c, err := from.Dial("tcp", p.srv.Addr())
+		if err != nil {
+			t.Skipf("cannot dial from 127.0.0.2: %v", err)
+		}
+		defer c.Close()
+		held = append(held, c)
+	}
+	waitFor(t, 5*time.Second, "4 handshakes under way", func() bool { return p.srv.inflight.Load() == 4 })
+	c, err := from.Dial("tcp", p.srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, []byte{0x00, 0x02, 0x7f, 0x04}) {
+		t.Fatalf("a fifth from 127.0.0.2: %x, %v; want the overloaded Alert at once", got, err)
+	}
+	if err := echoOnce(p.clientListen, []byte("from 127.0.0.1")); err != nil {
+		t.Fatalf("a client from another address: %v", err)
+	}
+	for _, h := range held {
+		h.Close()
+	}
+	waitFor(t, 5*time.Second, "the held handshakes ended", func() bool { return p.srv.inflight.Load() == 0 })
+	again, err := from.Dial("tcp", p.srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	_ = again.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := again.Read(got); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("from 127.0.0.2 once its handshakes ended: %d bytes, %v; want a handshake waiting for Msg1", n, err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,7 +40,9 @@ type Server struct {
 	conns       chan struct{} // --max-conns slots for secure sessions (TCP connections)
 	streams     chan struct{} // --max-conns slots for proxied connections (streams, backend connections)
 	inflight    atomic.Int64  // connections in their handshake
-	overloadLog rateLimit     // the "overloaded" refusals' log line
+	pendingMu   sync.Mutex
+	pending     map[netip.Addr]int // connections in their handshake, by source address
+	overloadLog rateLimit          // the "overloaded" refusals' log line
 	ready       atomic.Bool
 	draining    atomic.Bool
 	addr        atomic.Value // string
@@ -94,6 +97,9 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 	if cfg.MaxSessionAge < 0 {
 		return nil, configErr(errors.New("--max-session-age must not be negative"))
 	}
+	if cfg.MaxHandshakesPerIP < 0 {
+		return nil, configErr(errors.New("--max-handshakes-per-ip must not be negative"))
+	}
 	routeACL := map[string]*AllowList{}
 	for name, pats := range cfg.RouteAllow {
 		addr, ok := cfg.Routes[name]
@@ -118,7 +124,7 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 	}
 	m.observeKeys(ks.Current())
 	s := &Server{cfg: cfg, log: log, keys: ks, allow: allow, m: m, t: newTracker(),
-		hs: make(chan struct{}, cfg.MaxHandshakes), conns: make(chan struct{}, cfg.MaxConns), streams: make(chan struct{}, cfg.MaxConns),
+		hs: make(chan struct{}, cfg.MaxHandshakes), conns: make(chan struct{}, cfg.MaxConns), streams: make(chan struct{}, cfg.MaxConns), pending: map[netip.Addr]int{},
 		routes: cfg.routesWithDefault(), routeACL: routeACL, checks: map[string]*backendCheck{}}
 	for _, addr := range s.routes {
 		s.checks[addr] = &backendCheck{}
@@ -236,12 +242,54 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 	return nil
 }
 
+// admit counts c against its source address's handshakes under way
+// (--max-handshakes-per-ip) and returns the function that ends the count,
+// or nil if the source already has that many: peers that connect and send
+// nothing from one address cannot hold every --max-conns slot. Unix
+// socket peers and a bound of 0 are not counted.
+func (s *Server) admit(c net.Conn) (done func(), ok bool) {
+	ta, isTCP := c.RemoteAddr().(*net.TCPAddr)
+	if s.cfg.MaxHandshakesPerIP <= 0 || !isTCP {
+		return func() {}, true
+	}
+	ip, _ := netip.AddrFromSlice(ta.IP)
+	ip = ip.Unmap()
+	s.pendingMu.Lock()
+	defer s.pendingMu.Unlock()
+	if s.pending[ip] >= s.cfg.MaxHandshakesPerIP {
+		return nil, false
+	}
+	s.pending[ip]++
+	return func() {
+		s.pendingMu.Lock()
+		if s.pending[ip]--; s.pending[ip] <= 0 {
+			delete(s.pending, ip)
+		}
+		s.pendingMu.Unlock()
+	}, true
+}
+
 func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	remote := c.RemoteAddr().String()
+	admitted, ok := s.admit(c)
+	if !ok {
+		s.m.Handshakes.WithLabelValues("overloaded").Inc()
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = mpinkex.WriteAlert(c, mpinkex.AlertOverloaded)
+		if !s.cfg.quiet("handshake-errs") {
+			if ok, skipped := s.overloadLog.allow(); ok {
+				s.log.Warn().Str("remote", remote).Int("max_handshakes_per_ip", s.cfg.MaxHandshakesPerIP).Int("also_refused", skipped).
+					Msg("handshake refused: too many from this address")
+			}
+		}
+		closeAfterAlert(c, overloadLingerTime)
+		return
+	}
 	s.inflight.Add(1)
 	s.t.addConn(c)
 	start := time.Now()
 	sess, res, err := s.handshake(ctx, c)
+	admitted()
 	s.inflight.Add(-1)
 	if err == nil {
 		// Tracked as a session before it stops being tracked as a
