@@ -112,12 +112,7 @@ func TestHTTPIdentityProxy(t *testing.T) {
 
 // TestHTTPIdentityProxyBackendDown: 502, and the hook says why.
 func TestHTTPIdentityProxyBackendDown(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := closedAddr(t)
 	errs := make(chan error, 1)
 	p, _, _ := startHTTPProxy(t, addr, func(err error) {
 		select {

@@ -125,12 +125,7 @@ func TestPoolSetsSilentSessionAside(t *testing.T) {
 // connection made while the upstream comes back is served, not refused
 // (refusals went on for up to the 30 s backoff after an outage).
 func TestPoolWaitsForRetry(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := closedAddr(t)
 	p := newTestPool(t, addr, PoolOptions{MinBackoff: 2 * time.Second, MaxBackoff: 2 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -236,12 +231,7 @@ func waitForPool(t *testing.T, d time.Duration, what string, cond func() bool) {
 // TestPoolCloseEndsRetryWait: Close ends an Open waiting for the next dial
 // at once (a client's drain waited for it while the upstream was down).
 func TestPoolCloseEndsRetryWait(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := closedAddr(t)
 	p := newTestPool(t, addr, PoolOptions{MinBackoff: 5 * time.Second, MaxBackoff: 5 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

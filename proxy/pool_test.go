@@ -430,19 +430,13 @@ func TestPoolRedialsDeadSession(t *testing.T) {
 }
 
 func TestPoolBackoff(t *testing.T) {
-	// A port where nothing listens (yet).
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := closedAddr(t) // nothing listens there (yet)
 
 	const minB, maxB = 300 * time.Millisecond, 2 * time.Second
 	p := newTestPool(t, addr, PoolOptions{MinBackoff: minB, MaxBackoff: maxB})
 	ctx := context.Background()
 
-	_, err = p.Open(ctx, "")
+	_, err := p.Open(ctx, "")
 	if err == nil || errors.Is(err, ErrUpstreamDown) || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("first Open: %v, want the dial error", err)
 	}

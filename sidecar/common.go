@@ -455,11 +455,7 @@ func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, 
 // them all.
 type warnLimit struct {
 	log zerolog.Logger
-
-	mu      sync.Mutex
-	window  time.Time // start of the current second
-	n       int       // lines written in it
-	skipped int       // lines held back since the last written
+	rl  rateLimit
 }
 
 const warnBurst = 10
@@ -467,42 +463,43 @@ const warnBurst = 10
 // event is a warn event, or nil (on which zerolog's methods do nothing)
 // if warnBurst lines were written within the current second.
 func (w *warnLimit) event() *zerolog.Event {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if now := time.Now(); now.Sub(w.window) >= time.Second {
-		w.window, w.n = now, 0
-	}
-	if w.n >= warnBurst {
-		w.skipped++
+	ok, skipped := w.rl.allowUpTo(warnBurst)
+	if !ok {
 		return nil
 	}
-	w.n++
 	ev := w.log.Warn()
-	if w.skipped > 0 {
-		ev = ev.Int("also_refused", w.skipped)
-		w.skipped = 0
+	if skipped > 0 {
+		ev = ev.Int("also_refused", skipped)
 	}
 	return ev
 }
 
-// rateLimit lets a log line through at most once a second, so that a
+// rateLimit lets log lines through at most a number a second, so that a
 // flood (of refusals, say) does not become a log flood; the next line that
 // gets through says how many were held back (also_refused).
 type rateLimit struct {
 	mu      sync.Mutex
-	last    time.Time
-	skipped int
+	window  time.Time // start of the current second
+	n       int       // lines let through in it
+	skipped int       // lines held back since the last let through
 }
 
-// allow reports whether to log now, and how many lines were held back
-// since the last one.
-func (r *rateLimit) allow() (ok bool, skipped int) {
+// allow reports whether to log now (at most once a second), and how many
+// lines were held back since the last one.
+func (r *rateLimit) allow() (ok bool, skipped int) { return r.allowUpTo(1) }
+
+// allowUpTo is allow for at most burst lines a second.
+func (r *rateLimit) allowUpTo(burst int) (ok bool, skipped int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if now := time.Now(); now.Sub(r.last) >= time.Second {
-		skipped, r.last, r.skipped = r.skipped, now, 0
-		return true, skipped
+	if now := time.Now(); now.Sub(r.window) >= time.Second {
+		r.window, r.n = now, 0
 	}
-	r.skipped++
-	return false, 0
+	if r.n >= burst {
+		r.skipped++
+		return false, 0
+	}
+	r.n++
+	skipped, r.skipped = r.skipped, 0
+	return true, skipped
 }

@@ -269,20 +269,28 @@ func (s *Server) admit(c net.Conn) (done func(), ok bool) {
 	}, true
 }
 
+// refuseOverloaded answers c with the overloaded Alert (its handshake
+// past a limit, named with its value in the log line), counts it, logs it
+// at most once a second, and closes c: what the peer sent has been read
+// (a closed socket with unread bytes would reset the connection and lose
+// the Alert); it lingers only briefly while overloaded.
+func (s *Server) refuseOverloaded(c net.Conn, remote, limitName string, limit int, msg string) {
+	s.m.Handshakes.WithLabelValues("overloaded").Inc()
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = mpinkex.WriteAlert(c, mpinkex.AlertOverloaded)
+	if !s.cfg.quiet("handshake-errs") {
+		if ok, skipped := s.overloadLog.allow(); ok {
+			s.log.Warn().Str("remote", remote).Int(limitName, limit).Int("also_refused", skipped).Msg(msg)
+		}
+	}
+	closeAfterAlert(c, overloadLingerTime)
+}
+
 func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	remote := c.RemoteAddr().String()
 	admitted, ok := s.admit(c)
 	if !ok {
-		s.m.Handshakes.WithLabelValues("overloaded").Inc()
-		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-		_ = mpinkex.WriteAlert(c, mpinkex.AlertOverloaded)
-		if !s.cfg.quiet("handshake-errs") {
-			if ok, skipped := s.overloadLog.allow(); ok {
-				s.log.Warn().Str("remote", remote).Int("max_handshakes_per_ip", s.cfg.MaxHandshakesPerIP).Int("also_refused", skipped).
-					Msg("handshake refused: too many from this address")
-			}
-		}
-		closeAfterAlert(c, overloadLingerTime)
+		s.refuseOverloaded(c, remote, "max_handshakes_per_ip", s.cfg.MaxHandshakesPerIP, "handshake refused: too many from this address")
 		return
 	}
 	s.inflight.Add(1)
@@ -298,19 +306,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 	}
 	s.t.removeConn(c)
 	if errors.Is(err, errOverloaded) {
-		s.m.Handshakes.WithLabelValues("overloaded").Inc()
-		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-		_ = mpinkex.WriteAlert(c, mpinkex.AlertOverloaded)
-		if !s.cfg.quiet("handshake-errs") {
-			if ok, skipped := s.overloadLog.allow(); ok {
-				s.log.Warn().Str("remote", remote).Int("max_handshakes", s.cfg.MaxHandshakes).Int("also_refused", skipped).
-					Msg("handshake refused: overloaded")
-			}
-		}
-		// What the peer sent has been read (a closed socket with unread
-		// bytes would reset the connection and lose the Alert); linger
-		// only briefly while overloaded.
-		closeAfterAlert(c, overloadLingerTime)
+		s.refuseOverloaded(c, remote, "max_handshakes", s.cfg.MaxHandshakes, "handshake refused: overloaded")
 		return
 	}
 	if err != nil {
