@@ -626,3 +626,97 @@ func TestPingFloodBounded(t *testing.T) {
 	}
 	c.Close()
 }
+
+// TestRecvBufCappedAtWindow: a stream whose reader has stopped holds at
+// most the window, in a buffer no larger than the window (upstream's
+// bytes.Buffer growth reached twice it), and what it holds arrives intact
+// once read; a reader keeping up slides the buffer instead of growing it.
+func TestRecvBufCappedAtWindow(t *testing.T) {
+	const window = 1 << 20
+	for _, chunk := range []int{1000, 4096, 100 << 10, window} {
+		t.Run(fmt.Sprint(chunk), func(t *testing.T) {
+			conf := testConfNoKeepAlive()
+			conf.MaxStreamWindowSize = window
+			conf.ConnectionWriteTimeout = 5 * time.Second
+			c, s := testConnTCP(t)
+			client, server := testClientServerConfig(t, c, s, conf, conf.Clone())
+			cs, err := client.OpenStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cs.Write([]byte{0}); err != nil {
+				t.Fatal(err)
+			}
+			ss, err := server.AcceptStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			one := make([]byte, 1)
+			if _, err := io.ReadFull(ss, one); err != nil { // the window grows to its maximum
+				t.Fatal(err)
+			}
+			// Fill the window: the writer blocks once it is used up.
+			data := make([]byte, 3*window)
+			rand.Read(data)
+			sent := 0
+			cs.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
+			for sent < len(data) {
+				n, err := cs.Write(data[sent:upTo(sent+chunk, len(data))])
+				sent += n
+				if err != nil {
+					break
+				}
+			}
+			if sent < window/2 || sent > window {
+				t.Fatalf("sent %d bytes into a %d-byte window", sent, window)
+			}
+			time.Sleep(50 * time.Millisecond) // the last frames land
+			if got := ss.RecvBufCap(); got > window {
+				t.Errorf("receive buffer of %d bytes for a %d-byte window (holding %d)", got, window, sent)
+			}
+			// Everything sent arrives, then the rest as the reader keeps up.
+			cs.SetWriteDeadline(time.Time{})
+			done := make(chan error, 1)
+			go func() {
+				for sent < len(data) {
+					n, err := cs.Write(data[sent:upTo(sent+chunk, len(data))])
+					sent += n
+					if err != nil {
+						done <- err
+						return
+					}
+				}
+				done <- nil
+			}()
+			got := make([]byte, len(data))
+			maxCap := 0
+			for i := 0; i < len(got); {
+				n, err := ss.Read(got[i:upTo(i+8192, len(got))])
+				i += n
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c := ss.RecvBufCap(); c > maxCap {
+					maxCap = c
+				}
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, data) {
+				t.Fatal("data corrupted through the capped buffer")
+			}
+			if maxCap > window {
+				t.Errorf("receive buffer reached %d bytes while read, window %d", maxCap, window)
+			}
+		})
+	}
+}
+
+// upTo is the builtin min for ints (package yamux has a min of its own).
+func upTo(a, b int) int {
+	if a < b {
+		return a
+	}
+	return b
+}

@@ -619,7 +619,13 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		// This way we can read in the whole packet without further allocations.
 		s.recvBuf = bytes.NewBuffer(make([]byte, 0, length))
 	}
-	copiedLength, err := io.Copy(s.recvBuf, conn)
+	s.growRecvBuf(int(length))
+	// Exactly the frame, into the room made for it (milagro patch: upstream
+	// io.Copy'd into the buffer, whose ReadFrom grows it past the window).
+	spare := s.recvBuf.AvailableBuffer()[:length]
+	k, err := io.ReadFull(conn, spare)
+	s.recvBuf.Write(spare[:k])
+	copiedLength := int64(k)
 	if err != nil {
 		s.session.logger.Printf("[ERR] yamux: Failed to read stream data: %v", err)
 		s.recvLock.Unlock()
@@ -671,6 +677,39 @@ func (s *Stream) SetWriteDeadline(t time.Time) error {
 	s.writeDeadline.Store(t)
 	asyncNotify(s.sendNotifyCh)
 	return nil
+}
+
+// growRecvBuf (milagro patch) makes room for n more bytes in the receive
+// buffer, which holds at most the window (readData checks every frame
+// against it), without letting its capacity pass the window:
+// bytes.Buffer grows to twice its capacity plus n, so a stream whose
+// reader had stopped ended with a 2 MiB buffer for a 1 MiB window. Room
+// is made by sliding the unread bytes to the front when they and the frame
+// fit (no allocation; bytes.Buffer slides only within half its capacity,
+// which a capped buffer would miss on every large frame), else by a new
+// buffer of twice the capacity, capped at the window. Called with
+// recvLock held.
+func (s *Stream) growRecvBuf(n int) {
+	b := s.recvBuf
+	if b.Available() >= n {
+		return
+	}
+	m := b.Len()
+	if m+n <= b.Cap() {
+		// Slide the unread bytes to the front of the same array: Reset
+		// keeps it, and Write copies them down (copy handles the overlap).
+		unread := b.Bytes()
+		b.Reset()
+		b.Write(unread)
+		return
+	}
+	c := max(2*b.Cap(), m+n)
+	if w := int(s.session.config.MaxStreamWindowSize); c > w {
+		c = max(w, m+n)
+	}
+	nb := make([]byte, m, c)
+	copy(nb, b.Bytes())
+	s.recvBuf = bytes.NewBuffer(nb)
 }
 
 // RecvBufCap (milagro patch) is the capacity of the receive buffer, 0 if
