@@ -3,6 +3,8 @@ package psk
 import (
 	"context"
 	"errors"
+	"io"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -231,5 +233,154 @@ func TestServerCapsRefusedStreams(t *testing.T) {
 	}
 	if !srv.IsClosed() || !errors.Is(srv.Err(), ErrProtocol) {
 		t.Fatalf("server: closed %v, %v, %d streams; want the session ended with ErrProtocol", srv.IsClosed(), srv.Err(), srv.NumStreams())
+	}
+}
+
+// TestClosedStreamDrainsInline: a stream closed here while the peer goes
+// on sending is drained as data arrives, with no goroutine per stream:
+// 64 streams whose peer writes twice the window after the close and never
+// closes its side. Every write completes (the window comes back), and the
+// process holds no goroutine per stream (Close spawned a drain goroutine
+// each, which a peer that never closes held for StreamCloseTimeout).
+func TestClosedStreamDrainsInline(t *testing.T) {
+	const n = 64
+	cli, srv := sessionPair(t, nil, nil)
+	accepted := make(chan *Stream, n)
+	go func() {
+		for {
+			in, err := srv.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			st, err := in.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- st
+		}
+	}()
+	var open []*Stream
+	t.Cleanup(func() {
+		for _, st := range open {
+			_ = st.Close()
+		}
+	})
+	chunk := make([]byte, 2*DefaultStreamWindow)
+	var before int
+	for i := range n {
+		cs, err := cli.Open(openCtx(t), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, cs)
+		ss := <-accepted
+		if i == 0 {
+			runtime.GC()
+			before = runtime.NumGoroutine()
+		}
+		if err := ss.Close(); err != nil { // closed here, unread
+			t.Fatal(err)
+		}
+		_ = cs.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if _, err := cs.Write(chunk); err != nil {
+			t.Fatalf("stream %d: write after the peer's close: %v (not drained)", i, err)
+		}
+	}
+	if grew := runtime.NumGoroutine() - before; grew > n/4 {
+		t.Errorf("%d more goroutines with %d closed streams whose peer never closes, want none per stream", grew, n)
+	}
+	if got := srv.NumStreams(); got != n {
+		t.Errorf("server has %d streams, want the %d the client holds open", got, n)
+	}
+	// The client's FIN ends them.
+	for _, cs := range open {
+		_ = cs.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.NumStreams() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := srv.NumStreams(); got != 0 {
+		t.Errorf("%d streams left after the client closed its side", got)
+	}
+}
+
+// TestRefusedStreamResetIfPeerLingers: a stream the server refuses (status
+// 02, a bad header) is reset when the client has not closed its side
+// within HeaderTimeout, instead of being held for StreamCloseTimeout; a
+// client that closes on the status ends it with no reset.
+func TestRefusedStreamResetIfPeerLingers(t *testing.T) {
+	const hdrTimeout = 200 * time.Millisecond
+	cli, srv := sessionPair(t, nil, &Config{HeaderTimeout: hdrTimeout})
+	go func() {
+		for {
+			in, err := srv.Accept(context.Background())
+			if err != nil && srv.IsClosed() {
+				return
+			}
+			if in != nil {
+				_ = in.Reject(StatusUnreachable)
+			}
+		}
+	}()
+	hdr, err := appendStreamHeader(nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		header []byte
+		closes bool // the client closes its side on the answer
+		status bool // the server answers with a status byte
+	}{
+		{"refused, client lingers", hdr, false, true},
+		{"bad header, client lingers", []byte{0x7f, 0, 0}, false, false},
+		{"refused, client closes", hdr, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ys, err := cli.mux.OpenStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ys.Close()
+			if _, err := ys.Write(tc.header); err != nil {
+				t.Fatal(err)
+			}
+			_ = ys.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, err := io.ReadAll(ys) // up to the server's FIN
+			if err != nil {
+				t.Fatalf("read the answer: %v", err)
+			}
+			if tc.status && (len(got) != 1 || Status(got[0]) != StatusUnreachable) {
+				t.Fatalf("answer %x, want status 02", got)
+			}
+			start := time.Now()
+			if tc.closes {
+				_ = ys.Close()
+			}
+			// The server's side leaves the table: at once on the FIN, or
+			// by the reset after HeaderTimeout.
+			for srv.NumStreams() != 0 && time.Since(start) < 5*time.Second {
+				time.Sleep(5 * time.Millisecond)
+			}
+			took := time.Since(start)
+			if n := srv.NumStreams(); n != 0 {
+				t.Fatalf("server still holds %d streams after %v", n, took)
+			}
+			if tc.closes {
+				if took > hdrTimeout/2 {
+					t.Errorf("a closed refused stream took %v to end", took)
+				}
+				return
+			}
+			if took > hdrTimeout*5 {
+				t.Errorf("refused stream reset after %v, want about %v", took, hdrTimeout)
+			}
+			// The client's side was reset: a write fails.
+			time.Sleep(20 * time.Millisecond)
+			if _, err := ys.Write([]byte("x")); err == nil {
+				t.Error("client's stream still writable after the server's reset")
+			}
+		})
 	}
 }

@@ -37,7 +37,9 @@ type Config struct {
 	// long (0: never).
 	IdleTimeout time.Duration
 	// HeaderTimeout bounds how long the server waits for a stream header
-	// (default 10 s).
+	// (default 10 s), and how long a stream it refused (Reject, or a bad
+	// header) may stay open on the client's side before the server resets
+	// it.
 	HeaderTimeout time.Duration
 	// OpenTimeout bounds how long Open waits for the server's status byte,
 	// in addition to the context (default 30 s). It covers the server's
@@ -770,6 +772,7 @@ func (in *IncomingStream) Reject(status Status) error {
 	if err == nil {
 		err = cerr
 	}
+	in.st.resetUnlessPeerCloses(in.st.s.cfg.HeaderTimeout)
 	return err
 }
 
@@ -828,6 +831,7 @@ func (s *Session) readHeader(ys *yamux.Stream) {
 		}
 		s.badStreams.Add(1)
 		_ = st.Close()
+		st.resetUnlessPeerCloses(s.cfg.HeaderTimeout)
 		s.deliver(acceptItem{err: &StreamError{StreamID: ys.StreamID(), Err: err}})
 	}
 	st.setReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))

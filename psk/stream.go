@@ -47,8 +47,6 @@ type Stream struct {
 	closed   bool // Close was called
 	wclosed  bool // FIN sent
 	readDone bool // Read reached EOF or a terminal error
-	readers  int
-	noReader chan struct{} // closed when readers drops to 0 after Close
 }
 
 var _ interface {
@@ -99,7 +97,7 @@ func (st *Stream) setReadDeadline(t time.Time) {
 }
 
 func (st *Stream) setReadDeadlineLocked(t time.Time) {
-	if st.s.ended.Load() {
+	if st.s.ended.Load() || st.closed { // closed: discard's Reads must not wait
 		t = pastDeadline
 	}
 	_ = st.ys.SetReadDeadline(t)
@@ -118,7 +116,6 @@ func (st *Stream) Read(p []byte) (int, error) {
 		st.mu.Unlock()
 		return 0, errStreamClosed("read")
 	}
-	st.readers++
 	st.mu.Unlock()
 
 	n, err := st.readRaw(p)
@@ -127,11 +124,6 @@ func (st *Stream) Read(p []byte) (int, error) {
 	}
 
 	st.mu.Lock()
-	st.readers--
-	if st.readers == 0 && st.noReader != nil {
-		close(st.noReader)
-		st.noReader = nil
-	}
 	closed := st.closed
 	if err != nil && !closed && !errors.Is(err, yamux.ErrTimeout) {
 		st.readDone = true
@@ -216,11 +208,23 @@ func (st *Stream) NotifyReadable(f func()) {
 		}
 		return
 	}
+	st.mu.Lock()
+	if st.closed {
+		// Closed here: readable for good, and the notifications are
+		// discard's (Close swaps it in after setting closed).
+		st.mu.Unlock()
+		if f != nil {
+			f()
+		}
+		return
+	}
 	if f == nil {
 		st.tr.notify.Store(nil)
+		st.mu.Unlock()
 		return
 	}
 	st.tr.notify.Store(&f)
+	st.mu.Unlock()
 	if st.Readable() {
 		f()
 	}
@@ -358,46 +362,64 @@ func (st *Stream) Close() error {
 	fin := !st.wclosed
 	st.wclosed = true
 	drain := !st.readDone
-	if st.readers > 0 {
-		st.noReader = make(chan struct{})
-	}
-	wait := st.noReader
 	st.mu.Unlock()
 	if drain {
-		// Wake a blocked Read before the FIN can draw an answer.
+		// Wake a blocked Read before the FIN can draw an answer. The
+		// deadline stays in the past: discard's Reads never wait.
 		_ = st.ys.SetReadDeadline(pastDeadline)
 	}
 	if fin {
 		_ = st.ys.Close()
 	}
-	if drain {
-		// Read and discard until the peer's FIN, so that the peer is not
-		// blocked on a full window and the stream can finish.
-		st.s.spawn(func() { st.drain(wait) })
-	}
-	if st.tr != nil {
+	switch {
+	case st.tr == nil:
+		// It had left the table when wrapped: nothing is to come.
+	case drain:
+		// Read and discard what the peer still sends until its FIN, so
+		// that it is not blocked on a full window and the stream can
+		// finish: on the receive goroutine as data arrives, with no
+		// goroutine waiting (a peer that never closes its side would
+		// hold one for StreamCloseTimeout per stream). The function it
+		// replaces is told that Read now fails at once.
+		f := st.discard
+		if old := st.tr.notify.Swap(&f); old != nil {
+			(*old)()
+		}
+		f()
+	default:
 		st.tr.readable() // Read now fails at once
 	}
 	return nil
 }
 
-func (st *Stream) drain(wait chan struct{}) {
-	if wait != nil {
-		select {
-		case <-wait:
-		case <-st.s.mux.CloseChan():
-			return
-		}
+// discard reads and drops the data buffered for a stream closed here,
+// without waiting: the read deadline is in the past, so a Read of an
+// empty buffer returns at once. It runs as the stream's NotifyReadable
+// function. While the receive goroutine is filling the stream's buffer it
+// holds the stream's receive lock and a Read would wait for it: discard
+// leaves the data to the notification that follows the frame.
+func (st *Stream) discard() {
+	if st.tr.filling.Load() {
+		return
 	}
-	// Once the session has ended the deadline stays in the past, and the
-	// Read below returns at once (see Session.endStreams).
-	st.setReadDeadline(time.Time{})
-	buf := make([]byte, 4096)
+	var buf [4096]byte
 	for {
-		if _, err := st.ys.Read(buf); err != nil {
+		if _, err := st.readRaw(buf[:]); err != nil {
 			return
 		}
 	}
+}
+
+// resetUnlessPeerCloses resets st if the peer has not closed its side
+// within d: for a stream refused here, which a well-behaved peer closes
+// on the status, and which a peer that keeps it open would otherwise hold
+// for StreamCloseTimeout (5 min, restarted by each data frame).
+func (st *Stream) resetUnlessPeerCloses(d time.Duration) {
+	if st.tr == nil || d <= 0 {
+		return
+	}
+	t := time.AfterFunc(d, func() { _ = st.Reset() })
+	st.s.tab.whenGone(st.tr, func() { t.Stop() })
 }
 
 // LocalAddr is the local TCP address of the session.
