@@ -32,6 +32,8 @@ type plainConn struct {
 
 	// setCause records why the session ended; the first cause wins.
 	setCause func(error)
+	// closing: Close has begun (yamux, or the session's own close).
+	closing atomic.Bool
 
 	rest []byte // plaintext of the last record not yet read by yamux
 	in   frameParser
@@ -152,6 +154,13 @@ func (c *plainConn) track(b []byte) (int, error) {
 
 func (c *plainConn) readFailed(err error) error {
 	switch {
+	case c.closing.Load() && errors.Is(err, net.ErrClosed):
+		// yamux closed the connection (keepalive timeout, a peer's
+		// protocol violation) or the session was closed: the cause is
+		// theirs, recorded where they end the session, not this read's
+		// "use of closed network connection".
+		c.rerr = err
+		return err
 	case c.rc.failure() != nil:
 		err = c.rc.failure()
 	case errors.Is(err, io.EOF):
@@ -191,7 +200,9 @@ func (c *plainConn) Write(b []byte) (int, error) {
 	}
 	if err != nil {
 		err = fmt.Errorf("psk: session write: %w", unwrapPion(err))
-		c.setCause(err)
+		if !c.closing.Load() || !errors.Is(err, net.ErrClosed) { // see readFailed
+			c.setCause(err)
+		}
 		return 0, err
 	}
 	return len(b), nil
@@ -233,6 +244,7 @@ func (c *plainConn) flushPending() error {
 // Close sends close_notify (bounded by closeGrace) and closes the TCP
 // connection.
 func (c *plainConn) Close() error {
+	c.closing.Store(true)
 	c.rc.beginClose(closeGrace)
 	// The peer may be gone already: its absence is no error of ours.
 	_ = c.app.writeAlert(alert.Warning, alert.CloseNotify)

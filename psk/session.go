@@ -812,12 +812,31 @@ func (s *Session) acceptLoop() {
 		case s.hdrSem <- struct{}{}:
 		case <-s.mux.CloseChan():
 			_ = ys.Close()
+			s.acceptRest()
 			return
 		}
 		if !s.spawn(func() { s.readHeader(ys) }) {
 			_ = ys.Close()
+			s.acceptRest()
 			return
 		}
+	}
+}
+
+// acceptRest closes the streams yamux still holds for Accept once the
+// session has ended, and records why it ended, which AcceptStream
+// returns after them (a keepalive timeout, a protocol violation); the
+// accept loop is where the server learns it.
+func (s *Session) acceptRest() {
+	for {
+		ys, err := s.mux.AcceptStream()
+		if err != nil {
+			if !errors.Is(err, yamux.ErrSessionShutdown) {
+				s.setCause(fmt.Errorf("psk: yamux: %w", err))
+			}
+			return
+		}
+		_ = ys.Close()
 	}
 }
 

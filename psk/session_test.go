@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -505,10 +506,34 @@ func TestKeepAliveDeadPeer(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("dead peer not detected")
 	}
-	if err := pr.cli.Err(); !errors.Is(err, ErrSessionClosed) {
-		t.Errorf("Err = %v", err)
-	} else {
-		t.Logf("client session ended: %v", err)
+	// Why, not "use of closed network connection" (the read that yamux's
+	// close of the connection cut short).
+	if err := pr.cli.Err(); !errors.Is(err, ErrSessionClosed) || !errors.Is(err, yamux.ErrKeepAliveTimeout) {
+		t.Errorf("Err = %v, want the keepalive timeout", err)
+	}
+}
+
+// TestWindowViolationCause: a peer that sends past a stream's window
+// ends the session, and Err says so.
+func TestWindowViolationCause(t *testing.T) {
+	cli, srv := sessionPair(t, &Config{KeepAliveInterval: -1}, &Config{KeepAliveInterval: -1})
+	ys, err := cli.mux.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 300 << 10 // past yamux's initial 256 KiB window
+	frame := make([]byte, 12+n)
+	frame[0], frame[1] = 0, yTypeData
+	binary.BigEndian.PutUint32(frame[4:8], ys.StreamID())
+	binary.BigEndian.PutUint32(frame[8:12], n)
+	_, _ = cli.pc.Write(frame) // as yamux writes a frame: one Write
+	select {
+	case <-srv.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("window violation did not end the server's session")
+	}
+	if err := srv.Err(); !errors.Is(err, yamux.ErrRecvWindowExceeded) {
+		t.Errorf("server Err = %v, want the window violation", err)
 	}
 }
 
