@@ -135,8 +135,12 @@ func (p *Pool) Stats() PoolStats {
 // stream limit (Config.MaxStreams, which MaxStreamsPerSession should not
 // exceed) has not ended: it is kept, and the Open fails. It gives up when
 // a session it dialled itself fails, so a server that takes sessions but
-// no streams costs one dial per Open, not a loop.
+// no streams costs one dial per Open, not a loop — except once for a
+// session the server sent away (GoAway) before its first stream: a server
+// that began draining just after the handshake (a rollout), whose
+// replacement the next dial reaches.
 func (p *Pool) Open(ctx context.Context, target string) (*psk.Stream, error) {
+	sentAway := false
 	for attempt := 0; ; attempt++ {
 		s, fresh, err := p.session(ctx)
 		if err != nil {
@@ -167,10 +171,12 @@ func (p *Pool) Open(ctx context.Context, target string) (*psk.Stream, error) {
 		}
 		// Each attempt but a fresh session's drops one pooled session, so
 		// the pool's bound bounds the attempts too; the bound is a guard.
-		if !sessionEnded || ctx.Err() != nil || fresh || attempt >= p.opt.MaxSessions {
+		retryFresh := fresh && !sentAway && s.PeerGoingAway()
+		if !sessionEnded || ctx.Err() != nil || fresh && !retryFresh || attempt >= p.opt.MaxSessions {
 			p.count(func(st *PoolStats) { st.OpenFailures++ })
 			return nil, err
 		}
+		sentAway = sentAway || retryFresh
 	}
 }
 

@@ -3,13 +3,16 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/milagro-sc/milagro/mpinkex"
 	"github.com/milagro-sc/milagro/psk"
 )
 
@@ -325,4 +328,90 @@ func TestPoolGoingAwaySessionLeaves(t *testing.T) {
 	if _, err := held.Write([]byte("still")); err != nil || old.IsClosed() {
 		t.Errorf("the stream on the old session: write %v, session closed %v; want it going on", err, old.IsClosed())
 	}
+}
+
+// TestPoolFreshSessionSentAway: a session the server sends away (GoAway)
+// right after its handshake, before its first stream — a server that
+// began draining then, in a rollout — costs the Open one more dial, not
+// the app connection; a second one in a row fails the Open (a server that
+// sends every session away is not dialled in a loop).
+func TestPoolFreshSessionSentAway(t *testing.T) {
+	for _, tc := range []struct {
+		away      int32
+		wantOK    bool
+		wantDials uint64
+	}{
+		{away: 1, wantOK: true, wantDials: 2},
+		{away: 2, wantOK: false, wantDials: 2},
+	} {
+		t.Run(fmt.Sprint(tc.away), func(t *testing.T) {
+			up := newEchoUpstream(t, "127.0.0.1:0")
+			up.goAwayNew.Store(tc.away)
+			// The GoAway crosses the client's SYN: the client reads
+			// nothing after its handshake until its first frame has gone
+			// out and 100 ms have passed, so the server has sent its
+			// GoAway before the SYN arrives and refuses it, and the client
+			// learns of the GoAway only after its Open was under way.
+			// (A GoAway read before the Open is the pool's older path:
+			// the session is skipped and another dialled.)
+			keys := testPoolKeys(t)
+			p := NewPool(func(ctx context.Context) (*psk.Session, error) {
+				var d net.Dialer
+				raw, err := d.DialContext(ctx, "tcp", up.addr)
+				if err != nil {
+					return nil, err
+				}
+				c := &holdReads{Conn: raw, wrote: make(chan struct{})}
+				res, err := mpinkex.Client(ctx, c, &mpinkex.ClientConfig{Key: keys.ck, ServerID: poolServerID})
+				if err != nil {
+					raw.Close()
+					return nil, err
+				}
+				s, err := psk.Client(ctx, c, res, nil)
+				res.Zeroize()
+				c.armed.Store(true)
+				return s, err
+			}, PoolOptions{})
+			t.Cleanup(p.Close)
+			err := roundTrip(t, p, []byte("hello"))
+			if tc.wantOK && err != nil {
+				t.Fatalf("Open after a fresh session was sent away: %v", err)
+			}
+			if !tc.wantOK && (err == nil || !errors.Is(err, psk.ErrSessionClosed)) {
+				t.Fatalf("Open with every session sent away: %v, want the session's end", err)
+			}
+			if st := p.Stats(); st.Dials != tc.wantDials {
+				t.Errorf("%d dials, want %d", st.Dials, tc.wantDials)
+			}
+		})
+	}
+}
+
+// holdReads, once armed, holds its next Read until a Write has happened
+// and 100 ms have passed.
+type holdReads struct {
+	net.Conn
+	armed atomic.Bool
+	once  sync.Once
+	wrote chan struct{}
+	held  atomic.Bool
+}
+
+func (c *holdReads) Read(p []byte) (int, error) {
+	if c.armed.Load() && !c.held.Swap(true) {
+		select {
+		case <-c.wrote:
+			time.Sleep(100 * time.Millisecond)
+		case <-time.After(2 * time.Second):
+		}
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *holdReads) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.armed.Load() {
+		c.once.Do(func() { close(c.wrote) })
+	}
+	return n, err
 }

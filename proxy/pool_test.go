@@ -91,7 +91,8 @@ type echoUpstream struct {
 	addr string
 
 	handshakes atomic.Int64
-	closeNew   atomic.Bool // close every new session right after its handshake
+	closeNew   atomic.Bool  // close every new session right after its handshake
+	goAwayNew  atomic.Int32 // send GoAway on this many new sessions right after their handshake
 	mu         sync.Mutex
 	sessions   []*psk.Session
 	wg         sync.WaitGroup
@@ -137,6 +138,9 @@ func (u *echoUpstream) serve() {
 			if u.closeNew.Load() {
 				s.Close()
 				return
+			}
+			if u.goAwayNew.Add(-1) >= 0 {
+				_ = s.GoAway()
 			}
 			u.mu.Lock()
 			u.sessions = append(u.sessions, s)
