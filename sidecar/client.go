@@ -44,6 +44,10 @@ type Client struct {
 	addr     atomic.Value
 	fwdAddr  atomic.Value
 	sessLogs sync.Map // *psk.Session → *sessionLog
+	// refusals rate-limits the warn lines about app connections refused
+	// or failed (an app retrying against a down upstream writes one a
+	// try): 10 a second, the next saying how many were held back.
+	refusals warnLimit
 }
 
 type upstream struct {
@@ -100,7 +104,7 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 		return nil, err
 	}
 	m.observeKeys(ks.Current())
-	c := &Client{cfg: cfg, log: log, keys: ks, m: m, t: newTracker(), routes: map[string]*upstream{},
+	c := &Client{cfg: cfg, log: log, keys: ks, m: m, t: newTracker(), routes: map[string]*upstream{}, refusals: warnLimit{log: log},
 		conns: make(chan struct{}, cfg.MaxConns)}
 	if cfg.Target != "" {
 		if cfg.VerifyID == "" {
@@ -434,7 +438,7 @@ func (c *Client) openApp(ctx context.Context, app net.Conn, u *upstream) *route 
 	if err != nil {
 		app.Close()
 		c.m.StreamsTotal.WithLabelValues(streamFailure(err)).Inc()
-		withHint(c.log.Warn().Err(err), err).Str("upstream", u.addr).Str("app", app.RemoteAddr().String()).Msg("connection refused: no secure stream")
+		withHint(c.refusals.event().Err(err), err).Str("upstream", u.addr).Str("app", app.RemoteAddr().String()).Msg("connection refused: no secure stream")
 		return nil
 	}
 	return &route{app: app, st: st, u: u}
@@ -521,7 +525,7 @@ func routeKey(dest string) string {
 func (c *Client) openTransparent(ctx context.Context, conn net.Conn) *route {
 	dst, err := proxy.OriginalDst(conn)
 	if err != nil {
-		c.log.Warn().Err(err).Str("app", conn.RemoteAddr().String()).Msg("transparent: no original destination; closing")
+		c.refusals.event().Err(err).Str("app", conn.RemoteAddr().String()).Msg("transparent: no original destination; closing")
 		conn.Close()
 		return nil
 	}
@@ -530,7 +534,7 @@ func (c *Client) openTransparent(ctx context.Context, conn net.Conn) *route {
 		u = c.def
 	}
 	if u == nil || dst.String() == conn.LocalAddr().String() {
-		c.log.Warn().Str("destination", dst.String()).Str("app", conn.RemoteAddr().String()).Msg("transparent: no route for the original destination; closing")
+		c.refusals.event().Str("destination", dst.String()).Str("app", conn.RemoteAddr().String()).Msg("transparent: no route for the original destination; closing")
 		conn.Close()
 		return nil
 	}
@@ -570,7 +574,7 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 	br := bufio.NewReader(io.LimitReader(conn, maxConnectHead))
 	req, err := http.ReadRequest(br)
 	if err != nil {
-		c.log.Warn().Err(err).Str("app", app).Msg("CONNECT refused: malformed, oversized or incomplete request head")
+		c.refusals.event().Err(err).Str("app", app).Msg("CONNECT refused: malformed, oversized or incomplete request head")
 		if isTimeout(err) {
 			conn.Close()
 		} else {
@@ -580,19 +584,19 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	if req.Method != http.MethodConnect {
-		c.log.Warn().Str("method", req.Method).Str("app", app).Msg("CONNECT refused: not a CONNECT request")
+		c.refusals.event().Str("method", req.Method).Str("app", app).Msg("CONNECT refused: not a CONNECT request")
 		reply(http.StatusMethodNotAllowed, "this forward proxy only tunnels with CONNECT\n")
 		return nil
 	}
 	if _, port, err := net.SplitHostPort(req.RequestURI); err != nil || !validPort(port) {
-		c.log.Warn().Str("target", req.RequestURI).Str("app", app).Msg("CONNECT refused: the target is not HOST:PORT")
+		c.refusals.event().Str("target", req.RequestURI).Str("app", app).Msg("CONNECT refused: the target is not HOST:PORT")
 		reply(http.StatusBadRequest, "CONNECT needs HOST:PORT\n")
 		return nil
 	}
 	dest := routeKey(req.RequestURI)
 	u, ok := c.routes[dest]
 	if !ok {
-		c.log.Warn().Str("destination", dest).Str("app", app).Msg("CONNECT refused: no route")
+		c.refusals.event().Str("destination", dest).Str("app", app).Msg("CONNECT refused: no route")
 		reply(http.StatusForbidden, "no route for "+dest+"\n")
 		return nil
 	}
@@ -601,7 +605,7 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 	cancel()
 	if err != nil {
 		c.m.StreamsTotal.WithLabelValues(streamFailure(err)).Inc()
-		withHint(c.log.Warn().Err(err), err).Str("destination", dest).Str("upstream", u.addr).Str("app", app).Msg("CONNECT failed")
+		withHint(c.refusals.event().Err(err), err).Str("destination", dest).Str("upstream", u.addr).Str("app", app).Msg("CONNECT failed")
 		code, msg := http.StatusBadGateway, "upstream or backend unreachable\n"
 		var r *psk.StreamRefusedError
 		switch {

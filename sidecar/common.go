@@ -447,10 +447,11 @@ func acceptLoop(ln net.Listener, slots chan struct{}, maxConns int, m *Metrics, 
 	}
 }
 
-// warnLimit rate-limits one session's warn lines about its streams
-// (refused, dropped, backend unreachable): a client that opens streams in
-// a loop must not turn each into a log line (a review measured 8 bytes of
-// log per byte sent). At most warnBurst lines a second; the first after a
+// warnLimit rate-limits warn lines about refused connections: a server
+// session's about its streams (refused, dropped, backend unreachable: a
+// client that opens streams in a loop must not turn each into a log line,
+// a review measured 8 bytes of log per byte sent), and a client's about
+// app connections it could not carry. At most warnBurst lines a second; the first after a
 // held-back one says how many were (also_refused); the counters count
 // them all.
 type warnLimit struct {

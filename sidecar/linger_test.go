@@ -341,6 +341,10 @@ func TestStreamRefusalsRateLimited(t *testing.T) {
 	if lines := logLines(t, p.sLog, "backend unreachable"); len(lines) >= n || len(lines) < warnBurst {
 		t.Errorf("%d \"backend unreachable\" lines for %d refusals, want from %d to fewer than %d", len(lines), n, warnBurst, n)
 	}
+	// The client's line per refused app connection likewise.
+	if lines := logLines(t, p.cLog, "connection refused: no secure stream"); len(lines) >= n || len(lines) < warnBurst {
+		t.Errorf("client: %d refusal lines for %d refused app connections, want from %d to fewer than %d", len(lines), n, warnBurst, n)
+	}
 	time.Sleep(1100 * time.Millisecond)
 	if err := echoOnce(p.clientListen, []byte("x")); err == nil {
 		t.Fatal("went through")
