@@ -287,3 +287,69 @@ func TestOpenRacesGoAway(t *testing.T) {
 		t.Error("no Open met the GoAway: the test raced nothing")
 	}
 }
+
+// stallReads passes Reads through until stall is closed, then holds them
+// until done is: the peer has stopped reading, and its TCP window fills.
+type stallReads struct {
+	net.Conn
+	stall, done <-chan struct{}
+}
+
+func (c *stallReads) Read(p []byte) (int, error) {
+	select {
+	case <-c.stall:
+		<-c.done
+		return 0, io.EOF
+	default:
+	}
+	return c.Conn.Read(p)
+}
+
+// TestDrainHonoursContextWithStuckPeer: a Drain whose GoAway cannot be
+// written (the peer stopped reading and the connection is full) returns
+// at ctx's end, not after WriteTimeout: a shutdown's --shutdown-timeout
+// holds against a stuck client.
+func TestDrainHonoursContextWithStuckPeer(t *testing.T) {
+	stall, done := make(chan struct{}), make(chan struct{})
+	pr := dialPair(t, sharedDomain(t), pairOpts{
+		cli:     &Config{KeepAliveInterval: -1},
+		srv:     &Config{KeepAliveInterval: -1, WriteTimeout: 5 * time.Second},
+		wrapCli: func(c net.Conn) net.Conn { return &stallReads{Conn: c, stall: stall, done: done} },
+	})
+	if pr.cliErr != nil || pr.srvErr != nil {
+		t.Fatal(pr.cliErr, pr.srvErr)
+	}
+	defer func() {
+		close(done)
+		pr.cli.Close()
+		pr.srv.Close()
+	}()
+	// Streams whose server side writes more than the kernel's buffers
+	// hold once the client stops reading.
+	const n = 64
+	var servers []*Stream
+	for range n {
+		_, ss := streamPair(t, pr.cli, pr.srv)
+		servers = append(servers, ss)
+	}
+	close(stall)
+	chunk := make([]byte, 256<<10) // yamux's initial window
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for _, ss := range servers {
+		wg.Go(func() { _, _ = ss.Write(chunk) })
+	}
+	time.Sleep(500 * time.Millisecond) // the connection fills
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := pr.srv.Drain(ctx)
+	took := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Drain = %v, want the context's deadline", err)
+	}
+	if took > 2*time.Second {
+		t.Errorf("Drain took %v with a 200 ms context: the GoAway's write held it", took)
+	}
+	pr.srv.Close() // what a drain's caller does at the deadline: the writers end
+}

@@ -411,7 +411,18 @@ func (s *Session) PeerGoingAway() bool { return s.mux.RemoteGoAway() }
 // Drain returns nil once nothing is left to finish, or the session has
 // ended; ctx's error if ctx ends first.
 func (s *Session) Drain(ctx context.Context) error {
-	if err := s.GoAway(); err != nil {
+	// The GoAway waits for the connection, up to WriteTimeout if the peer
+	// has stopped reading: no longer than ctx (the goroutine ends with the
+	// write, or with the session, which the caller closes at ctx's end).
+	sent := make(chan error, 1)
+	go func() { sent <- s.GoAway() }()
+	var err error
+	select {
+	case err = <-sent:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err != nil {
 		if s.mux.IsClosed() {
 			return nil
 		}
