@@ -473,7 +473,9 @@ func (s *Session) batch(f func() error) error {
 	err := f()
 	if ferr := s.rc.endBatch(); ferr != nil {
 		ferr = fmt.Errorf("psk: session write: %w", unwrapPion(ferr))
-		s.setCause(ferr)
+		if !s.pc.closing.Load() || !errors.Is(ferr, net.ErrClosed) { // see plainConn.readFailed
+			s.setCause(ferr)
+		}
 		_ = s.raw.Close() // yamux's receive loop ends the session
 		if err == nil {
 			err = ferr
@@ -483,6 +485,11 @@ func (s *Session) batch(f func() error) error {
 }
 
 func (s *Session) closeWith(cause error) error {
+	if s.mux.IsClosed() {
+		// yamux ended it on its own (keepalive timeout, protocol
+		// violation): record why before this close's cause can win.
+		_ = s.closedErr()
+	}
 	s.setCause(cause)
 	s.closeOnce.Do(func() {
 		s.goMu.Lock()

@@ -513,6 +513,42 @@ func TestKeepAliveDeadPeer(t *testing.T) {
 	}
 }
 
+// TestKeepAliveCauseSurvivesClose: a session yamux ended keeps its cause
+// when the owner closes it before asking why (a drain closing sessions at
+// shutdown, before their "session closed" line is written).
+func TestKeepAliveCauseSurvivesClose(t *testing.T) {
+	freeze := make(chan struct{})
+	pr := dialPair(t, sharedDomain(t), pairOpts{
+		cli: &Config{KeepAliveInterval: 50 * time.Millisecond, WriteTimeout: 200 * time.Millisecond},
+		srv: &Config{KeepAliveInterval: -1},
+		relay: func(c, s net.Conn) {
+			defer c.Close()
+			defer s.Close()
+			go func() {
+				<-freeze
+				c.SetReadDeadline(time.Unix(1, 0))
+				s.SetReadDeadline(time.Unix(1, 0))
+			}()
+			go io.Copy(s, c)
+			_, _ = io.Copy(c, s)
+			time.Sleep(2 * time.Second)
+		},
+	})
+	if pr.cliErr != nil || pr.srvErr != nil {
+		t.Fatal(pr.cliErr, pr.srvErr)
+	}
+	close(freeze)
+	select {
+	case <-pr.cli.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("dead peer not detected")
+	}
+	pr.cli.Close()
+	if err := pr.cli.Err(); !errors.Is(err, yamux.ErrKeepAliveTimeout) {
+		t.Errorf("Err after Close = %v, want the keepalive timeout", err)
+	}
+}
+
 // TestWindowViolationCause: a peer that sends past a stream's window
 // ends the session, and Err says so.
 func TestWindowViolationCause(t *testing.T) {

@@ -45,14 +45,17 @@ type Client struct {
 	fwdAddr  atomic.Value
 	sessLogs sync.Map // *psk.Session → *sessionLog
 	// refusals rate-limits the warn lines about app connections refused
-	// or failed (an app retrying against a down upstream writes one a
-	// try): 10 a second, the next saying how many were held back.
+	// here (CONNECT and transparent refusals): 10 a second, the next
+	// saying how many were held back. Failures to reach an upstream have
+	// a limiter per upstream (upstream.refusals), so that an app retrying
+	// against one that is down does not hide the others' lines.
 	refusals warnLimit
 }
 
 type upstream struct {
 	addr, verifyID, serverID, target string
 	pool                             *proxy.Pool
+	refusals                         warnLimit // its "no secure stream" and "CONNECT failed" lines
 }
 
 // NewClient validates cfg and loads the keys.
@@ -153,7 +156,7 @@ func (c *Client) newUpstream(addr, verifyID, serverID, target string) (*upstream
 	if serverID == "" && !strings.Contains(verifyID, "*") {
 		serverID = verifyID
 	}
-	u := &upstream{addr: addr, verifyID: verifyID, serverID: serverID, target: target}
+	u := &upstream{addr: addr, verifyID: verifyID, serverID: serverID, target: target, refusals: warnLimit{log: c.log}}
 	u.pool = proxy.NewPool(func(ctx context.Context) (*psk.Session, error) { return c.dial(ctx, u) },
 		proxy.PoolOptions{MaxStreamsPerSession: c.cfg.MaxStreams, MaxSessions: c.cfg.MaxSessions,
 			RetryDial: retryableDial})
@@ -436,9 +439,9 @@ func (c *Client) openApp(ctx context.Context, app net.Conn, u *upstream) *route 
 	st, err := u.pool.Open(octx, u.target)
 	cancel()
 	if err != nil {
-		app.Close()
 		c.m.StreamsTotal.WithLabelValues(streamFailure(err)).Inc()
-		withHint(c.refusals.event().Err(err), err).Str("upstream", u.addr).Str("app", app.RemoteAddr().String()).Msg("connection refused: no secure stream")
+		withHint(u.refusals.event().Err(err), err).Str("upstream", u.addr).Str("app", app.RemoteAddr().String()).Msg("connection refused: no secure stream")
+		app.Close()
 		return nil
 	}
 	return &route{app: app, st: st, u: u}
@@ -525,6 +528,7 @@ func routeKey(dest string) string {
 func (c *Client) openTransparent(ctx context.Context, conn net.Conn) *route {
 	dst, err := proxy.OriginalDst(conn)
 	if err != nil {
+		c.m.StreamsTotal.WithLabelValues("bad_request").Inc()
 		c.refusals.event().Err(err).Str("app", conn.RemoteAddr().String()).Msg("transparent: no original destination; closing")
 		conn.Close()
 		return nil
@@ -534,6 +538,7 @@ func (c *Client) openTransparent(ctx context.Context, conn net.Conn) *route {
 		u = c.def
 	}
 	if u == nil || dst.String() == conn.LocalAddr().String() {
+		c.m.StreamsTotal.WithLabelValues("no_route").Inc()
 		c.refusals.event().Str("destination", dst.String()).Str("app", conn.RemoteAddr().String()).Msg("transparent: no route for the original destination; closing")
 		conn.Close()
 		return nil
@@ -574,6 +579,7 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 	br := bufio.NewReader(io.LimitReader(conn, maxConnectHead))
 	req, err := http.ReadRequest(br)
 	if err != nil {
+		c.m.StreamsTotal.WithLabelValues("bad_request").Inc()
 		c.refusals.event().Err(err).Str("app", app).Msg("CONNECT refused: malformed, oversized or incomplete request head")
 		if isTimeout(err) {
 			conn.Close()
@@ -584,11 +590,13 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	if req.Method != http.MethodConnect {
+		c.m.StreamsTotal.WithLabelValues("bad_request").Inc()
 		c.refusals.event().Str("method", req.Method).Str("app", app).Msg("CONNECT refused: not a CONNECT request")
 		reply(http.StatusMethodNotAllowed, "this forward proxy only tunnels with CONNECT\n")
 		return nil
 	}
 	if _, port, err := net.SplitHostPort(req.RequestURI); err != nil || !validPort(port) {
+		c.m.StreamsTotal.WithLabelValues("bad_request").Inc()
 		c.refusals.event().Str("target", req.RequestURI).Str("app", app).Msg("CONNECT refused: the target is not HOST:PORT")
 		reply(http.StatusBadRequest, "CONNECT needs HOST:PORT\n")
 		return nil
@@ -596,6 +604,7 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 	dest := routeKey(req.RequestURI)
 	u, ok := c.routes[dest]
 	if !ok {
+		c.m.StreamsTotal.WithLabelValues("no_route").Inc()
 		c.refusals.event().Str("destination", dest).Str("app", app).Msg("CONNECT refused: no route")
 		reply(http.StatusForbidden, "no route for "+dest+"\n")
 		return nil
@@ -605,7 +614,7 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 	cancel()
 	if err != nil {
 		c.m.StreamsTotal.WithLabelValues(streamFailure(err)).Inc()
-		withHint(c.refusals.event().Err(err), err).Str("destination", dest).Str("upstream", u.addr).Str("app", app).Msg("CONNECT failed")
+		withHint(u.refusals.event().Err(err), err).Str("destination", dest).Str("upstream", u.addr).Str("app", app).Msg("CONNECT failed")
 		code, msg := http.StatusBadGateway, "upstream or backend unreachable\n"
 		var r *psk.StreamRefusedError
 		switch {

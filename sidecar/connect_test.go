@@ -27,6 +27,13 @@ import (
 // proxy's address and the client's log.
 func fwdPair(t *testing.T, backend string, dests []string, via func(string) string, smod ...func(*ServerConfig)) (string, *logBuf) {
 	t.Helper()
+	_, fwd, cl := fwdPairClient(t, backend, dests, via, smod...)
+	return fwd, cl
+}
+
+// fwdPairClient is fwdPair, with the client (its metrics).
+func fwdPairClient(t *testing.T, backend string, dests []string, via func(string) string, smod ...func(*ServerConfig)) (*Client, string, *logBuf) {
+	t.Helper()
 	f := sharedKeys(t)
 	scfg := DefaultServerConfig()
 	scfg.Listen, scfg.Target, scfg.Keys = "127.0.0.1:0", backend, f.serverDir(t, fxServerID)
@@ -58,7 +65,7 @@ func fwdPair(t *testing.T, backend string, dests []string, via func(string) stri
 		t.Fatal(err)
 	}
 	run(t, cli.Run, nil)
-	return waitAddr(t, cli.ForwardProxyAddr), cl
+	return cli, waitAddr(t, cli.ForwardProxyAddr), cl
 }
 
 // connect sends head (and early bytes) on a new connection to fwd and
@@ -493,6 +500,38 @@ func TestRetryableDial(t *testing.T) {
 	}{{refused, true}, {reset, true}, {timeout, false}, {alert, false}, {syscall.ECONNREFUSED, false}} {
 		if got := retryableDial(tc.err); got != tc.want {
 			t.Errorf("retryableDial(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+// TestConnectRefusalLinesApart: an app hammering a route whose backend is
+// down uses up that upstream's log lines only: a CONNECT refused here (no route, bad
+// request) still gets its line, and every refusal is counted.
+func TestConnectRefusalLinesApart(t *testing.T) {
+	// The backend is down: the server answers every stream 02 at once.
+	cli, fwd, cl := fwdPairClient(t, closedAddr(t), []string{"down.internal:80"}, nil)
+	const n = 3 * warnBurst
+	for range n {
+		c, _, resp := connect(t, fwd, "CONNECT down.internal:80 HTTP/1.1\r\n\r\n")
+		c.Close()
+		if resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("CONNECT to a down backend: HTTP %d, want 502", resp.StatusCode)
+		}
+	}
+	for _, tc := range []struct{ head, log string }{
+		{"CONNECT typo.internal:443 HTTP/1.1\r\n\r\n", `"destination":"typo.internal:443"`},
+		{"GET / HTTP/1.1\r\n\r\n", "not a CONNECT request"},
+	} {
+		c, _, _ := connect(t, fwd, tc.head)
+		c.Close()
+		waitFor(t, 5*time.Second, "the line "+tc.log, func() bool { return strings.Contains(cl.String(), tc.log) })
+	}
+	if got := len(logLines(t, cl, "CONNECT failed")); got >= n {
+		t.Errorf("%d \"CONNECT failed\" lines for %d failures in well under a second: not limited", got, n)
+	}
+	for label, want := range map[string]float64{"unreachable": n, "no_route": 1, "bad_request": 1} {
+		if got := counter(t, cli.m.StreamsTotal.WithLabelValues(label)); got != want {
+			t.Errorf("streams_total{result=%q} = %v, want %v", label, got, want)
 		}
 	}
 }

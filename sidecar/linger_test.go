@@ -349,12 +349,13 @@ func TestStreamRefusalsRateLimited(t *testing.T) {
 	if err := echoOnce(p.clientListen, []byte("x")); err == nil {
 		t.Fatal("went through")
 	}
-	var last map[string]any
-	waitFor(t, 5*time.Second, "the line after the pause", func() bool {
-		l := logLines(t, p.sLog, "backend unreachable")
-		last = l[len(l)-1]
-		return last["also_refused"] != nil
-	})
+	for side, lb := range map[string]*logBuf{"server": p.sLog, "client": p.cLog} {
+		msg := map[string]string{"server": "backend unreachable", "client": "connection refused: no secure stream"}[side]
+		waitFor(t, 5*time.Second, side+": the line after the pause says how many were held back", func() bool {
+			l := logLines(t, lb, msg)
+			return l[len(l)-1]["also_refused"] != nil
+		})
+	}
 }
 
 // TestHandshakesPerIP: one source address holds at most

@@ -82,7 +82,8 @@ var handshakeBuckets = []float64{0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02
 var (
 	handshakeResults = []string{"ok", "unauthorized", "auth_failed", "bad_message", "overloaded", "refused", "key_mismatch",
 		"timeout", "closed", "error", "connect_failed"}
-	streamResults = []string{"ok", "error", "idle_timeout", "refused", "unreachable", "upstream_down", "bad_header", "over_limit"}
+	streamResults = []string{"ok", "error", "idle_timeout", "refused", "unreachable", "upstream_down", "bad_header", "over_limit",
+		"no_route", "bad_request"}
 )
 
 // countBytes is proxy.StartCounting's count: bytes are counted as they
