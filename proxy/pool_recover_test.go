@@ -355,6 +355,7 @@ func TestPoolFreshSessionSentAway(t *testing.T) {
 			// (A GoAway read before the Open is the pool's older path:
 			// the session is skipped and another dialled.)
 			keys := testPoolKeys(t)
+			var dials atomic.Int32
 			p := NewPool(func(ctx context.Context) (*psk.Session, error) {
 				var d net.Dialer
 				raw, err := d.DialContext(ctx, "tcp", up.addr)
@@ -370,6 +371,10 @@ func TestPoolFreshSessionSentAway(t *testing.T) {
 				s, err := psk.Client(ctx, c, res, nil)
 				res.Zeroize()
 				c.armed.Store(true)
+				if n := dials.Add(1); err == nil && n <= tc.away {
+					// The server's GoAway is on its way before the SYN.
+					waitForPool(t, 5*time.Second, "the server's GoAway", func() bool { return up.wentAway.Load() >= n })
+				}
 				return s, err
 			}, PoolOptions{})
 			t.Cleanup(p.Close)

@@ -93,6 +93,7 @@ type echoUpstream struct {
 	handshakes atomic.Int64
 	closeNew   atomic.Bool  // close every new session right after its handshake
 	goAwayNew  atomic.Int32 // send GoAway on this many new sessions right after their handshake
+	wentAway   atomic.Int32 // GoAways sent so far
 	mu         sync.Mutex
 	sessions   []*psk.Session
 	wg         sync.WaitGroup
@@ -141,6 +142,7 @@ func (u *echoUpstream) serve() {
 			}
 			if u.goAwayNew.Add(-1) >= 0 {
 				_ = s.GoAway()
+				u.wentAway.Add(1)
 			}
 			u.mu.Lock()
 			u.sessions = append(u.sessions, s)

@@ -307,11 +307,11 @@ func TestClosedStreamDrainsInline(t *testing.T) {
 
 // TestRefusedStreamResetIfPeerLingers: a stream the server refuses (status
 // 02, a bad header) is reset when the client has not closed its side
-// within HeaderTimeout, instead of being held for StreamCloseTimeout; a
+// within OpenTimeout, instead of being held for StreamCloseTimeout; a
 // client that closes on the status ends it with no reset.
 func TestRefusedStreamResetIfPeerLingers(t *testing.T) {
 	const hdrTimeout = 200 * time.Millisecond
-	cli, srv := sessionPair(t, nil, &Config{HeaderTimeout: hdrTimeout})
+	cli, srv := sessionPair(t, nil, &Config{HeaderTimeout: hdrTimeout, OpenTimeout: hdrTimeout})
 	go func() {
 		for {
 			in, err := srv.Accept(context.Background())

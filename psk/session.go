@@ -37,13 +37,13 @@ type Config struct {
 	// long (0: never).
 	IdleTimeout time.Duration
 	// HeaderTimeout bounds how long the server waits for a stream header
-	// (default 10 s), and how long a stream it refused (Reject, or a bad
-	// header) may stay open on the client's side before the server resets
-	// it.
+	// (default 10 s).
 	HeaderTimeout time.Duration
 	// OpenTimeout bounds how long Open waits for the server's status byte,
 	// in addition to the context (default 30 s). It covers the server's
-	// dial to its target.
+	// dial to its target. On the server it is how long a stream it refused
+	// (Reject, or a bad header) may stay open on the client's side before
+	// it is reset (the client's Open has given up by then).
 	OpenTimeout time.Duration
 	// StreamCloseTimeout is how long a stream half-closed by this side
 	// (after CloseWrite or Close) may go without data from the peer before
@@ -790,7 +790,7 @@ func (in *IncomingStream) Reject(status Status) error {
 	if err == nil {
 		err = cerr
 	}
-	in.st.resetUnlessPeerCloses(in.st.s.cfg.HeaderTimeout)
+	in.st.resetUnlessPeerCloses(in.st.s.cfg.OpenTimeout)
 	return err
 }
 
@@ -868,7 +868,7 @@ func (s *Session) readHeader(ys *yamux.Stream) {
 		}
 		s.badStreams.Add(1)
 		_ = st.Close()
-		st.resetUnlessPeerCloses(s.cfg.HeaderTimeout)
+		st.resetUnlessPeerCloses(s.cfg.OpenTimeout)
 		s.deliver(acceptItem{err: &StreamError{StreamID: ys.StreamID(), Err: err}})
 	}
 	st.setReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))

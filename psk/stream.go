@@ -199,7 +199,9 @@ func (st *Stream) Shared() bool { return st.s.tab.len() > 1 }
 // session's receive goroutine or the one closing, so it must not block
 // (start a goroutine, signal a channel; a Read of at most Buffered bytes
 // and non-blocking writes elsewhere are fine). A later call replaces f; nil
-// stops the calls. With it a proxy needs no goroutine waiting in Read on
+// stops the calls. Once the stream is closed here, f is called once (it is
+// readable for good) and not kept: the notifications then drain what the
+// peer still sends (see Close). With it a proxy needs no goroutine waiting in Read on
 // a quiet stream.
 func (st *Stream) NotifyReadable(f func()) {
 	if st.tr == nil {
@@ -385,7 +387,15 @@ func (st *Stream) Close() error {
 		if old := st.tr.notify.Swap(&f); old != nil {
 			(*old)()
 		}
-		f()
+		if st.tr.avail.Load() > 0 {
+			// Data already buffered, and no frame may come to notify
+			// (the peer may wait on the full window): discarded on a
+			// goroutine of the session's, not here, as the receive
+			// goroutine may hold the stream's receive lock while it
+			// waits for the rest of a frame, for as long as the peer
+			// takes (for ever if its link died: until the session ends).
+			st.s.spawn(f)
+		}
 	default:
 		st.tr.readable() // Read now fails at once
 	}
@@ -393,13 +403,18 @@ func (st *Stream) Close() error {
 }
 
 // discard reads and drops the data buffered for a stream closed here,
-// without waiting: the read deadline is in the past, so a Read of an
-// empty buffer returns at once. It runs as the stream's NotifyReadable
-// function. While the receive goroutine is filling the stream's buffer it
-// holds the stream's receive lock and a Read would wait for it: discard
-// leaves the data to the notification that follows the frame.
+// without waiting for the peer: the read deadline is in the past, so a
+// Read of an empty buffer returns at once. It runs as the stream's
+// NotifyReadable function: on the receive goroutine after a frame, or
+// on a goroutine of the session's (Close). While the receive goroutine
+// is filling the stream's buffer it holds the stream's receive lock and
+// a Read would wait for it: discard leaves the data to the notification
+// that follows the frame. Once the session has ended there is nothing to
+// unblock, and endStreams, which notifies every stream, runs before the
+// connection closes, while the receive goroutine may still be waiting for
+// the rest of a frame with the lock held.
 func (st *Stream) discard() {
-	if st.tr.filling.Load() {
+	if st.tr.filling.Load() || st.s.ended.Load() {
 		return
 	}
 	var buf [4096]byte
@@ -413,7 +428,10 @@ func (st *Stream) discard() {
 // resetUnlessPeerCloses resets st if the peer has not closed its side
 // within d: for a stream refused here, which a well-behaved peer closes
 // on the status, and which a peer that keeps it open would otherwise hold
-// for StreamCloseTimeout (5 min, restarted by each data frame).
+// for StreamCloseTimeout (5 min, restarted by each data frame). The reset
+// drops whatever the peer has not read yet (the status byte of a client
+// that has not read it within d: OpenTimeout, after which its Open has
+// given up).
 func (st *Stream) resetUnlessPeerCloses(d time.Duration) {
 	if st.tr == nil || d <= 0 {
 		return
