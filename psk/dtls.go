@@ -92,7 +92,7 @@ func dtlsConfig(client bool, rc *recordConn, identity string, key []byte) *dtls.
 			err := fmt.Errorf("%w: client sent %q", ErrUnknownIdentity, got)
 			// Record the verdict: pion reports whichever of its errors
 			// comes first, often the EOF of the client leaving.
-			rc.fail(err)
+			rc.refuse(err)
 			return nil, err
 		}
 		return key, nil
@@ -184,6 +184,9 @@ func handshakePion(ctx context.Context, client bool, raw net.Conn, res *mpinkex.
 func handshakeCause(ctx, hctx context.Context, rc *recordConn, err error) error {
 	if f := rc.failure(); f != nil {
 		return f
+	}
+	if r := rc.refused(); r != nil {
+		return r
 	}
 	if a := rc.peerAlert(); a != nil && a.Level == uint8(alert.Fatal) {
 		return a

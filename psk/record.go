@@ -323,6 +323,7 @@ type recordConn struct {
 
 	failMu  sync.Mutex
 	failErr error
+	refusal error // our refusal of the handshake (see refuse)
 
 	closing      atomic.Bool
 	closeBy      atomic.Int64 // beginClose's deadline (Unix ns; 0: not closing)
@@ -445,6 +446,27 @@ func (c *recordConn) failure() error {
 	c.failMu.Lock()
 	defer c.failMu.Unlock()
 	return c.failErr
+}
+
+// refuse records why this side refuses the handshake (the client's PSK
+// identity), for handshakeCause, without waking or failing Reads as fail
+// does: pion writes its Alert after the callback that refuses returns,
+// and a read error reported first would end the handshake, and close the
+// connection, before the Alert went out (the client then saw only EOF).
+// Reading on meanwhile also takes the rest of the client's flight off the
+// socket, so that the close is a FIN, not a reset.
+func (c *recordConn) refuse(err error) {
+	c.failMu.Lock()
+	if c.refusal == nil {
+		c.refusal = err
+	}
+	c.failMu.Unlock()
+}
+
+func (c *recordConn) refused() error {
+	c.failMu.Lock()
+	defer c.failMu.Unlock()
+	return c.refusal
 }
 
 // peerAlert returns the last plaintext alert the peer sent, if any. Only
