@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/milagro-sc/milagro/mpinkex"
 	"github.com/milagro-sc/milagro/psk"
 )
 
@@ -357,21 +356,16 @@ func TestPoolFreshSessionSentAway(t *testing.T) {
 			keys := testPoolKeys(t)
 			var dials atomic.Int32
 			p := NewPool(func(ctx context.Context) (*psk.Session, error) {
-				var d net.Dialer
-				raw, err := d.DialContext(ctx, "tcp", up.addr)
+				var c *holdReads
+				s, err := dialSession(ctx, keys, up.addr, nil, func(raw net.Conn) net.Conn {
+					c = &holdReads{Conn: raw, wrote: make(chan struct{})}
+					return c
+				})
 				if err != nil {
 					return nil, err
 				}
-				c := &holdReads{Conn: raw, wrote: make(chan struct{})}
-				res, err := mpinkex.Client(ctx, c, &mpinkex.ClientConfig{Key: keys.ck, ServerID: poolServerID})
-				if err != nil {
-					raw.Close()
-					return nil, err
-				}
-				s, err := psk.Client(ctx, c, res, nil)
-				res.Zeroize()
 				c.armed.Store(true)
-				if n := dials.Add(1); err == nil && n <= tc.away {
+				if n := dials.Add(1); n <= tc.away {
 					// The server's GoAway is on its way before the SYN.
 					waitForPool(t, 5*time.Second, "the server's GoAway", func() bool { return up.wentAway.Load() >= n })
 				}

@@ -231,18 +231,7 @@ func poolDialer(t testing.TB, addr string, sessions *[]*psk.Session, mu *sync.Mu
 func poolDialerConfig(t testing.TB, addr string, sessions *[]*psk.Session, mu *sync.Mutex, cfg *psk.Config) SessionDialer {
 	keys := testPoolKeys(t)
 	return func(ctx context.Context) (*psk.Session, error) {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return nil, err
-		}
-		res, err := mpinkex.Client(ctx, c, &mpinkex.ClientConfig{Key: keys.ck, ServerID: poolServerID})
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		s, err := psk.Client(ctx, c, res, cfg)
-		res.Zeroize()
+		s, err := dialSession(ctx, keys, addr, cfg, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -253,6 +242,27 @@ func poolDialerConfig(t testing.TB, addr string, sessions *[]*psk.Session, mu *s
 		}
 		return s, nil
 	}
+}
+
+// dialSession is one client session as the sidecar builds it: TCP dial,
+// mpinkex.Client, psk.Client; wrap, if set, wraps the TCP connection.
+func dialSession(ctx context.Context, keys *poolKeys, addr string, cfg *psk.Config, wrap func(net.Conn) net.Conn) (*psk.Session, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if wrap != nil {
+		c = wrap(c)
+	}
+	res, err := mpinkex.Client(ctx, c, &mpinkex.ClientConfig{Key: keys.ck, ServerID: poolServerID})
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	s, err := psk.Client(ctx, c, res, cfg)
+	res.Zeroize()
+	return s, err
 }
 
 func newTestPool(t testing.TB, addr string, opt PoolOptions) *Pool {

@@ -476,9 +476,12 @@ func TestKeepAlive(t *testing.T) {
 	st.Close()
 }
 
-// TestKeepAliveDeadPeer: a peer that stops answering is detected.
-func TestKeepAliveDeadPeer(t *testing.T) {
-	leakCheck(t)
+// deadPeerPair is a session pair whose client pings every 50 ms through a
+// relay that, once freeze is closed, stops forwarding both ways and keeps
+// the sockets open (a peer gone silent); it returns once the client's
+// keepalive has ended its session.
+func deadPeerPair(t *testing.T) pairResult {
+	t.Helper()
 	freeze := make(chan struct{})
 	pr := dialPair(t, sharedDomain(t), pairOpts{
 		cli: &Config{KeepAliveInterval: 50 * time.Millisecond, WriteTimeout: 200 * time.Millisecond},
@@ -506,8 +509,15 @@ func TestKeepAliveDeadPeer(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("dead peer not detected")
 	}
-	// Why, not "use of closed network connection" (the read that yamux's
-	// close of the connection cut short).
+	return pr
+}
+
+// TestKeepAliveDeadPeer: a peer that stops answering is detected, and Err
+// says why, not "use of closed network connection" (the read that yamux's
+// close of the connection cut short).
+func TestKeepAliveDeadPeer(t *testing.T) {
+	leakCheck(t)
+	pr := deadPeerPair(t)
 	if err := pr.cli.Err(); !errors.Is(err, ErrSessionClosed) || !errors.Is(err, yamux.ErrKeepAliveTimeout) {
 		t.Errorf("Err = %v, want the keepalive timeout", err)
 	}
@@ -517,32 +527,7 @@ func TestKeepAliveDeadPeer(t *testing.T) {
 // when the owner closes it before asking why (a drain closing sessions at
 // shutdown, before their "session closed" line is written).
 func TestKeepAliveCauseSurvivesClose(t *testing.T) {
-	freeze := make(chan struct{})
-	pr := dialPair(t, sharedDomain(t), pairOpts{
-		cli: &Config{KeepAliveInterval: 50 * time.Millisecond, WriteTimeout: 200 * time.Millisecond},
-		srv: &Config{KeepAliveInterval: -1},
-		relay: func(c, s net.Conn) {
-			defer c.Close()
-			defer s.Close()
-			go func() {
-				<-freeze
-				c.SetReadDeadline(time.Unix(1, 0))
-				s.SetReadDeadline(time.Unix(1, 0))
-			}()
-			go io.Copy(s, c)
-			_, _ = io.Copy(c, s)
-			time.Sleep(2 * time.Second)
-		},
-	})
-	if pr.cliErr != nil || pr.srvErr != nil {
-		t.Fatal(pr.cliErr, pr.srvErr)
-	}
-	close(freeze)
-	select {
-	case <-pr.cli.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("dead peer not detected")
-	}
+	pr := deadPeerPair(t)
 	pr.cli.Close()
 	if err := pr.cli.Err(); !errors.Is(err, yamux.ErrKeepAliveTimeout) {
 		t.Errorf("Err after Close = %v, want the keepalive timeout", err)
