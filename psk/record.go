@@ -451,10 +451,11 @@ func (c *recordConn) failure() error {
 // refuse records why this side refuses the handshake (the client's PSK
 // identity), for handshakeCause, without waking or failing Reads as fail
 // does: pion writes its Alert after the callback that refuses returns,
-// and a read error reported first would end the handshake, and close the
-// connection, before the Alert went out (the client then saw only EOF).
-// Reading on meanwhile also takes the rest of the client's flight off the
-// socket, so that the close is a FIN, not a reset.
+// and a read error ends pion's read loop, which cancels the handshake's
+// context, which makes pion set a past write deadline on this connection
+// (pion/transport's connctx): landing between writeLocked's deadline and
+// its Write, it failed the Alert ("i/o timeout") and the client saw only
+// EOF (TestWrongIdentity, 1 in ~300 runs under load).
 func (c *recordConn) refuse(err error) {
 	c.failMu.Lock()
 	if c.refusal == nil {
@@ -608,8 +609,15 @@ func (c *recordConn) writeLocked(b []byte) (int, error) {
 		}
 	}
 	c.writesOut.Add(1)
+	if h := testHookBeforeWrite.Load(); h != nil {
+		(*h)(b)
+	}
 	return c.Conn.Write(b)
 }
+
+// testHookBeforeWrite, set by tests only, runs in writeLocked after the
+// write deadline is set, just before the write.
+var testHookBeforeWrite atomic.Pointer[func(b []byte)]
 
 // trackOut follows the records pion writes: their count, and the epoch and
 // sequence number we are at (for sendPlainAlert).

@@ -113,6 +113,14 @@ func TestStallMidFrame(t *testing.T) {
 		_, pr, _ := stalledMidFrame(t, noKA, true)
 		within(t, "Session.Close", 3*time.Second, func() { _ = pr.srv.Close() })
 	})
+	t.Run("reset after the close timeout", func(t *testing.T) {
+		// yamux's StreamCloseTimeout force-closes the stream (closed, not
+		// reset) and sends RST; a later Reset (package proxy's on a cut)
+		// must not wait for the rest of the frame.
+		_, _, ss := stalledMidFrame(t, &Config{KeepAliveInterval: -1, StreamCloseTimeout: 300 * time.Millisecond}, true)
+		time.Sleep(700 * time.Millisecond)
+		within(t, "Stream.Reset", 3*time.Second, func() { _ = ss.Reset() })
+	})
 	t.Run("keepalive", func(t *testing.T) {
 		_, pr, _ := stalledMidFrame(t, &Config{KeepAliveInterval: 200 * time.Millisecond, WriteTimeout: 500 * time.Millisecond}, true)
 		within(t, "the keepalive's end of the session", 5*time.Second, func() { <-pr.srv.Done() })

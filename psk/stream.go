@@ -325,11 +325,14 @@ func errStreamClosed(op string) error {
 // with net.ErrClosed, and Close does nothing more.
 func (st *Stream) Reset() error {
 	st.mu.Lock()
+	wasClosed := st.closed
 	st.closed, st.wclosed = true, true
 	st.mu.Unlock()
 	err := st.ys.Reset()
-	if st.tr != nil {
-		st.tr.readable() // Read now fails at once
+	if st.tr != nil && !wasClosed {
+		// Read now fails at once. (Closed before: the notifications are
+		// discard's, and nothing is left to drain.)
+		st.tr.readable()
 	}
 	if err != nil {
 		if errors.Is(err, yamux.ErrSessionShutdown) {
@@ -414,7 +417,10 @@ func (st *Stream) Close() error {
 // connection closes, while the receive goroutine may still be waiting for
 // the rest of a frame with the lock held.
 func (st *Stream) discard() {
-	if st.tr.filling.Load() || st.s.ended.Load() {
+	if st.tr.filling.Load() || st.s.ended.Load() || st.tr.reset.Load() {
+		// reset: nothing more comes, and yamux's close timeout leaves
+		// the stream closed, not reset, so a Read would still wait for
+		// the lock of a frame in progress.
 		return
 	}
 	var buf [4096]byte
