@@ -121,6 +121,9 @@ type ServerConfig struct {
 	// MaxHandshakesPerIP bounds one source address's connections still in
 	// their handshake (0: no bound).
 	MaxHandshakesPerIP int `yaml:"max-handshakes-per-ip"`
+	// MaxConnsPerClient bounds one client identity's proxied connections,
+	// over all its sessions (0: no bound but --max-conns).
+	MaxConnsPerClient int `yaml:"max-conns-per-client"`
 }
 
 // Route maps an application destination to an upstream server sidecar and
@@ -237,6 +240,7 @@ func (c *ServerConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.UnsafeTarget, "unsafe-target", c.UnsafeTarget, "allow a backend that is not on loopback (plaintext leaves the host)")
 	fs.IntVar(&c.MaxHandshakes, "max-handshakes", c.MaxHandshakes, "handshakes doing pairing work at once; a new handshake arriving past it is answered 'overloaded' (waiting for a peer holds no slot)")
 	fs.BoolVar(&c.RequirePermit, "require-permit", c.RequirePermit, "refuse clients without a time permit for the current epoch (makes revocation effective)")
+	fs.IntVar(&c.MaxConnsPerClient, "max-conns-per-client", c.MaxConnsPerClient, "proxied connections one client identity may have open, over all its sessions; past it its new streams are refused, so that one client cannot take every --max-conns slot (0: no bound but --max-conns)")
 	fs.IntVar(&c.MaxHandshakesPerIP, "max-handshakes-per-ip", c.MaxHandshakesPerIP, "connections from one source address still in their handshake; past it a new one is answered 'overloaded', so that one source cannot hold every --max-conns slot (0: no bound)")
 	fs.DurationVar(&c.MaxSessionAge, "max-session-age", c.MaxSessionAge, "send a session GoAway after this long (±10%), so that clients' new connections spread over the replicas behind a load balancer; its streams go on (0: never)")
 }

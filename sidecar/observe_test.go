@@ -243,3 +243,47 @@ func TestRefusalHints(t *testing.T) {
 		})
 	}
 }
+
+// TestMaxConnsPerClient: one client identity holds at most
+// --max-conns-per-client proxied connections over all its sessions; past
+// it its streams are refused (over_limit, a log line), while another
+// client still gets in; a freed connection is a free slot again.
+func TestMaxConnsPerClient(t *testing.T) {
+	p := startPair(t, echoBackend(t, 0), func(s *ServerConfig, c *ClientConfig) {
+		s.MaxConnsPerClient = 2
+		c.MaxStreams = 1 // two sessions: the bound is per identity, not per session
+	})
+	held := p.holdApps(t, 2)
+	if err := pingEcho(p.dialApp(t)); err == nil {
+		t.Fatal("a third connection of one client went through past --max-conns-per-client 2")
+	}
+	waitFor(t, 5*time.Second, "the refusal counted", func() bool {
+		return counter(t, p.srv.m.StreamsTotal.WithLabelValues("over_limit")) == 1
+	})
+	waitFor(t, 5*time.Second, "the refusal logged", func() bool {
+		return len(logLines(t, p.sLog, "stream refused: --max-conns-per-client connections open for this client")) == 1
+	})
+	// Another client identity is not held back by the first's bound.
+	ccfg := DefaultClientConfig()
+	ccfg.Listen, ccfg.Keys, ccfg.VerifyID = "127.0.0.1:0", sharedKeys(t).clientDir(t, fxOtherID), fxServerID
+	ccfg.Target = p.srv.Addr()
+	clog, _ := bufLogs(t, "other client")
+	other, err := NewClient(ccfg, clog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, other.Run, nil)
+	oc, err := net.DialTimeout("tcp", waitAddr(t, other.Addr), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer oc.Close()
+	if err := pingEcho(oc); err != nil {
+		t.Errorf("another client while the first is at its bound: %v", err)
+	}
+	held[0].Close()
+	waitFor(t, 5*time.Second, "a freed slot", func() bool { return pingEcho(p.dialApp(t)) == nil })
+	if err := pingEcho(held[1]); err != nil {
+		t.Errorf("the other held connection: %v", err)
+	}
+}

@@ -42,6 +42,7 @@ type Server struct {
 	inflight    atomic.Int64  // connections in their handshake
 	pendingMu   sync.Mutex
 	pending     map[netip.Addr]int // connections in their handshake, by source address
+	perClient   map[string]int     // proxied connections, by client identity (--max-conns-per-client; under pendingMu)
 	overloadLog rateLimit          // the "overloaded" refusals' log line
 	ready       atomic.Bool
 	draining    atomic.Bool
@@ -100,6 +101,9 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 	if cfg.MaxHandshakesPerIP < 0 {
 		return nil, configErr(errors.New("--max-handshakes-per-ip must not be negative"))
 	}
+	if cfg.MaxConnsPerClient < 0 {
+		return nil, configErr(errors.New("--max-conns-per-client must not be negative"))
+	}
 	routeACL := map[string]*AllowList{}
 	for name, pats := range cfg.RouteAllow {
 		addr, ok := cfg.Routes[name]
@@ -124,7 +128,7 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 	}
 	m.observeKeys(ks.Current())
 	s := &Server{cfg: cfg, log: log, keys: ks, allow: allow, m: m, t: newTracker(),
-		hs: make(chan struct{}, cfg.MaxHandshakes), conns: make(chan struct{}, cfg.MaxConns), streams: make(chan struct{}, cfg.MaxConns), pending: map[netip.Addr]int{},
+		hs: make(chan struct{}, cfg.MaxHandshakes), conns: make(chan struct{}, cfg.MaxConns), streams: make(chan struct{}, cfg.MaxConns), pending: map[netip.Addr]int{}, perClient: map[string]int{},
 		routes: cfg.routesWithDefault(), routeACL: routeACL, checks: map[string]*backendCheck{}}
 	for _, addr := range s.routes {
 		s.checks[addr] = &backendCheck{}
@@ -269,6 +273,30 @@ func (s *Server) admit(c net.Conn) (done func(), ok bool) {
 	}, true
 }
 
+// enterClient counts one more proxied connection for the client identity
+// id and returns the function that ends the count, or false if id already
+// has --max-conns-per-client open: one client (a connection leak, a
+// compromised workload) cannot take every --max-conns slot from the
+// others. A bound of 0 counts nothing.
+func (s *Server) enterClient(id string) (leave func(), ok bool) {
+	if s.cfg.MaxConnsPerClient <= 0 {
+		return func() {}, true
+	}
+	s.pendingMu.Lock()
+	defer s.pendingMu.Unlock()
+	if s.perClient[id] >= s.cfg.MaxConnsPerClient {
+		return nil, false
+	}
+	s.perClient[id]++
+	return func() {
+		s.pendingMu.Lock()
+		if s.perClient[id]--; s.perClient[id] <= 0 {
+			delete(s.perClient, id)
+		}
+		s.pendingMu.Unlock()
+	}, true
+}
+
 // refuseOverloaded answers c with the overloaded Alert (its handshake
 // past a limit, named with its value in the log line), counts it, logs it
 // at most once a second, and closes c: what the peer sent has been read
@@ -368,6 +396,16 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 				s.t.streamDone()
 				s.m.Streams.Dec()
 			}
+			leave, ok := s.enterClient(res.ClientID)
+			if !ok {
+				_ = in.Reject(psk.StatusRefused)
+				s.m.StreamsTotal.WithLabelValues("over_limit").Inc()
+				warn.event().Int("max_conns_per_client", s.cfg.MaxConnsPerClient).Msg("stream refused: --max-conns-per-client connections open for this client")
+				done(0, 0)
+				return
+			}
+			release0 := done
+			done = func(u, dn int64) { leave(); release0(u, dn) }
 			select {
 			case s.streams <- struct{}{}:
 				release := done
