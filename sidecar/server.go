@@ -36,14 +36,13 @@ type Server struct {
 	m     *Metrics
 	t     *tracker
 
-	hs          chan struct{} // handshake slots
-	conns       chan struct{} // --max-conns slots for secure sessions (TCP connections)
-	streams     chan struct{} // --max-conns slots for proxied connections (streams, backend connections)
-	inflight    atomic.Int64  // connections in their handshake
-	pendingMu   sync.Mutex
-	pending     map[netip.Addr]int // connections in their handshake, by source address
-	perClient   map[string]int     // proxied connections, by client identity (--max-conns-per-client; under pendingMu)
-	overloadLog rateLimit          // the "overloaded" refusals' log line
+	hs          chan struct{}             // handshake slots
+	conns       chan struct{}             // --max-conns slots for secure sessions (TCP connections)
+	streams     chan struct{}             // --max-conns slots for proxied connections (streams, backend connections)
+	inflight    atomic.Int64              // connections in their handshake
+	pending     boundedCounts[netip.Addr] // connections in their handshake, by source address (--max-handshakes-per-ip)
+	perClient   boundedCounts[string]     // proxied connections, by client identity (--max-conns-per-client)
+	overloadLog rateLimit                 // the "overloaded" refusals' log line
 	ready       atomic.Bool
 	draining    atomic.Bool
 	addr        atomic.Value // string
@@ -128,7 +127,7 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 	}
 	m.observeKeys(ks.Current())
 	s := &Server{cfg: cfg, log: log, keys: ks, allow: allow, m: m, t: newTracker(),
-		hs: make(chan struct{}, cfg.MaxHandshakes), conns: make(chan struct{}, cfg.MaxConns), streams: make(chan struct{}, cfg.MaxConns), pending: map[netip.Addr]int{}, perClient: map[string]int{},
+		hs: make(chan struct{}, cfg.MaxHandshakes), conns: make(chan struct{}, cfg.MaxConns), streams: make(chan struct{}, cfg.MaxConns),
 		routes: cfg.routesWithDefault(), routeACL: routeACL, checks: map[string]*backendCheck{}}
 	for _, addr := range s.routes {
 		s.checks[addr] = &backendCheck{}
@@ -257,20 +256,7 @@ func (s *Server) admit(c net.Conn) (done func(), ok bool) {
 		return func() {}, true
 	}
 	ip, _ := netip.AddrFromSlice(ta.IP)
-	ip = ip.Unmap()
-	s.pendingMu.Lock()
-	defer s.pendingMu.Unlock()
-	if s.pending[ip] >= s.cfg.MaxHandshakesPerIP {
-		return nil, false
-	}
-	s.pending[ip]++
-	return func() {
-		s.pendingMu.Lock()
-		if s.pending[ip]--; s.pending[ip] <= 0 {
-			delete(s.pending, ip)
-		}
-		s.pendingMu.Unlock()
-	}, true
+	return s.pending.enter(ip.Unmap(), s.cfg.MaxHandshakesPerIP)
 }
 
 // enterClient counts one more proxied connection for the client identity
@@ -282,18 +268,34 @@ func (s *Server) enterClient(id string) (leave func(), ok bool) {
 	if s.cfg.MaxConnsPerClient <= 0 {
 		return func() {}, true
 	}
-	s.pendingMu.Lock()
-	defer s.pendingMu.Unlock()
-	if s.perClient[id] >= s.cfg.MaxConnsPerClient {
+	return s.perClient.enter(id, s.cfg.MaxConnsPerClient)
+}
+
+// boundedCounts counts what is under way per key (a source address, a
+// client identity) against a bound.
+type boundedCounts[K comparable] struct {
+	mu sync.Mutex
+	n  map[K]int
+}
+
+// enter counts one more for k and returns the function that ends the
+// count, or false, counting nothing, if k already has limit.
+func (b *boundedCounts[K]) enter(k K, limit int) (leave func(), ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.n[k] >= limit {
 		return nil, false
 	}
-	s.perClient[id]++
+	if b.n == nil {
+		b.n = map[K]int{}
+	}
+	b.n[k]++
 	return func() {
-		s.pendingMu.Lock()
-		if s.perClient[id]--; s.perClient[id] <= 0 {
-			delete(s.perClient, id)
+		b.mu.Lock()
+		if b.n[k]--; b.n[k] <= 0 {
+			delete(b.n, k)
 		}
-		s.pendingMu.Unlock()
+		b.mu.Unlock()
 	}, true
 }
 
