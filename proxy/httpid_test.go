@@ -477,13 +477,11 @@ func TestHTTPIdentityProxyUpgrades(t *testing.T) {
 			http.Error(w, "bad upgrade: "+r.Header.Get("Upgrade")+" "+r.Header.Get(IdentityHeader), http.StatusBadRequest)
 			return
 		}
-		c, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
+		c, brw, ok := switchToWebSocket(w)
+		if !ok {
 			return
 		}
 		defer c.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-		brw.Flush()
 		buf := make([]byte, 5)
 		if _, err := io.ReadFull(brw, buf); err == nil {
 			c.Write(append([]byte("echo:"), buf...))
@@ -531,13 +529,11 @@ func TestHTTPIdentityProxyRetiring(t *testing.T) {
 			w.WriteHeader(http.StatusEarlyHints)
 			io.WriteString(w, "after hints")
 		case "/ws":
-			c, brw, err := http.NewResponseController(w).Hijack()
-			if err != nil {
+			c, _, ok := switchToWebSocket(w)
+			if !ok {
 				return
 			}
 			defer c.Close()
-			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-			brw.Flush()
 		default:
 			io.WriteString(w, "plain")
 		}
@@ -563,4 +559,16 @@ func TestHTTPIdentityProxyRetiring(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols || strings.Contains(strings.ToLower(strings.Join(resp.Header.Values("Connection"), ",")), "close") {
 		t.Errorf("101 on a retiring connection: %v, %v; want an upgrade without Connection: close", resp, err)
 	}
+}
+
+// switchToWebSocket is a test backend's side of a WebSocket upgrade: it
+// takes the connection over and answers 101.
+func switchToWebSocket(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, bool) {
+	c, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return nil, nil, false
+	}
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	brw.Flush()
+	return c, brw, true
 }

@@ -152,13 +152,18 @@ func (c *plainConn) track(b []byte) (int, error) {
 	return 0, err
 }
 
+// closedHere reports whether err is only the failure of an I/O that
+// Close cut short: yamux closed the connection (keepalive timeout, a
+// peer's protocol violation) or the session was closed. Its cause is
+// theirs, recorded where they end the session, not this "use of closed
+// network connection".
+func (c *plainConn) closedHere(err error) bool {
+	return c.closing.Load() && errors.Is(err, net.ErrClosed)
+}
+
 func (c *plainConn) readFailed(err error) error {
 	switch {
-	case c.closing.Load() && errors.Is(err, net.ErrClosed):
-		// yamux closed the connection (keepalive timeout, a peer's
-		// protocol violation) or the session was closed: the cause is
-		// theirs, recorded where they end the session, not this read's
-		// "use of closed network connection".
+	case c.closedHere(err):
 		c.rerr = err
 		return err
 	case c.rc.failure() != nil:
@@ -200,7 +205,7 @@ func (c *plainConn) Write(b []byte) (int, error) {
 	}
 	if err != nil {
 		err = fmt.Errorf("psk: session write: %w", unwrapPion(err))
-		if !c.closing.Load() || !errors.Is(err, net.ErrClosed) { // see readFailed
+		if !c.closedHere(err) {
 			c.setCause(err)
 		}
 		return 0, err

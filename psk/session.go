@@ -473,7 +473,7 @@ func (s *Session) batch(f func() error) error {
 	err := f()
 	if ferr := s.rc.endBatch(); ferr != nil {
 		ferr = fmt.Errorf("psk: session write: %w", unwrapPion(ferr))
-		if !s.pc.closing.Load() || !errors.Is(ferr, net.ErrClosed) { // see plainConn.readFailed
+		if !s.pc.closedHere(ferr) {
 			s.setCause(ferr)
 		}
 		_ = s.raw.Close() // yamux's receive loop ends the session
@@ -868,7 +868,6 @@ func (s *Session) readHeader(ys *yamux.Stream) {
 		}
 		s.badStreams.Add(1)
 		_ = st.Close()
-		st.resetUnlessPeerCloses(s.cfg.OpenTimeout)
 		s.deliver(acceptItem{err: &StreamError{StreamID: ys.StreamID(), Err: err}})
 	}
 	st.setReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
@@ -879,10 +878,11 @@ func (s *Session) readHeader(ys *yamux.Stream) {
 			err = fmt.Errorf("%w: no complete header within %v", ErrBadStreamHeader, s.cfg.HeaderTimeout)
 		}
 		drop(err)
+		st.resetUnlessPeerCloses(s.cfg.OpenTimeout) // as Reject does for the refusals below
 		return
 	}
 	if n := s.tab.len(); n > s.cfg.MaxStreams {
-		_ = (&IncomingStream{st: st}).Reject(StatusRefused) // the status with the FIN
+		_ = (&IncomingStream{st: st}).Reject(StatusRefused) // the status with the FIN; resets a lingering stream
 		drop(fmt.Errorf("%w (%d)", ErrTooManyStreams, n))
 		return
 	}
