@@ -87,7 +87,7 @@ type PoolStats struct {
 	Opens        uint64 `json:"opens"`
 	OpenFailures uint64 `json:"open_failures"`
 	Checks       uint64 `json:"checks"`   // sessions set aside for a ping after an Open timed out
-	Sessions     int    `json:"sessions"` // live sessions
+	Sessions     int    `json:"sessions"` // live sessions in the pool (one going away has left it)
 	// While dials fail: the last one's error and when the next may be
 	// made (empty and zero once a dial has worked).
 	LastDialError string    `json:"last_dial_error,omitempty"`
