@@ -87,6 +87,9 @@ type HTTPIdentityProxy struct {
 	stop  chan struct{}
 	count func(up bool, n int)
 	once  sync.Once
+
+	mu   sync.Mutex
+	idle map[*identityConn]struct{} // served connections between requests
 }
 
 type identityKey struct{}
@@ -101,7 +104,7 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 	if network == "unix" {
 		u.Host = "backend"
 	}
-	p := &HTTPIdentityProxy{conns: make(chan net.Conn), stop: make(chan struct{}), count: cfg.Count}
+	p := &HTTPIdentityProxy{conns: make(chan net.Conn), stop: make(chan struct{}), count: cfg.Count, idle: make(map[*identityConn]struct{})}
 	p.tr = &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			d := net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: cfg.KeepAlive}
@@ -218,6 +221,7 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		ErrorLog:          cfg.ErrorLog,
+		ConnState:         p.trackIdle,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if ic, ok := c.(*identityConn); ok {
 				return context.WithValue(ctx, identityKey{}, ic)
@@ -326,6 +330,48 @@ func (l *chanListener) Accept() (net.Conn, error) {
 
 func (l *chanListener) Close() error   { return nil }
 func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+// trackIdle keeps the set of served connections waiting for their next
+// request (net/http's StateIdle), for CloseIdle.
+func (p *HTTPIdentityProxy) trackIdle(c net.Conn, st http.ConnState) {
+	ic, ok := c.(*identityConn)
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if st == http.StateIdle {
+		p.idle[ic] = struct{}{}
+	} else {
+		delete(p.idle, ic)
+	}
+}
+
+// CloseIdle closes the served keep-alive connections that are waiting for
+// their next request and whose underlying connection (the one handed to
+// Serve) match reports true, and returns how many. For a carrier going
+// away (a secure session past its age): the connections busy on it say
+// Connection: close with their answers (HTTPConfig.Retiring), the idle
+// ones would otherwise hold it until their client closes them or
+// IdleTimeout. As with any server's idle timeout, a request already on
+// its way meets a closed connection, which an HTTP client retries when the
+// request is idempotent (net/http.Server.Shutdown closes idle connections
+// the same way).
+func (p *HTTPIdentityProxy) CloseIdle(match func(net.Conn) bool) int {
+	p.mu.Lock()
+	var closing []*identityConn
+	for ic := range p.idle {
+		if match(ic.Conn) {
+			closing = append(closing, ic)
+			delete(p.idle, ic)
+		}
+	}
+	p.mu.Unlock()
+	for _, ic := range closing {
+		ic.Close()
+	}
+	return len(closing)
+}
 
 // Drain turns keep-alive off for a shutdown: idle connections are closed
 // now, busy ones after their current response.

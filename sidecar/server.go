@@ -461,6 +461,16 @@ func (s *Server) ageOut(sess *psk.Session, log zerolog.Logger) {
 	if sess.GoAway() != nil {
 		return // ended meanwhile
 	}
+	if s.httpProxy != nil {
+		// The app's idle keep-alive connections on it would hold it until
+		// the app closes them; busy ones end after their answer.
+		if n := s.httpProxy.CloseIdle(func(c net.Conn) bool {
+			st, ok := c.(*psk.Stream)
+			return ok && st.Session() == sess
+		}); n > 0 {
+			log.Debug().Int("connections", n).Msg("closed idle keep-alive connections of a session going away")
+		}
+	}
 	// Closed once no stream is left in either direction (a stream whose
 	// backend has finished may still carry the app's upload).
 	tick := time.NewTicker(250 * time.Millisecond)

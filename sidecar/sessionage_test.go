@@ -160,3 +160,38 @@ func (p *pair) restartServer(t *testing.T, addr, backend string) {
 	}
 	run(t, srv.Run, nil)
 }
+
+// TestMaxSessionAgeHTTPIdleKeepAlive: an app's keep-alive connection that
+// is idle when its session reaches --max-session-age is closed, so the
+// session closes then; before, it held the session until the app closed
+// the connection or --session-idle-timeout (10 minutes). The app's next
+// request goes on a new session.
+func TestMaxSessionAgeHTTPIdleKeepAlive(t *testing.T) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	p := startPair(t, backend, func(s *ServerConfig, _ *ClientConfig) { s.HTTP, s.MaxSessionAge = true, 300*time.Millisecond })
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}, Timeout: 5 * time.Second}
+	defer hc.CloseIdleConnections()
+	get := func() {
+		t.Helper()
+		resp, err := hc.Get("http://" + p.clientListen + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "ok" {
+			t.Fatalf("answer %q", b)
+		}
+	}
+	get() // leaves an idle keep-alive connection, on the first session
+	waitFor(t, 5*time.Second, "the session past its age closed with its idle keep-alive connection", func() bool {
+		return len(logLines(t, p.sLog, "session closed")) == 1
+	})
+	if n := p.srv.t.numSessions(); n != 0 {
+		t.Fatalf("%d server sessions after the only one closed", n)
+	}
+	get()
+	if n := len(logLines(t, p.sLog, "session open")); n != 2 {
+		t.Errorf("%d sessions opened, want 2 (the next request on a new one)", n)
+	}
+}
