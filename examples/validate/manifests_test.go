@@ -372,7 +372,11 @@ func TestKubernetesManifests(t *testing.T) {
 					if serverSleep = preStopSleep(ct); serverSleep < 3 {
 						t.Errorf("%s: `milagro server` in container %s needs lifecycle.preStop.sleep (a few seconds), so that it accepts while the Service stops sending new connections to the pod", where, ct.Name)
 					}
-					if v := p.get("shutdown-timeout"); v != "" {
+					v := p.get("shutdown-timeout") // the flag overrides the environment
+					if v == "" {
+						v = envValue(ct, "MILAGRO_SHUTDOWN_TIMEOUT")
+					}
+					if v != "" {
 						d, err := time.ParseDuration(v)
 						if err != nil {
 							t.Errorf("%s: --shutdown-timeout %q: %v", where, v, err)
@@ -438,6 +442,17 @@ func findPVC(objs []object, name string) *corev1.PersistentVolumeClaim {
 		}
 	}
 	return nil
+}
+
+// envValue is the literal value of c's environment variable name ("" if
+// it has none, or takes it from a Secret or ConfigMap).
+func envValue(c *corev1.Container, name string) string {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value
+		}
+	}
+	return ""
 }
 
 func envSecret(c *corev1.Container, name string) bool {
