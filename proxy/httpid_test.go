@@ -572,3 +572,96 @@ func switchToWebSocket(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, bool
 	brw.Flush()
 	return c, brw, true
 }
+
+// TestHTTPIdentityProxyCloseIdle: CloseIdle closes the matching
+// connections that wait for their next request, and only those: not one
+// of another carrier, not one whose request is being answered (it gets its
+// answer), not one handed over to a WebSocket.
+func TestHTTPIdentityProxyCloseIdle(t *testing.T) {
+	release := make(chan struct{})
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/slow":
+			<-release
+			io.WriteString(w, "slow")
+		case "/ws":
+			c, brw, ok := switchToWebSocket(w)
+			if !ok {
+				return
+			}
+			defer c.Close()
+			io.Copy(c, brw) // echo
+		default:
+			io.WriteString(w, "plain")
+		}
+	}))
+	p, _, _ := startHTTPProxy(t, backend, nil)
+	retiring := map[net.Conn]bool{}
+	open := func(retire bool) (net.Conn, *bufio.Reader) {
+		c, s := tcpPair(t)
+		retiring[s] = retire
+		go p.Serve(context.Background(), s, "id")
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	get := func(c net.Conn, br *bufio.Reader, path string) (string, error) {
+		if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			return "", err
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	idleC, idleR := open(true)
+	otherC, otherR := open(false)
+	busyC, busyR := open(true)
+	wsC, wsR := open(true)
+	for _, x := range []struct {
+		c  net.Conn
+		br *bufio.Reader
+	}{{idleC, idleR}, {otherC, otherR}} {
+		if b, err := get(x.c, x.br, "/"); err != nil || b != "plain" {
+			t.Fatalf("first request: %q, %v", b, err)
+		}
+	}
+	slow := make(chan string, 1)
+	go func() {
+		b, err := get(busyC, busyR, "/slow")
+		if err != nil {
+			b = err.Error()
+		}
+		slow <- b
+	}()
+	io.WriteString(wsC, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	if resp, err := http.ReadResponse(wsR, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v, %v", resp, err)
+	}
+	waitFor(t, 5*time.Second, "the slow request at the backend and the idle connections idle", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.idle) == 2
+	})
+
+	if n := p.CloseIdle(func(c net.Conn) bool { return retiring[c] }); n != 1 {
+		t.Errorf("CloseIdle closed %d connections, want 1", n)
+	}
+	if b, err := idleR.ReadByte(); err != io.EOF {
+		t.Errorf("idle matching connection: read %q, %v; want EOF", b, err)
+	}
+	if b, err := get(otherC, otherR, "/"); err != nil || b != "plain" {
+		t.Errorf("idle connection of another carrier: %q, %v; want it still served", b, err)
+	}
+	close(release)
+	if b := <-slow; b != "slow" {
+		t.Errorf("connection busy at CloseIdle: %q, want its answer", b)
+	}
+	io.WriteString(wsC, "still here")
+	buf := make([]byte, len("still here"))
+	if _, err := io.ReadFull(wsR, buf); err != nil || string(buf) != "still here" {
+		t.Errorf("WebSocket at CloseIdle: %q, %v; want its echo", buf, err)
+	}
+}

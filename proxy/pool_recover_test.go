@@ -116,7 +116,7 @@ func TestPoolSetsSilentSessionAside(t *testing.T) {
 	if st := p.Stats(); st.Dials != 2 || st.Checks != 1 || fz.count() != 2 {
 		t.Errorf("Stats %+v, %d connections; want 2 dials, 1 check", st, fz.count())
 	}
-	waitForPool(t, 10*time.Second, "the silent session dropped after its ping failed", func() bool { return p.Stats().Sessions == 1 })
+	waitFor(t, 10*time.Second, "the silent session dropped after its ping failed", func() bool { return p.Stats().Sessions == 1 })
 	if err := roundTrip(t, p, []byte("again")); err != nil || p.Stats().Dials != 2 {
 		t.Errorf("on the remaining session: %v, stats %+v", err, p.Stats())
 	}
@@ -182,7 +182,7 @@ func TestPoolRetryDial(t *testing.T) {
 	// A session that has ended is not counted, although it leaves the
 	// pool's list only at the next Open.
 	(<-up).killSessions()
-	waitForPool(t, 5*time.Second, "the ended session uncounted", func() bool { return p.Stats().Sessions == 0 })
+	waitFor(t, 5*time.Second, "the ended session uncounted", func() bool { return p.Stats().Sessions == 0 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -219,7 +219,7 @@ func closedAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func waitForPool(t *testing.T, d time.Duration, what string, cond func() bool) {
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -317,7 +317,7 @@ func TestPoolGoingAwaySessionLeaves(t *testing.T) {
 	mu.Lock()
 	old := sessions[0]
 	mu.Unlock()
-	waitForPool(t, 5*time.Second, "the GoAway read", old.PeerGoingAway)
+	waitFor(t, 5*time.Second, "the GoAway read", old.PeerGoingAway)
 	if err := roundTrip(t, p, []byte("on a new session")); err != nil {
 		t.Fatalf("Open with the only session full and going away: %v", err)
 	}
@@ -367,7 +367,7 @@ func TestPoolFreshSessionSentAway(t *testing.T) {
 				c.armed.Store(true)
 				if n := dials.Add(1); n <= tc.away {
 					// The server's GoAway is on its way before the SYN.
-					waitForPool(t, 5*time.Second, "the server's GoAway", func() bool { return up.wentAway.Load() >= n })
+					waitFor(t, 5*time.Second, "the server's GoAway", func() bool { return up.wentAway.Load() >= n })
 				}
 				return s, err
 			}, PoolOptions{})
