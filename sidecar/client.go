@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +40,7 @@ type Client struct {
 	conns  chan struct{}        // --max-conns slots, shared by all listeners
 	def    *upstream            // --target
 	routes map[string]*upstream // forward proxy: host:port → upstream
+	links  []*link              // every upstream's, one per server sidecar and identity expected
 
 	ready    atomic.Bool
 	draining atomic.Bool
@@ -47,15 +50,27 @@ type Client struct {
 	// refusals rate-limits the warn lines about app connections refused
 	// here (CONNECT and transparent refusals): 10 a second, the next
 	// saying how many were held back. Failures to reach an upstream have
-	// a limiter per upstream (upstream.refusals), so that an app retrying
+	// a limiter per upstream (link.refusals), so that an app retrying
 	// against one that is down does not hide the others' lines.
 	refusals warnLimit
 }
 
+// upstream is where an app connection goes: the secure sessions to a
+// server sidecar (its link) and the target to name in the stream header.
 type upstream struct {
-	addr, verifyID, serverID, target string
-	pool                             *proxy.Pool
-	refusals                         warnLimit // its "no secure stream" and "CONNECT failed" lines
+	*link
+	target string
+}
+
+// link is the secure sessions to one server sidecar address, proving one
+// expected identity: every route to the same address with the same
+// --verify-id and server identity shares it, so that N routes to one
+// gateway cost one pool of sessions (at most --max-sessions), not N.
+type link struct {
+	addr, verifyID, serverID string
+	pool                     *proxy.Pool
+	refusals                 warnLimit // its "no secure stream" and "CONNECT failed" lines
+	routes                   []string  // what uses it, for /_status
 }
 
 // NewClient validates cfg and loads the keys.
@@ -113,18 +128,19 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 		if cfg.VerifyID == "" {
 			return nil, configErr(errors.New("--verify-id is required with --target: the client must check whom it talks to"))
 		}
-		if c.def, err = c.newUpstream(cfg.Target, cfg.VerifyID, cfg.ServerID, cfg.RemoteTarget); err != nil {
+		if c.def, err = c.newUpstream("--target", cfg.Target, cfg.VerifyID, cfg.ServerID, cfg.RemoteTarget); err != nil {
 			return nil, configErr(err)
 		}
 	}
-	for dest, r := range cfg.Routes {
-		if _, _, err := net.SplitHostPort(dest); err != nil {
-			return nil, configErr(fmt.Errorf("route %q: destination must be HOST:PORT", dest))
+	for _, dest := range slices.Sorted(maps.Keys(cfg.Routes)) { // /_status lists them in this order
+		r := cfg.Routes[dest]
+		if _, port, err := net.SplitHostPort(dest); err != nil || !validPort(port) {
+			return nil, configErr(fmt.Errorf("route %q: destination must be HOST:PORT, the port a number from 1 to 65535", dest))
 		}
 		if r.VerifyID == "" {
 			return nil, configErr(fmt.Errorf("route %s: verify-id is required", dest))
 		}
-		u, err := c.newUpstream(r.Upstream, r.VerifyID, "", r.Target)
+		u, err := c.newUpstream(dest, r.Upstream, r.VerifyID, "", r.Target)
 		if err != nil {
 			return nil, configErr(fmt.Errorf("route %s: %w", dest, err))
 		}
@@ -143,7 +159,10 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 	return c, nil
 }
 
-func (c *Client) newUpstream(addr, verifyID, serverID, target string) (*upstream, error) {
+// newUpstream validates an upstream that name (a route's destination, or
+// --target) uses, and joins it to the link of the same address and
+// identities, or starts one.
+func (c *Client) newUpstream(name, addr, verifyID, serverID, target string) (*upstream, error) {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return nil, fmt.Errorf("upstream %q: want HOST:PORT", addr)
 	}
@@ -156,11 +175,27 @@ func (c *Client) newUpstream(addr, verifyID, serverID, target string) (*upstream
 	if serverID == "" && !strings.Contains(verifyID, "*") {
 		serverID = verifyID
 	}
-	u := &upstream{addr: addr, verifyID: verifyID, serverID: serverID, target: target, refusals: warnLimit{log: c.log}}
-	u.pool = proxy.NewPool(func(ctx context.Context) (*psk.Session, error) { return c.dial(ctx, u) },
+	if serverID != "" && !pattern.Match(verifyID, serverID) {
+		// Every handshake would end in the client's own refusal.
+		return nil, fmt.Errorf("server identity %q does not match verify-id %q", serverID, verifyID)
+	}
+	for _, l := range c.links {
+		if l.addr == addr && l.verifyID == verifyID && l.serverID == serverID {
+			l.routes = append(l.routes, name)
+			return &upstream{link: l, target: target}, nil
+		}
+	}
+	if p := strings.TrimSuffix(verifyID, "**"); p != verifyID && (p == "" || strings.HasSuffix(p, "://")) {
+		// As ghostunnel's --disable-authentication is explicit, say it.
+		c.log.Warn().Str("upstream", addr).Str("verify_id", verifyID).
+			Msg("verify-id accepts any server identity of the domain: every server sidecar the D-TAs issued keys to could answer for this upstream; name the one you expect")
+	}
+	l := &link{addr: addr, verifyID: verifyID, serverID: serverID, refusals: warnLimit{log: c.log}, routes: []string{name}}
+	l.pool = proxy.NewPool(func(ctx context.Context) (*psk.Session, error) { return c.dial(ctx, l) },
 		proxy.PoolOptions{MaxStreamsPerSession: c.cfg.MaxStreams, MaxSessions: c.cfg.MaxSessions,
 			RetryDial: retryableDial})
-	return u, nil
+	c.links = append(c.links, l)
+	return &upstream{link: l, target: target}, nil
 }
 
 // retryableDial reports whether a failed session dial is worth one more
@@ -181,19 +216,21 @@ func retryableDial(err error) bool {
 }
 
 // dial builds a secure session to u with the keys in force now.
-func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
+func (c *Client) dial(ctx context.Context, u *link) (*psk.Session, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout+c.cfg.HandshakeTO)
 	defer cancel()
 	start := time.Now()
 	d := net.Dialer{Timeout: c.cfg.ConnectTimeout, KeepAlive: c.cfg.sessionTCPKeepAlive()}
 	var sess *psk.Session
 	var permitUsed bool
+	var remote string // the address dialled: a name may have several
 	for attempt := 0; ; attempt++ {
 		conn, err := d.DialContext(ctx, "tcp", u.addr)
 		if err != nil {
 			c.m.Handshakes.WithLabelValues("connect_failed").Inc()
 			return nil, fmt.Errorf("connect %s: %w: %w", u.addr, proxy.ErrUpstreamDown, err)
 		}
+		remote = conn.RemoteAddr().String()
 		conn = BufferedConn(conn)
 		k := c.keys.Current()
 		hsStart := time.Now()
@@ -242,9 +279,9 @@ func (c *Client) dial(ctx context.Context, u *upstream) (*psk.Session, error) {
 	c.m.HandshakeDuration.Observe(dur.Seconds())
 	c.m.Sessions.Inc()
 	c.t.addSession(sess)
-	c.log.Info().Str("upstream", u.addr).Str("server", sess.PeerID()).Bool("permit", permitUsed).Dur("handshake", dur).Msg("session open")
+	c.log.Info().Str("upstream", u.addr).Str("remote", remote).Str("server", sess.PeerID()).Bool("permit", permitUsed).Dur("handshake", dur).Msg("session open")
 	sl := &sessionLog{write: func(streams, up, down int64) {
-		c.log.Info().Str("upstream", u.addr).Str("server", sess.PeerID()).Int64("streams", streams).
+		c.log.Info().Str("upstream", u.addr).Str("remote", remote).Str("server", sess.PeerID()).Int64("streams", streams).
 			Int64("bytes_up", up).Int64("bytes_down", down).Dur("duration", time.Since(start)).
 			AnErr("reason", sess.Err()).Msg("session closed")
 	}}
@@ -374,8 +411,8 @@ func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
 	dctx, cancel := c.t.drainContext(c.cfg.ShutdownTimeout)
 	defer cancel()
 	clean := c.t.drain(dctx)
-	for _, u := range c.upstreams() {
-		u.pool.Close()
+	for _, l := range c.links {
+		l.pool.Close()
 	}
 	c.t.settle(settleTime)
 	if !clean {
@@ -384,17 +421,6 @@ func (c *Client) Run(ctx context.Context, hup <-chan os.Signal) error {
 	}
 	c.log.Info().Msg("drained")
 	return nil
-}
-
-func (c *Client) upstreams() []*upstream {
-	var us []*upstream
-	if c.def != nil {
-		us = append(us, c.def)
-	}
-	for _, u := range c.routes {
-		us = append(us, u)
-	}
-	return us
 }
 
 // route is an application connection and the secure stream it is
@@ -492,6 +518,31 @@ func withHint(ev *zerolog.Event, err error) *zerolog.Event {
 	return ev
 }
 
+// connectFailure is the answer to a CONNECT whose stream could not be
+// opened: what the app's user reads (curl prints the status; the body
+// says more), the client's log line having the details and a hint.
+func connectFailure(err error) (int, string) {
+	var r *psk.StreamRefusedError
+	var alert *mpinkex.AlertError
+	switch {
+	case errors.As(err, &r) && r.Status == psk.StatusRefused:
+		return http.StatusForbidden, "refused by the upstream\n"
+	case errors.As(err, &alert) && alert.Code == mpinkex.AlertOverloaded:
+		return http.StatusServiceUnavailable, "the upstream is overloaded (at its --max-handshakes); retry later\n"
+	case errors.As(err, &alert):
+		// The server refused the handshake: its --allow-id, the permit it
+		// requires, or this client's key (see withHint).
+		return http.StatusForbidden, "the upstream refused this client's handshake (its allow-list, a time permit, or this client's key): see the client's log\n"
+	case errors.Is(err, mpinkex.ErrServerID), errors.Is(err, mpinkex.ErrAuth):
+		// This client refused the server: not the identity the route's
+		// verify-id expects, or no proof of it.
+		return http.StatusBadGateway, "the upstream did not prove the identity this route expects (verify-id): see the client's log\n"
+	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
+		return http.StatusGatewayTimeout, "upstream timed out\n"
+	}
+	return http.StatusBadGateway, "upstream or backend unreachable\n"
+}
+
 func streamFailure(err error) string {
 	var r *psk.StreamRefusedError
 	if errors.As(err, &r) {
@@ -519,7 +570,16 @@ func routeKey(dest string) string {
 		// socket reports 127.0.0.1 as ::ffff:127.0.0.1.
 		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
 	}
-	return strings.ToLower(dest)
+	host, port, err := net.SplitHostPort(dest)
+	if err != nil {
+		return strings.ToLower(dest)
+	}
+	// One spelling of a name and port: the root's dot (a fully qualified
+	// name) and a port's leading zeros do not make another destination.
+	if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+		port = strconv.FormatUint(n, 10)
+	}
+	return net.JoinHostPort(strings.TrimSuffix(strings.ToLower(host), "."), port)
 }
 
 // openTransparent carries a connection that iptables redirected to the
@@ -572,7 +632,11 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 	app := conn.RemoteAddr().String()
 	reply := func(code int, msg string) {
 		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-		fmt.Fprintf(conn, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", code, http.StatusText(code), len(msg), msg)
+		allow := ""
+		if code == http.StatusMethodNotAllowed {
+			allow = "Allow: CONNECT\r\n" // RFC 9110 §15.5.6
+		}
+		fmt.Fprintf(conn, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n%sConnection: close\r\nContent-Length: %d\r\n\r\n%s", code, http.StatusText(code), allow, len(msg), msg)
 		closeAfterAlert(conn, alertLingerTime)
 	}
 	_ = conn.SetReadDeadline(time.Now().Add(c.cfg.HandshakeTO))
@@ -615,15 +679,7 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 	if err != nil {
 		c.m.StreamsTotal.WithLabelValues(streamFailure(err)).Inc()
 		withHint(u.refusals.event().Err(err), err).Str("destination", dest).Str("upstream", u.addr).Str("app", app).Msg("CONNECT failed")
-		code, msg := http.StatusBadGateway, "upstream or backend unreachable\n"
-		var r *psk.StreamRefusedError
-		switch {
-		case errors.As(err, &r) && r.Status == psk.StatusRefused:
-			code, msg = http.StatusForbidden, "refused by the upstream\n"
-		case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
-			code, msg = http.StatusGatewayTimeout, "upstream timed out\n"
-		}
-		reply(code, msg)
+		reply(connectFailure(err))
 		return nil
 	}
 	if _, err := fmt.Fprint(conn, "HTTP/1.1 200 Connection Established\r\n\r\n"); err != nil {
@@ -650,12 +706,16 @@ func (c *Client) openConnect(ctx context.Context, conn net.Conn) *route {
 
 func (c *Client) status(bool) StatusInfo {
 	k := c.keys.Current()
-	st := StatusInfo{Role: "client", Identity: k.Identity, Domain: k.Domain, Listen: c.Addr(),
+	st := StatusInfo{Role: "client", Identity: k.Identity, Domain: k.Domain, Listen: c.Addr(), Forward: c.ForwardProxyAddr(),
 		Draining: c.draining.Load(), Keys: keysStatus(c.keys), Sessions: c.t.numSessions(),
 		Streams: int(c.t.streams.Load()), Time: time.Now().UTC()}
 	st.Ready = c.ready.Load() && time.Now().Before(k.ExpiresAt)
-	for _, u := range c.upstreams() {
-		st.Upstreams = append(st.Upstreams, PoolStatus{Upstream: u.addr, VerifyID: u.verifyID, Stats: u.pool.Stats()})
+	for _, l := range c.links {
+		ps := PoolStatus{Upstream: l.addr, VerifyID: l.verifyID, Routes: l.routes, Stats: l.pool.Stats()}
+		if l.serverID != l.verifyID {
+			ps.ServerID = l.serverID
+		}
+		st.Upstreams = append(st.Upstreams, ps)
 	}
 	return st
 }

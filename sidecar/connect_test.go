@@ -3,6 +3,7 @@ package sidecar
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/milagro-sc/milagro/mpinkex"
 	"github.com/milagro-sc/milagro/proxy"
+	"github.com/milagro-sc/milagro/psk"
 )
 
 // fwdPair starts a server sidecar in front of backend and a client sidecar
@@ -123,7 +126,51 @@ func TestConnectAnswers(t *testing.T) {
 			}
 			continue
 		}
+		if allow := resp.Header.Get("Allow"); (tc.code == 405) != (allow == "CONNECT") {
+			t.Errorf("%.40q: HTTP %d with Allow %q (a 405 says Allow: CONNECT)", tc.head, tc.code, allow)
+		}
 		waitFor(t, 5*time.Second, "the log line "+tc.log, func() bool { return strings.Contains(cl.String(), tc.log) })
+	}
+}
+
+// TestConnectHandshakeRefused: a CONNECT whose upstream refuses this
+// client's handshake (its --allow-id) is answered 403 with a body that
+// says so, not 502 "unreachable", which would send its user looking at
+// the network.
+func TestConnectHandshakeRefused(t *testing.T) {
+	_, fwd, cl := fwdPairClient(t, echoBackend(t, 0), []string{"x.internal:1"}, nil, func(s *ServerConfig) {
+		s.AllowIDs = []string{"spiffe://test.example/ns/ops/**"}
+	})
+	_, br, resp := connect(t, fwd, "CONNECT x.internal:1 HTTP/1.1\r\n\r\n")
+	body, _ := io.ReadAll(br)
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "refused this client's handshake") {
+		t.Errorf("HTTP %d %q, want 403 saying the handshake was refused", resp.StatusCode, body)
+	}
+	waitFor(t, 5*time.Second, "the CONNECT failed line with its hint", func() bool {
+		return strings.Contains(cl.String(), "CONNECT failed") && strings.Contains(cl.String(), "the server refused this client")
+	})
+}
+
+// TestConnectFailureAnswers: each way an Open fails has its own answer.
+func TestConnectFailureAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		code int
+		body string
+	}{
+		{&psk.StreamRefusedError{Status: psk.StatusRefused}, 403, "refused by the upstream"},
+		{&psk.StreamRefusedError{Status: psk.StatusUnreachable}, 502, "unreachable"},
+		{fmt.Errorf("handshake with x: %w", &mpinkex.AlertError{Code: mpinkex.AlertHandshakeFailure}), 403, "refused this client's handshake"},
+		{fmt.Errorf("handshake with x: %w", &mpinkex.AlertError{Code: mpinkex.AlertOverloaded}), 503, "overloaded"},
+		{fmt.Errorf("handshake with x: %w", mpinkex.ErrServerID), 502, "did not prove the identity"},
+		{fmt.Errorf("handshake with x: %w", mpinkex.ErrAuth), 502, "did not prove the identity"},
+		{fmt.Errorf("open: %w", context.DeadlineExceeded), 504, "timed out"},
+		{fmt.Errorf("connect x: %w: %w", proxy.ErrUpstreamDown, syscall.ECONNREFUSED), 502, "unreachable"},
+	} {
+		code, body := connectFailure(tc.err)
+		if code != tc.code || !strings.Contains(body, tc.body) {
+			t.Errorf("%v: %d %q, want %d %q", tc.err, code, body, tc.code, tc.body)
+		}
 	}
 }
 
@@ -241,6 +288,13 @@ func TestRouteConfigErrors(t *testing.T) {
 			c.Transparent, c.ForwardProxy = true, ""
 			c.Routes = map[string]Route{"db.internal:5432": {Upstream: "127.0.0.1:1", VerifyID: "spiffe://x"}}
 		}, "a host name never matches"},
+		{"named port", func(c *ClientConfig) {
+			c.Routes = map[string]Route{"db:postgres": {Upstream: "127.0.0.1:1", VerifyID: "spiffe://x"}}
+		}, "the port a number"},
+		{"server-id outside verify-id", func(c *ClientConfig) {
+			c.ForwardProxy, c.Listen, c.Target = "", "127.0.0.1:0", "127.0.0.1:1"
+			c.VerifyID, c.ServerID = "spiffe://x/ns/pay/*", "spiffe://x/ns/db/pg"
+		}, "does not match verify-id"},
 		{"transparent on a unix socket", func(c *ClientConfig) {
 			c.Transparent, c.Listen = true, "unix:/tmp/x.sock"
 			c.Routes = map[string]Route{"10.0.0.1:5432": {Upstream: "127.0.0.1:1", VerifyID: "spiffe://x"}}
@@ -474,6 +528,8 @@ func TestRouteKey(t *testing.T) {
 		{"[::ffff:127.0.0.1]:9", "127.0.0.1:9"},
 		{"[FD00:0::9]:80", "[fd00::9]:80"},
 		{"Pay.Internal:443", "pay.internal:443"},
+		{"pay.internal.:0443", "pay.internal:443"},
+		{"[fd00::9]:0080", "[fd00::9]:80"},
 	} {
 		if got := routeKey(tc.in); got != tc.want {
 			t.Errorf("routeKey(%q) = %q, want %q", tc.in, got, tc.want)
@@ -532,6 +588,58 @@ func TestConnectRefusalLinesApart(t *testing.T) {
 	for label, want := range map[string]float64{"unreachable": n, "no_route": 1, "bad_request": 1} {
 		if got := counter(t, cli.m.StreamsTotal.WithLabelValues(label)); got != want {
 			t.Errorf("streams_total{result=%q} = %v, want %v", label, got, want)
+		}
+	}
+}
+
+// TestRoutesShareUpstreamSessions: routes to one server sidecar with one
+// verify-id (a gateway carrying a database and a cache, named targets)
+// share one pool of sessions, as the README's --max-sessions per upstream
+// says: three routes cost one handshake, not three. /_status lists the
+// pool once with the routes that use it.
+func TestRoutesShareUpstreamSessions(t *testing.T) {
+	dests := []string{"a.internal:1", "b.internal:2", "c.internal:3"}
+	cli, fwd, cl := fwdPairClient(t, echoBackend(t, 0), dests, nil)
+	for _, d := range dests {
+		c, br, resp := connect(t, fwd, "CONNECT "+d+" HTTP/1.1\r\n\r\nx")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d", d, resp.StatusCode)
+		}
+		c.(*net.TCPConn).CloseWrite()
+		if b, err := io.ReadAll(br); err != nil || string(b) != "x" {
+			t.Fatalf("%s: echo %q, %v", d, b, err)
+		}
+		c.Close()
+	}
+	if n, opens := cli.t.numSessions(), len(logLines(t, cl, "session open")); n != 1 || opens != 1 {
+		t.Errorf("%d sessions open, %d handshakes, to one upstream; want 1", n, opens)
+	}
+	if got := cli.status(true).Forward; got != fwd {
+		t.Errorf("/_status forward_proxy %q, want %q", got, fwd)
+	}
+	ups := cli.status(true).Upstreams
+	if len(ups) != 1 || !slices.Equal(ups[0].Routes, dests) || ups[0].Stats.Opens != 3 || ups[0].Stats.Dials != 1 {
+		t.Errorf("/_status upstreams %+v, want one with routes %v, 3 opens, 1 dial", ups, dests)
+	}
+}
+
+// TestVerifyAnyServerWarns: a verify-id that accepts every server identity
+// of the domain starts, with a warning that says so; a narrower one does
+// not warn.
+func TestVerifyAnyServerWarns(t *testing.T) {
+	f := sharedKeys(t)
+	for _, tc := range []struct {
+		verify string
+		warn   bool
+	}{{"**", true}, {"spiffe://**", true}, {"spiffe://test.example/**", false}, {fxServerID, false}} {
+		c := DefaultClientConfig()
+		c.Keys, c.Listen, c.Target, c.VerifyID = f.clientDir(t, fxClientID), "127.0.0.1:0", "127.0.0.1:1", tc.verify
+		log, buf := bufLogs(t, "client")
+		if _, err := NewClient(c, log); err != nil {
+			t.Fatalf("%s: %v", tc.verify, err)
+		}
+		if got := strings.Contains(buf.String(), "accepts any server identity"); got != tc.warn {
+			t.Errorf("verify-id %q: warned %v, want %v", tc.verify, got, tc.warn)
 		}
 	}
 }

@@ -649,7 +649,7 @@ func TestDrainCountsUnacceptedStreams(t *testing.T) {
 		sess, _, err := srv.handshake(ctx, c)
 		sc <- accepted{sess, err}
 	}()
-	csess, err := cli.dial(ctx, cli.def)
+	csess, err := cli.dial(ctx, cli.def.link)
 	if err != nil {
 		t.Fatal(err)
 	}

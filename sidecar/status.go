@@ -22,6 +22,7 @@ type StatusInfo struct {
 	Identity   string       `json:"identity"`
 	Domain     string       `json:"domain"`
 	Listen     string       `json:"listen"`
+	Forward    string       `json:"forward_proxy,omitempty"` // the client's --forward-proxy address
 	Ready      bool         `json:"ready"`
 	Draining   bool         `json:"draining"`
 	Keys       KeysStatus   `json:"keys"`
@@ -57,10 +58,13 @@ type Reachable struct {
 	CheckedAt time.Time `json:"checked_at"`
 }
 
-// PoolStatus describes the sessions to one upstream.
+// PoolStatus describes the sessions to one upstream (one address and
+// expected identity, however many routes use it).
 type PoolStatus struct {
 	Upstream string          `json:"upstream"`
 	VerifyID string          `json:"verify_id"`
+	ServerID string          `json:"server_id,omitempty"` // the identity asked for, when verify-id is a pattern and --server-id names one
+	Routes   []string        `json:"routes"`              // the destinations (and "--target") that use it
 	Stats    proxy.PoolStats `json:"stats"`
 }
 
