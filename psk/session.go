@@ -48,12 +48,18 @@ type Config struct {
 	// StreamCloseTimeout is how long a stream half-closed by this side
 	// (after CloseWrite or Close) may go without data from the peer before
 	// yamux resets it, if the peer has not closed its side (default 5 min,
-	// yamux's; negative: never). Each data frame from the peer starts it
-	// again (internal/yamux's CloseTimeoutSinceData), so a download that
-	// goes on after the request's half-close is not cut while it moves;
-	// it bounds what a peer that never finishes can hold (memory, and data
-	// it keeps sending after Close, which is discarded). The reset reaches
-	// both sides' Reads and Writes as ErrStreamReset.
+	// yamux's). Each data frame from the peer starts it again
+	// (internal/yamux's CloseTimeoutSinceData), so a download that goes on
+	// after the request's half-close is not cut while it moves; it bounds
+	// what a peer that never finishes can hold (memory, and data it keeps
+	// sending after Close, which is discarded). The reset reaches both
+	// sides' Reads and Writes as ErrStreamReset.
+	//
+	// Negative: a stream half-closed by CloseWrite lives as a fully open
+	// one does, however long the peer is silent (TCP's semantics: a
+	// request half-closed before a long computation's answer), and a
+	// stream Closed here, whose reader is gone, is reset if the peer has
+	// not closed its side within ClosedStreamTimeout of the Close.
 	StreamCloseTimeout time.Duration
 	// AcceptBacklog bounds the streams opened but not yet accepted: on the
 	// client, streams waiting for the server's status (Open blocks beyond
@@ -145,6 +151,11 @@ func (c *Config) yamux() *yamux.Config {
 	y.Logger = log.New(io.Discard, "", 0)
 	return y
 }
+
+// ClosedStreamTimeout bounds how long a stream Closed here may wait for
+// the peer to close its side when Config.StreamCloseTimeout is negative:
+// what the peer sends meanwhile is discarded, and nothing here reads.
+const ClosedStreamTimeout = 5 * time.Minute
 
 // Session is an authenticated, encrypted, multiplexed connection to one
 // peer: DTLS 1.2 PSK over the TCP connection, yamux over DTLS. The client

@@ -27,7 +27,9 @@ import (
 //     ErrStreamReset (never a clean io.EOF), and here with net.ErrClosed.
 //   - If this side has sent FIN and the peer neither closes its side nor
 //     sends data for Config.StreamCloseTimeout, yamux resets the stream:
-//     both sides' Reads and Writes fail with ErrStreamReset.
+//     both sides' Reads and Writes fail with ErrStreamReset. (Negative:
+//     only a stream Closed here is reset, ClosedStreamTimeout after the
+//     Close.)
 //   - A stream ends with io.EOF only if the peer's FIN was received. If the
 //     session ends first (Close, idle timeout, keepalive failure, I/O
 //     error), Read returns an error wrapping ErrSessionClosed after the data
@@ -44,9 +46,11 @@ type Stream struct {
 	tr *streamTrack
 
 	mu       sync.Mutex
-	closed   bool // Close was called
-	wclosed  bool // FIN sent
-	readDone bool // Read reached EOF or a terminal error
+	closed   bool        // Close was called
+	wclosed  bool        // FIN sent
+	readDone bool        // Read reached EOF or a terminal error
+	resetT   *time.Timer // resetUnlessPeerCloses's, once armed
+	resetDue time.Time
 }
 
 var _ interface {
@@ -390,6 +394,9 @@ func (st *Stream) Close() error {
 		if old := st.tr.notify.Swap(&f); old != nil {
 			(*old)()
 		}
+		if st.s.cfg.StreamCloseTimeout < 0 {
+			st.resetUnlessPeerCloses(closedStreamTimeout) // yamux's timer is off
+		}
 		if st.tr.avail.Load() > 0 {
 			// Data already buffered, and no frame may come to notify
 			// (the peer may wait on the full window): discarded on a
@@ -431,6 +438,9 @@ func (st *Stream) discard() {
 	}
 }
 
+// closedStreamTimeout is ClosedStreamTimeout, shortened by tests.
+var closedStreamTimeout = ClosedStreamTimeout
+
 // resetUnlessPeerCloses resets st if the peer has not closed its side
 // within d: for a stream refused here, which a well-behaved peer closes
 // on the status, and which a peer that keeps it open would otherwise hold
@@ -438,11 +448,23 @@ func (st *Stream) discard() {
 // drops whatever the peer has not read yet (the status byte of a client
 // that has not read it within d: OpenTimeout, after which its Open has
 // given up).
+// One timer per stream: called again, the earlier bound stands.
 func (st *Stream) resetUnlessPeerCloses(d time.Duration) {
 	if st.tr == nil || d <= 0 {
 		return
 	}
+	due := time.Now().Add(d)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.resetT != nil {
+		if due.Before(st.resetDue) {
+			st.resetT.Reset(d)
+			st.resetDue = due
+		}
+		return
+	}
 	t := time.AfterFunc(d, func() { _ = st.Reset() })
+	st.resetT, st.resetDue = t, due
 	st.s.tab.whenGone(st.tr, func() { t.Stop() })
 }
 

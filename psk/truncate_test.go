@@ -94,3 +94,48 @@ func TestCloseTimeoutResetReadsAsReset(t *testing.T) {
 		t.Error("a stream's reset closed its session")
 	}
 }
+
+// TestNoCloseTimeout: with StreamCloseTimeout negative a stream
+// half-closed here outlives any silence of the peer (an answer after a
+// long computation arrives), while a stream Closed here, whose reader is
+// gone, is reset once the peer has kept its side open for
+// ClosedStreamTimeout.
+func TestNoCloseTimeout(t *testing.T) {
+	defer func(d time.Duration) { closedStreamTimeout = d }(closedStreamTimeout)
+	closedStreamTimeout = 300 * time.Millisecond
+	cfg := &Config{StreamCloseTimeout: -1}
+	cli, srv := sessionPair(t, cfg, cfg)
+
+	cs, ss := streamPair(t, cli, srv)
+	if err := cs.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(ss); err != nil { // the client's FIN
+		t.Fatal(err)
+	}
+	time.Sleep(4 * closedStreamTimeout) // silence, longer than any bound here
+	if _, err := ss.Write([]byte("late answer")); err != nil {
+		t.Fatalf("server write after a silence: %v", err)
+	}
+	ss.Close()
+	cs.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(cs); err != nil || string(b) != "late answer" {
+		t.Errorf("half-closed client read %q, %v; want the late answer and EOF", b, err)
+	}
+
+	cs, ss = streamPair(t, cli, srv)
+	start := time.Now()
+	cs.Close() // the server never closes its side
+	ss.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	var err error
+	for err == nil && time.Since(start) < 5*time.Second {
+		_, err = ss.Write([]byte("x")) // discarded at the client
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !errors.Is(err, ErrStreamReset) {
+		t.Errorf("server write to a stream the client closed: %v after %v, want ErrStreamReset after about %v", err, time.Since(start), closedStreamTimeout)
+	}
+	if cli.IsClosed() || srv.IsClosed() {
+		t.Error("a stream's reset closed its session")
+	}
+}

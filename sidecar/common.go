@@ -202,6 +202,11 @@ func (c *Common) pskConfig() *psk.Config {
 		KeepAliveInterval: c.KeepAlive,
 		IdleTimeout:       c.SessionIdle,
 		StreamWindow:      uint32(c.StreamWindow),
+		// A proxied connection half-closed at one end lives as long as a
+		// fully open one (TCP's semantics: a backend may answer a
+		// half-closed request after a long silence); --idle-timeout, if
+		// set, bounds both alike, and keepalives end a lost peer's.
+		StreamCloseTimeout: -1,
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/milagro-sc/milagro/psk"
 )
 
 // parseServer does what `milagro server` does: defaults, then the YAML file
@@ -66,6 +68,14 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if c.Listen != "127.0.0.1:9000" || c.MaxStreams != 256 || c.Grace != 300*time.Second {
 		t.Errorf("client defaults: %+v", c)
+	}
+	// A half-closed connection is not cut by psk's stream close timeout
+	// (5 minutes of silence by default), only by --idle-timeout as an
+	// open one is; psk.TestNoCloseTimeout shows what negative means.
+	for _, pc := range []*psk.Config{s.pskConfig(), c.pskConfig()} {
+		if pc.StreamCloseTimeout >= 0 {
+			t.Errorf("psk StreamCloseTimeout %v, want negative (none)", pc.StreamCloseTimeout)
+		}
 	}
 }
 
