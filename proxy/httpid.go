@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -28,9 +29,11 @@ type HTTPConfig struct {
 	// ReadHeaderTimeout bounds reading a request's header; IdleTimeout
 	// closes a connection with no request for that long (0: none).
 	ReadHeaderTimeout, IdleTimeout time.Duration
-	// OnBackendError, if set, is told why a request got 502 Bad Gateway:
-	// the backend failed it. A request its client abandoned (the
-	// connection closed, or the body broke off) is not the backend's
+	// OnBackendError, if set, is told why a request got 502 Bad Gateway
+	// (or 504): the backend failed it; or, with an error wrapping
+	// ErrAnswerCut, why an answer already under way broke off (the
+	// client reads a truncated answer). A request its client abandoned
+	// (the connection closed, or the body broke off) is not the backend's
 	// failure and is not reported.
 	OnBackendError func(error)
 	// Count, if set, is called as bytes move on the served connections:
@@ -49,6 +52,27 @@ type HTTPConfig struct {
 	Retiring func(net.Conn) bool
 }
 
+// ErrAnswerCut: reading a backend's answer failed after its header had
+// been passed on: the client got a truncated answer.
+var ErrAnswerCut = errors.New("backend answer cut short")
+
+// backendBody reports the first error reading a backend's answer body
+// that is not the client's doing (its request's context still live).
+type backendBody struct {
+	io.ReadCloser
+	ctx    context.Context
+	once   sync.Once
+	report func(error)
+}
+
+func (b *backendBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.ctx.Err() == nil {
+		b.once.Do(func() { b.report(fmt.Errorf("%w: %w", ErrAnswerCut, err)) })
+	}
+	return n, err
+}
+
 // clientBodyError is an error reading a request's body from the client:
 // the client broke off an upload (or sent a malformed chunked body). The
 // backend request fails with it, but the backend did nothing wrong.
@@ -62,13 +86,27 @@ func (e *clientBodyError) Unwrap() error { return e.err }
 // clientBody tags the errors of a request body read from the client, and
 // remembers one: the client's EOF also cancels the request, so the error
 // the backend request ends with may be that cancellation instead.
+//
+// Its EOF is sticky. net/http's server closes a request's body when the
+// answer's header is written, and the transport, having sent the whole
+// body, may read it once more to see its end only after that (its write
+// loop and the answer race): that read would fail ("invalid Read on closed
+// Body"), and the transport would close the backend connection under the
+// answer being copied, cutting it short (golang/go#40747).
 type clientBody struct {
 	io.ReadCloser
 	failed atomic.Bool
+	eof    atomic.Bool
 }
 
 func (b *clientBody) Read(p []byte) (int, error) {
+	if b.eof.Load() {
+		return 0, io.EOF
+	}
 	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.eof.Store(true)
+	}
 	if err != nil && err != io.EOF {
 		b.failed.Store(true)
 		err = &clientBodyError{err}
@@ -144,8 +182,19 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 		// After the hop-by-hop headers are removed and any 1xx answer's
 		// headers cleared; not on a 101, whose connection is handed over.
 		ModifyResponse: func(res *http.Response) error {
-			if res.StatusCode != http.StatusSwitchingProtocols && retiring(res.Request) {
+			if res.StatusCode == http.StatusSwitchingProtocols {
+				return nil // its Body is the connection, handed over as it is
+			}
+			if retiring(res.Request) {
 				res.Header.Set("Connection", "close")
+			}
+			if ic, ok := res.Request.Context().Value(identityKey{}).(*identityConn); ok && res.Body != nil && res.Body != http.NoBody {
+				res.Body = &backendBody{ReadCloser: res.Body, ctx: res.Request.Context(), report: func(err error) {
+					ic.fail(err)
+					if cfg.OnBackendError != nil {
+						cfg.OnBackendError(err)
+					}
+				}}
 			}
 			return nil
 		},
@@ -254,21 +303,25 @@ func (p *HTTPIdentityProxy) Run(ctx context.Context) {
 
 // Serve hands conn, whose peer is identity, to the proxy and returns once
 // the proxy is done with it (conn is closed), with the bytes read from and
-// written to it. If ctx ends or the proxy stops before taking conn, conn
-// is closed and nothing was served.
-func (p *HTTPIdentityProxy) Serve(ctx context.Context, conn net.Conn, identity string) (read, written int64) {
+// written to it, and the first answer on it that the backend cut short
+// (ErrAnswerCut), if any. If ctx ends or the proxy stops before taking
+// conn, conn is closed and nothing was served.
+func (p *HTTPIdentityProxy) Serve(ctx context.Context, conn net.Conn, identity string) (read, written int64, err error) {
 	ic := &identityConn{Conn: conn, identity: identity, count: p.count, done: make(chan struct{})}
 	select {
 	case p.conns <- ic:
 	case <-ctx.Done():
 		conn.Close()
-		return 0, 0
+		return 0, 0, nil
 	case <-p.stop:
 		conn.Close()
-		return 0, 0
+		return 0, 0, nil
 	}
 	<-ic.done
-	return ic.read.Load(), ic.written.Load()
+	if e := ic.err.Load(); e != nil {
+		err = *e
+	}
+	return ic.read.Load(), ic.written.Load(), err
 }
 
 // identityConn is a served connection: its peer's identity, byte counts,
@@ -278,9 +331,12 @@ type identityConn struct {
 	identity      string
 	count         func(up bool, n int) // nil: not counted as the bytes move
 	read, written atomic.Int64
+	err           atomic.Pointer[error] // the first answer cut short
 	once          sync.Once
 	done          chan struct{}
 }
+
+func (c *identityConn) fail(err error) { c.err.CompareAndSwap(nil, &err) }
 
 func (c *identityConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)

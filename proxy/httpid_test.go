@@ -10,6 +10,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,7 +53,10 @@ func startHTTPProxy(t *testing.T, target string, onErr func(error), mod ...func(
 	return p, cancel, stopped
 }
 
-type served struct{ read, written int64 }
+type served struct {
+	read, written int64
+	err           error
+}
 
 // serveOne hands the server end of a new TCP pair to p as identity and
 // returns the client end and what Serve reports once done.
@@ -61,8 +65,8 @@ func serveOne(t *testing.T, p *HTTPIdentityProxy, identity string) (net.Conn, <-
 	c, s := tcpPair(t)
 	out := make(chan served, 1)
 	go func() {
-		r, w := p.Serve(context.Background(), s, identity)
-		out <- served{r, w}
+		r, w, err := p.Serve(context.Background(), s, identity)
+		out <- served{r, w, err}
 	}()
 	return c, out
 }
@@ -169,7 +173,7 @@ func TestHTTPIdentityProxyStop(t *testing.T) {
 		t.Fatal("Serve did not return after Run stopped")
 	}
 	c2, s2 := tcpPair(t)
-	if r, w := p.Serve(context.Background(), s2, "id"); r != 0 || w != 0 {
+	if r, w, _ := p.Serve(context.Background(), s2, "id"); r != 0 || w != 0 {
 		t.Errorf("Serve after stop: %d/%d bytes", r, w)
 	}
 	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -663,5 +667,95 @@ func TestHTTPIdentityProxyCloseIdle(t *testing.T) {
 	buf := make([]byte, len("still here"))
 	if _, err := io.ReadFull(wsR, buf); err != nil || string(buf) != "still here" {
 		t.Errorf("WebSocket at CloseIdle: %q, %v; want its echo", buf, err)
+	}
+}
+
+// TestClientBodyEOFSticky: a request body read to its end reads io.EOF
+// again after net/http's server has closed it (when the answer's header
+// is written), as the transport's last look at the body may come then;
+// an error there made the transport close the backend connection and cut
+// the answer short, about one keep-alive POST in 300 under load.
+func TestClientBodyEOFSticky(t *testing.T) {
+	got := make(chan error, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b := &clientBody{ReadCloser: r.Body}
+		if _, err := io.ReadAll(b); err != nil {
+			got <- err
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+		http.NewResponseController(w).Flush() // the server closes r.Body here
+		_, err := b.Read(make([]byte, 1))
+		got <- err
+	}))
+	defer srv.Close()
+	resp, err := http.Post(srv.URL, "text/plain", strings.NewReader("the whole body"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if err := <-got; err != io.EOF {
+		t.Errorf("read after the answer began: %v, want io.EOF", err)
+	}
+}
+
+// TestHTTPIdentityProxyAnswerCut: a backend that breaks off an answer
+// under way (it dies mid-body) is reported, as ErrAnswerCut, to
+// OnBackendError and by Serve for the stream's line; the client reads a
+// truncated answer, never a complete-looking one. An answer read whole
+// reports nothing.
+func TestHTTPIdentityProxyAnswerCut(t *testing.T) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/whole" {
+			io.WriteString(w, "whole")
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly ten b")
+		brw.Flush()
+		c.Close()
+	}))
+	errs := make(chan error, 4)
+	p, _, _ := startHTTPProxy(t, backend, func(err error) { errs <- err })
+	for _, tc := range []struct {
+		path string
+		cut  bool
+	}{{"/whole", false}, {"/cut", true}} {
+		c, res := serveOne(t, p, "id")
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "GET "+tc.path+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		// Cut: the header may not have left the proxy's buffer when the
+		// connection is closed under it.
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		var b []byte
+		if err == nil {
+			b, err = io.ReadAll(resp.Body)
+		}
+		if tc.cut != (err != nil) {
+			t.Errorf("%s: read %q, %v", tc.path, b, err)
+		}
+		c.Close()
+		got := <-res
+		if tc.cut != errors.Is(got.err, ErrAnswerCut) {
+			t.Errorf("%s: Serve reported %v", tc.path, got.err)
+		}
+		if tc.cut {
+			select {
+			case err := <-errs:
+				if !errors.Is(err, ErrAnswerCut) {
+					t.Errorf("OnBackendError(%v), want ErrAnswerCut", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Error("OnBackendError was not called")
+			}
+		}
+	}
+	select {
+	case err := <-errs:
+		t.Errorf("another OnBackendError: %v", err)
+	default:
 	}
 }

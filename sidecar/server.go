@@ -200,6 +200,12 @@ func (s *Server) Run(ctx context.Context, hup <-chan os.Signal) error {
 			},
 			OnBackendError: func(err error) {
 				s.m.BackendErrors.Inc()
+				if errors.Is(err, proxy.ErrAnswerCut) {
+					// Reachable, but it broke off an answer; the stream's
+					// line names the client.
+					s.log.Warn().Err(err).Str("target", s.cfg.Target).Msg("backend answer cut short")
+					return
+				}
 				s.noteBackend(s.cfg.Target, err)
 				s.log.Warn().Err(err).Str("target", s.cfg.Target).Msg("backend unreachable")
 			},
@@ -769,8 +775,8 @@ func (s *Server) serveHTTPStream(ctx context.Context, in *psk.IncomingStream, lo
 		return
 	}
 	start := time.Now()
-	up, down := s.httpProxy.Serve(ctx, st, st.Session().PeerID())
-	s.m.streamClosed(log, start, proxy.Stats{AToB: up, BToA: down}, s.t.endErr(nil), true).Uint32("stream", st.StreamID()).Str("target", target).Bool("http", true).Msg("stream closed")
+	up, down, err := s.httpProxy.Serve(ctx, st, st.Session().PeerID())
+	s.m.streamClosed(log, start, proxy.Stats{AToB: up, BToA: down}, s.t.endErr(err), true).Uint32("stream", st.StreamID()).Str("target", target).Bool("http", true).Msg("stream closed")
 	done(up, down)
 }
 
