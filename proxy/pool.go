@@ -37,9 +37,16 @@ type PoolOptions struct {
 	// (behind a load balancer, a replica that has just stopped
 	// listening), not a refusal. Once only, so that an app connection
 	// to an upstream that is down still fails within a backoff. nil:
-	// such an Open fails with the dial's error.
+	// such an Open fails with the dial's error. After such a failure the
+	// backoff grows to RetryDialMaxBackoff at most, not MaxBackoff: a
+	// restarting upstream is dialled again within about a second of its
+	// return, and a dial that finds nobody listening costs it nothing.
 	RetryDial func(err error) bool
 }
+
+// RetryDialMaxBackoff bounds the backoff after a dial that
+// PoolOptions.RetryDial says the next dial may not meet.
+const RetryDialMaxBackoff = time.Second
 
 // ErrUpstreamDown is wrapped by Open while the pool backs off after failed
 // session dials. A SessionDialer may wrap it too, in an error that says
@@ -349,8 +356,12 @@ func (p *Pool) session(ctx context.Context) (*psk.Session, bool, error) {
 			p.failures++
 			b := p.opt.MinBackoff << min(p.failures-1, 20)
 			b = min(b, p.opt.MaxBackoff)
+			retry := p.opt.RetryDial != nil && p.opt.RetryDial(err)
+			if retry {
+				b = min(b, max(RetryDialMaxBackoff, p.opt.MinBackoff))
+			}
 			p.retryAt = time.Now().Add(b/2 + rand.N(b/2+1))
-			if !retried && p.opt.RetryDial != nil && p.opt.RetryDial(err) && !p.closed {
+			if !retried && retry && !p.closed {
 				if dl, ok := ctx.Deadline(); ok && dl.Sub(p.retryAt) > time.Second {
 					retried = true
 					p.mu.Unlock()

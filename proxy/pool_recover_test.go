@@ -202,6 +202,31 @@ func TestPoolRetryDial(t *testing.T) {
 		t.Errorf("Open during the backoff to an upstream that stays down: %v after %v and %d dials in all, want ErrUpstreamDown after one more dial", err, time.Since(start), down.Stats().Dials)
 	}
 
+	// However many dials have failed with nobody listening, the next is
+	// at most RetryDialMaxBackoff away (a restart is noticed within about
+	// a second); a failure RetryDial refuses backs off to MaxBackoff.
+	for _, tc := range []struct {
+		retry bool
+		most  time.Duration
+	}{{true, RetryDialMaxBackoff}, {false, 5 * time.Second}} {
+		o := opt
+		o.MaxBackoff, o.RetryDial = 5*time.Second, func(error) bool { return tc.retry }
+		q := newTestPool(t, closedAddr(t), o)
+		var longest time.Duration
+		for range 8 {
+			q.mu.Lock()
+			q.retryAt = time.Time{} // dial now: the backoff is what is measured
+			q.mu.Unlock()
+			sctx, scancel := context.WithTimeout(ctx, 50*time.Millisecond) // too close a deadline to wait: one dial
+			q.Open(sctx, "")
+			scancel()
+			longest = max(longest, time.Until(q.Stats().RetryAt))
+		}
+		if longest > tc.most || longest < tc.most/4 {
+			t.Errorf("RetryDial %v: longest backoff after 8 failed dials %v, want up to %v", tc.retry, longest, tc.most)
+		}
+	}
+
 	never := newTestPool(t, closedAddr(t), PoolOptions{MinBackoff: 2 * time.Second, RetryDial: func(error) bool { return false }})
 	start = time.Now()
 	if _, err := never.Open(ctx, ""); err == nil || time.Since(start) > time.Second {
