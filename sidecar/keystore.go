@@ -55,6 +55,10 @@ type ReloadStatus struct {
 	At     time.Time
 	Err    error
 	Source string
+	// Failed is, after a failed reload, the generation the key
+	// directory's ..data link names (the one that failed to load), if it
+	// is not the one in force.
+	Failed string
 }
 
 // Keystore loads the key directory, validates every new generation in full
@@ -176,12 +180,19 @@ func (k *Keystore) Reload(source string) (bool, error) {
 		err = fmt.Errorf("generation %s expired at %s; the keys in force are valid until %s", keys.Generation,
 			keys.ExpiresAt.UTC().Format(time.RFC3339), old.ExpiresAt.UTC().Format(time.RFC3339))
 	}
-	k.last.Store(&ReloadStatus{At: time.Now(), Err: err, Source: source})
+	st := &ReloadStatus{At: time.Now(), Err: err, Source: source}
+	if err != nil {
+		if gen, _ := os.Readlink(filepath.Join(k.dir, keydir.DataLink)); gen != old.Generation {
+			st.Failed = gen
+		}
+	}
+	k.last.Store(st)
 	if err != nil {
 		if k.onReload != nil {
 			k.onReload(source, old, err)
 		}
-		k.log.Error().Err(err).Str("source", source).Str("generation", old.Generation).Msg("key reload failed; keeping the current keys")
+		k.log.Error().Err(err).Str("source", source).Str("generation", old.Generation).Str("failed_generation", st.Failed).
+			Msg("key reload failed; keeping the current keys")
 		return false, err
 	}
 	changed := keys.Generation != old.Generation

@@ -194,7 +194,7 @@ func TestKeystoreReload(t *testing.T) {
 	}
 
 	// A broken generation leaves the current keys serving and is reported.
-	writeKeys(t, dir, tamper(t, f.files(t, fxClientID, clientKinds)))
+	bad := writeKeys(t, dir, tamper(t, f.files(t, fxClientID, clientKinds)))
 	changed, err := ks.Reload("test")
 	if err == nil || changed || !errors.Is(err, keydir.ErrSignature) {
 		t.Fatalf("Reload of a tampered set: %v, %v; want ErrSignature", changed, err)
@@ -202,8 +202,8 @@ func TestKeystoreReload(t *testing.T) {
 	if ks.Current() != second {
 		t.Fatal("a broken set replaced the keys")
 	}
-	if lr := ks.LastReload(); lr.Err == nil || lr.Source != "test" || time.Since(lr.At) > time.Minute {
-		t.Errorf("LastReload %+v", lr)
+	if lr := ks.LastReload(); lr.Err == nil || lr.Source != "test" || time.Since(lr.At) > time.Minute || lr.Failed != bad {
+		t.Errorf("LastReload %+v, want the error and the generation that failed, %s", lr, bad)
 	}
 
 	// A set for another identity is refused: a sidecar does not change
@@ -227,7 +227,7 @@ func TestKeystoreReload(t *testing.T) {
 
 	// Recovery: the next good set is taken, and the error cleared.
 	gen5 := writeKeys(t, dir, f.files(t, fxClientID, clientKinds))
-	if changed, err := ks.Reload("test"); err != nil || !changed || ks.Current().Generation != gen5 || ks.LastReload().Err != nil {
+	if changed, err := ks.Reload("test"); err != nil || !changed || ks.Current().Generation != gen5 || ks.LastReload().Err != nil || ks.LastReload().Failed != "" {
 		t.Fatalf("recovery: %v, %v, generation %s", changed, err, ks.Current().Generation)
 	}
 	mu.Lock()

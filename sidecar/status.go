@@ -45,7 +45,8 @@ type KeysStatus struct {
 	LastReload   time.Time `json:"last_reload"`
 	LastSource   string    `json:"last_reload_source"`
 	LastError    string    `json:"last_reload_error,omitempty"`
-	Watching     bool      `json:"watching"` // an inotify watch on the folder (false: the 5 s poll finds changes)
+	LastFailed   string    `json:"last_reload_failed_generation,omitempty"` // the generation that failed to load
+	Watching     bool      `json:"watching"`                                // an inotify watch on the folder (false: the 5 s poll finds changes)
 }
 
 // Reachable is what the last dial of a backend found: a stream's own, or
@@ -83,7 +84,7 @@ func keysStatus(ks *Keystore) KeysStatus {
 		s.PermitEpochs = append(s.PermitEpochs, p.Epoch)
 	}
 	if lr.Err != nil {
-		s.LastError = lr.Err.Error()
+		s.LastError, s.LastFailed = lr.Err.Error(), lr.Failed
 	}
 	return s
 }
