@@ -117,6 +117,7 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 		factor = f
 	}
 	m := NewMetrics("client")
+	m.quietConns = cfg.quiet("conns")
 	ks, err := OpenKeystore(KeystoreOptions{Dir: cfg.Keys, Role: RoleClient, Factor: factor, Log: log, OnReload: reloadCounter(m)})
 	if err != nil {
 		return nil, err

@@ -82,8 +82,8 @@ func (c *Common) validate() error {
 		return errors.New("--keys is required")
 	}
 	for _, q := range c.Quiet {
-		if q != "handshake-errs" {
-			return fmt.Errorf("--quiet %q: the only class is handshake-errs", q)
+		if q != "handshake-errs" && q != "conns" {
+			return fmt.Errorf("--quiet %q: the classes are handshake-errs and conns", q)
 		}
 	}
 	if c.MaxConns <= 0 {

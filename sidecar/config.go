@@ -186,7 +186,7 @@ func (c *Common) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.EnableShutdown, "enable-shutdown", c.EnableShutdown, "also serve POST /_shutdown on the --status address, to loopback callers only: a graceful shutdown, as on SIGTERM (for Kubernetes Jobs, whose sidecar must end with the job)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or console")
-	fs.Var(&stringList{p: (*[]string)(&c.Quiet)}, "quiet", "silence a class of log lines (handshake-errs); repeatable")
+	fs.Var(&stringList{p: (*[]string)(&c.Quiet)}, "quiet", "silence a class of log lines: handshake-errs (failed handshakes), conns (the line of each connection that ends cleanly); repeatable")
 	fs.DurationVar(&c.TimedReload, "timed-reload", c.TimedReload, "also reload keys at this interval (0: only on change and SIGHUP)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "on SIGTERM, how long to wait for connections to drain")
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "maximum concurrent connections: the client's application connections; the server's secure sessions and, as many again, its proxied (backend) connections")

@@ -13,6 +13,8 @@ import (
 
 // Metrics are the Prometheus series of one sidecar.
 type Metrics struct {
+	quietConns bool // --quiet conns: a clean stream's line at debug level
+
 	Registry          *prometheus.Registry
 	Accepts           prometheus.Counter
 	OverLimit         prometheus.Counter
@@ -118,6 +120,8 @@ func (m *Metrics) streamClosed(log zerolog.Logger, start time.Time, st proxy.Sta
 	}
 	result, ev := "ok", log.Info()
 	switch {
+	case err == nil && m.quietConns:
+		ev = log.Debug() // --quiet conns
 	case errors.Is(err, proxy.ErrIdleTimeout):
 		result, ev = "idle_timeout", log.Info().Err(err)
 	case err != nil:

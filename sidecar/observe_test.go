@@ -3,6 +3,7 @@ package sidecar
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -285,5 +286,34 @@ func TestMaxConnsPerClient(t *testing.T) {
 	waitFor(t, 5*time.Second, "a freed slot", func() bool { return pingEcho(p.dialApp(t)) == nil })
 	if err := pingEcho(held[1]); err != nil {
 		t.Errorf("the other held connection: %v", err)
+	}
+}
+
+// TestQuietConns: --quiet conns moves the line of each stream that ends
+// cleanly to debug level (ghostunnel's --quiet=conns), on both sides; a
+// stream that ends otherwise (here the server's idle timeout) is still
+// logged at info.
+func TestQuietConns(t *testing.T) {
+	backend := echoBackend(t, 0)
+	p := startPair(t, backend, func(s *ServerConfig, c *ClientConfig) {
+		s.Quiet, c.Quiet = List{"conns"}, List{"conns"}
+		s.IdleTimeout = 300 * time.Millisecond
+	})
+	if err := echoOnce(p.clientListen, []byte("quiet")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the client's stream line", func() bool { return len(logLines(t, p.cLog, "stream closed")) == 1 })
+	if l := logLines(t, p.cLog, "stream closed")[0]; l["level"] != "debug" {
+		t.Errorf("client: clean stream's line %v, want level debug", l)
+	}
+	held := p.holdApps(t, 1)[0] // cut by the server's idle timeout: an error there
+	defer held.Close()
+	waitFor(t, 5*time.Second, "the server's two stream lines", func() bool { return len(logLines(t, p.sLog, "stream closed")) == 2 })
+	levels := map[string]int{}
+	for _, l := range logLines(t, p.sLog, "stream closed") {
+		levels[fmt.Sprint(l["level"])]++
+	}
+	if levels["debug"] != 1 || levels["info"] != 1 {
+		t.Errorf("server: stream lines by level %v, want the clean one at debug, the idle-timed-out one at info", levels)
 	}
 }

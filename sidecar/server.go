@@ -121,6 +121,7 @@ func NewServer(cfg *ServerConfig, log zerolog.Logger) (*Server, error) {
 		routeACL[name] = &AllowList{Patterns: pats}
 	}
 	m := NewMetrics("server")
+	m.quietConns = cfg.quiet("conns")
 	ks, err := OpenKeystore(KeystoreOptions{Dir: cfg.Keys, Role: RoleServer, Log: log, OnReload: reloadCounter(m)})
 	if err != nil {
 		return nil, err
