@@ -126,8 +126,25 @@ type HTTPIdentityProxy struct {
 	count func(up bool, n int)
 	once  sync.Once
 
-	mu   sync.Mutex
-	idle map[*identityConn]struct{} // served connections between requests
+	mu       sync.Mutex
+	idle     map[*identityConn]struct{} // served connections between requests
+	retiring func(net.Conn) bool        // HTTPConfig.Retiring
+}
+
+// retiredLinger is how long the app may keep a retired idle connection
+// open after it has been closed here (see closeRetired).
+const retiredLinger = 2 * time.Second
+
+// closeRetired closes a served connection that carries no request, on a
+// carrier going away. Over a secure stream the app's end is reset if the
+// app has not closed it within retiredLinger: an HTTP client pool that
+// notices a closed connection only at its next use would otherwise hold
+// the stream, and the old session, until then.
+func closeRetired(ic *identityConn) {
+	if c, ok := ic.Conn.(interface{ CloseOrReset(time.Duration) error }); ok {
+		_ = c.CloseOrReset(retiredLinger)
+	}
+	ic.Close()
 }
 
 type identityKey struct{}
@@ -142,7 +159,7 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 	if network == "unix" {
 		u.Host = "backend"
 	}
-	p := &HTTPIdentityProxy{conns: make(chan net.Conn), stop: make(chan struct{}), count: cfg.Count, idle: make(map[*identityConn]struct{})}
+	p := &HTTPIdentityProxy{conns: make(chan net.Conn), stop: make(chan struct{}), count: cfg.Count, idle: make(map[*identityConn]struct{}), retiring: cfg.Retiring}
 	p.tr = &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			d := net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: cfg.KeepAlive}
@@ -388,10 +405,16 @@ func (l *chanListener) Close() error   { return nil }
 func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }
 
 // trackIdle keeps the set of served connections waiting for their next
-// request (net/http's StateIdle), for CloseIdle.
+// request (net/http's StateIdle), for CloseIdle; and closes one that
+// turns idle on a carrier going away (its answer's header went out before
+// the carrier began to go away, without Connection: close).
 func (p *HTTPIdentityProxy) trackIdle(c net.Conn, st http.ConnState) {
 	ic, ok := c.(*identityConn)
 	if !ok {
+		return
+	}
+	if st == http.StateIdle && p.retiring != nil && p.retiring(ic.Conn) {
+		closeRetired(ic)
 		return
 	}
 	p.mu.Lock()
@@ -407,9 +430,10 @@ func (p *HTTPIdentityProxy) trackIdle(c net.Conn, st http.ConnState) {
 // their next request and whose underlying connection (the one handed to
 // Serve) match reports true, and returns how many. For a carrier going
 // away (a secure session past its age): the connections busy on it say
-// Connection: close with their answers (HTTPConfig.Retiring), the idle
-// ones would otherwise hold it until their client closes them or
-// IdleTimeout. As with any server's idle timeout, a request already on
+// Connection: close with their answers (HTTPConfig.Retiring), or are
+// closed when they turn idle, the idle ones would otherwise hold it until
+// their client closes them or IdleTimeout. A psk stream's app end is
+// reset if the app has not closed it within a few seconds. As with any server's idle timeout, a request already on
 // its way meets a closed connection, which an HTTP client retries when the
 // request is idempotent (net/http.Server.Shutdown closes idle connections
 // the same way).
@@ -424,7 +448,7 @@ func (p *HTTPIdentityProxy) CloseIdle(match func(net.Conn) bool) int {
 	}
 	p.mu.Unlock()
 	for _, ic := range closing {
-		ic.Close()
+		closeRetired(ic)
 	}
 	return len(closing)
 }

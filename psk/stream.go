@@ -438,6 +438,17 @@ func (st *Stream) discard() {
 	}
 }
 
+// CloseOrReset closes the stream as Close does, and resets it if the peer
+// has not closed its side within d: for a stream that carries nothing the
+// peer needs (an idle keep-alive connection closed by this side), whose
+// peer may hold its end open until its next use, holding this side's
+// session (and the stream) meanwhile.
+func (st *Stream) CloseOrReset(d time.Duration) error {
+	err := st.Close()
+	st.resetUnlessPeerCloses(d)
+	return err
+}
+
 // closedStreamTimeout is ClosedStreamTimeout, shortened by tests.
 var closedStreamTimeout = ClosedStreamTimeout
 
@@ -457,7 +468,9 @@ func (st *Stream) resetUnlessPeerCloses(d time.Duration) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.resetT != nil {
-		if due.Before(st.resetDue) {
+		// Stop fails once the timer has fired or the stream has gone
+		// (whenGone stopped it): nothing is left to re-arm.
+		if due.Before(st.resetDue) && st.resetT.Stop() {
 			st.resetT.Reset(d)
 			st.resetDue = due
 		}

@@ -1,6 +1,7 @@
 package psk
 
 import (
+	"context"
 	"errors"
 	"io"
 	"testing"
@@ -137,5 +138,41 @@ func TestNoCloseTimeout(t *testing.T) {
 	}
 	if cli.IsClosed() || srv.IsClosed() {
 		t.Error("a stream's reset closed its session")
+	}
+}
+
+// TestResetTimerNotRearmedWhenGone: Reject on a stream whose client has
+// already closed it (its Open gave up) finds the stream gone after the
+// Close: the reset timer stays stopped, not armed again for OpenTimeout
+// (it would hold the stream in memory that long for nothing).
+func TestResetTimerNotRearmedWhenGone(t *testing.T) {
+	cfg := &Config{StreamCloseTimeout: -1}
+	cli, srv := sessionPair(t, cfg, cfg)
+	inc := make(chan *IncomingStream, 1)
+	go func() {
+		if in, err := srv.Accept(context.Background()); err == nil {
+			inc <- in
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := cli.Open(ctx, ""); err == nil {
+		t.Fatal("Open succeeded without an answer")
+	}
+	in := <-inc
+	waitFor(t, "the client's FIN", func() bool {
+		srv.tab.mu.Lock()
+		defer srv.tab.mu.Unlock()
+		return in.st.tr.finIn
+	})
+	_ = in.Reject(StatusRefused)
+	if srv.NumStreams() != 0 {
+		t.Fatalf("%d server streams after Reject of a stream the client closed", srv.NumStreams())
+	}
+	in.st.mu.Lock()
+	armed := in.st.resetT != nil && in.st.resetT.Stop()
+	in.st.mu.Unlock()
+	if armed {
+		t.Error("the reset timer was armed again after the stream left the table")
 	}
 }

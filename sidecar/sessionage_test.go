@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bufio"
 	"io"
 	"net"
 	"net/http"
@@ -193,5 +194,63 @@ func TestMaxSessionAgeHTTPIdleKeepAlive(t *testing.T) {
 	get()
 	if n := len(logLines(t, p.sLog, "session open")); n != 2 {
 		t.Errorf("%d sessions opened, want 2 (the next request on a new one)", n)
+	}
+}
+
+// TestMaxSessionAgeHTTPMidAnswer: a keep-alive connection whose answer
+// began before its session reached --max-session-age (so it says no
+// Connection: close) and ended after it is closed when it turns idle, so
+// the session closes then. (Found by review: the session was held until
+// the app closed the connection or --session-idle-timeout.)
+func TestMaxSessionAgeHTTPMidAnswer(t *testing.T) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "o")
+		w.(http.Flusher).Flush()
+		time.Sleep(time.Second) // past the session's age
+		io.WriteString(w, "k")
+	}))
+	p := startPair(t, backend, func(s *ServerConfig, _ *ClientConfig) { s.HTTP, s.MaxSessionAge = true, 300*time.Millisecond })
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}, Timeout: 5 * time.Second}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get("http://" + p.clientListen + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "ok" {
+		t.Fatalf("answer %q", b)
+	}
+	waitFor(t, 3*time.Second, "the aged session closed once its connection went idle", func() bool {
+		return len(logLines(t, p.sLog, "session closed")) == 1
+	})
+}
+
+// TestMaxSessionAgeHTTPAppKeepsSocket: an app that keeps its idle
+// keep-alive socket open after the server closed it (a pool that notices
+// only at its next use) has it reset after a few seconds, so the aged
+// session closes then, not after psk.ClosedStreamTimeout (5 minutes).
+func TestMaxSessionAgeHTTPAppKeepsSocket(t *testing.T) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	p := startPair(t, backend, func(s *ServerConfig, _ *ClientConfig) { s.HTTP, s.MaxSessionAge = true, 300*time.Millisecond })
+	c, err := net.Dial("tcp", p.clientListen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	// The app holds its socket, reading nothing.
+	waitFor(t, 8*time.Second, "the aged session closed with the app's socket still open", func() bool {
+		return len(logLines(t, p.sLog, "session closed")) == 1
+	})
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := br.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("the app's socket read %d bytes, %v; want its end", n, err)
 	}
 }
