@@ -186,7 +186,7 @@ func (c *Client) newUpstream(name, addr, verifyID, serverID, target string) (*up
 			return &upstream{link: l, target: target}, nil
 		}
 	}
-	if p := strings.TrimSuffix(verifyID, "**"); p != verifyID && (p == "" || strings.HasSuffix(p, "://")) {
+	if matchesAnyServer(verifyID) {
 		// As ghostunnel's --disable-authentication is explicit, say it.
 		c.log.Warn().Str("upstream", addr).Str("verify_id", verifyID).
 			Msg("verify-id accepts any server identity of the domain: every server sidecar the D-TAs issued keys to could answer for this upstream; name the one you expect")
@@ -197,6 +197,21 @@ func (c *Client) newUpstream(name, addr, verifyID, serverID, target string) (*up
 			RetryDial: retryableDial})
 	c.links = append(c.links, l)
 	return &upstream{link: l, target: target}, nil
+}
+
+// matchesAnyServer reports whether a verify-id pattern accepts every
+// identity: nothing after the scheme but * and ** segments.
+func matchesAnyServer(verifyID string) bool {
+	_, rest, ok := strings.Cut(verifyID, "://")
+	if !ok {
+		rest = verifyID
+	}
+	for seg := range strings.SplitSeq(rest, "/") {
+		if seg != "*" && seg != "**" {
+			return false
+		}
+	}
+	return strings.Contains(rest, "**")
 }
 
 // retryableDial reports whether a failed session dial is worth one more
@@ -528,12 +543,16 @@ func connectFailure(err error) (int, string) {
 	switch {
 	case errors.As(err, &r) && r.Status == psk.StatusRefused:
 		return http.StatusForbidden, "refused by the upstream\n"
+	case errors.Is(err, psk.ErrTooManyStreams):
+		return http.StatusServiceUnavailable, "this client's sessions to the upstream are full (--max-sessions × --max-streams-per-session); retry later\n"
 	case errors.As(err, &alert) && alert.Code == mpinkex.AlertOverloaded:
 		return http.StatusServiceUnavailable, "the upstream is overloaded (at its --max-handshakes); retry later\n"
-	case errors.As(err, &alert):
+	case errors.As(err, &alert) && alert.Code == mpinkex.AlertHandshakeFailure:
 		// The server refused the handshake: its --allow-id, the permit it
 		// requires, or this client's key (see withHint).
 		return http.StatusForbidden, "the upstream refused this client's handshake (its allow-list, a time permit, or this client's key): see the client's log\n"
+	case errors.As(err, &alert):
+		return http.StatusBadGateway, "the upstream does not speak this client's protocol (" + alert.Code.String() + "): see the client's log\n"
 	case errors.Is(err, mpinkex.ErrServerID), errors.Is(err, mpinkex.ErrAuth):
 		// This client refused the server: not the identity the route's
 		// verify-id expects, or no proof of it.

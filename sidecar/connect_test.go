@@ -162,6 +162,8 @@ func TestConnectFailureAnswers(t *testing.T) {
 		{&psk.StreamRefusedError{Status: psk.StatusUnreachable}, 502, "unreachable"},
 		{fmt.Errorf("handshake with x: %w", &mpinkex.AlertError{Code: mpinkex.AlertHandshakeFailure}), 403, "refused this client's handshake"},
 		{fmt.Errorf("handshake with x: %w", &mpinkex.AlertError{Code: mpinkex.AlertOverloaded}), 503, "overloaded"},
+		{fmt.Errorf("handshake with x: %w", &mpinkex.AlertError{Code: mpinkex.AlertUnsupportedVersion}), 502, "protocol"},
+		{fmt.Errorf("open: %w (2048)", psk.ErrTooManyStreams), 503, "sessions to the upstream are full"},
 		{fmt.Errorf("handshake with x: %w", mpinkex.ErrServerID), 502, "did not prove the identity"},
 		{fmt.Errorf("handshake with x: %w", mpinkex.ErrAuth), 502, "did not prove the identity"},
 		{fmt.Errorf("open: %w", context.DeadlineExceeded), 504, "timed out"},
@@ -631,7 +633,8 @@ func TestVerifyAnyServerWarns(t *testing.T) {
 	for _, tc := range []struct {
 		verify string
 		warn   bool
-	}{{"**", true}, {"spiffe://**", true}, {"spiffe://test.example/**", false}, {fxServerID, false}} {
+	}{{"**", true}, {"spiffe://**", true}, {"spiffe://*/**", true}, {"*://*/**", true},
+		{"spiffe://test.example/**", false}, {"spiffe://*/ns/pay/**", false}, {"spiffe://*", false}, {fxServerID, false}} {
 		c := DefaultClientConfig()
 		c.Keys, c.Listen, c.Target, c.VerifyID = f.clientDir(t, fxClientID), "127.0.0.1:0", "127.0.0.1:1", tc.verify
 		log, buf := bufLogs(t, "client")
