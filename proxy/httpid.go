@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -165,7 +166,9 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 			d := net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: cfg.KeepAlive}
 			return d.DialContext(ctx, network, addr)
 		},
-		MaxIdleConnsPerHost:   64,
+		// The template of each served connection's own transport
+		// (identityConn.transport), whose requests come one at a time.
+		MaxIdleConnsPerHost:   1,
 		IdleConnTimeout:       90 * time.Second,
 		ResponseHeaderTimeout: cfg.ResponseTimeout,
 		// What the app asked for, byte for byte: Go's transport would
@@ -193,9 +196,39 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 			if ic, ok := r.In.Context().Value(identityKey{}).(*identityConn); ok {
 				r.Out.Header.Set(IdentityHeader, ic.identity)
 			}
+			// ReverseProxy drops these before Rewrite: pass them as the
+			// client's app sent them, as TCP mode does (what it asserts,
+			// not authenticated: the identity header is), and add this
+			// hop to X-Forwarded-For, as a reverse proxy does.
+			for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
+				if v := r.In.Header.Values(h); len(v) > 0 {
+					r.Out.Header[h] = slices.Clone(v)
+				}
+			}
+			if ip, _, err := net.SplitHostPort(r.In.RemoteAddr); err == nil {
+				if prior := r.Out.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+					ip = strings.Join(prior, ", ") + ", " + ip
+				}
+				r.Out.Header.Set("X-Forwarded-For", ip)
+			}
+			// net/http answers 100 Continue itself when the body is read
+			// (at once): the backend's would be a second one.
+			r.Out.Header.Del("Expect")
 		},
-		Transport: p.tr,
-		ErrorLog:  cfg.ErrorLog,
+		// Each served connection has its backend connection(s) of its
+		// own, closed with it, as in TCP mode: a backend that keeps state
+		// per connection (NTLM or Negotiate logins, a session bound to
+		// the socket) never serves one client's request on another's.
+		Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			if ic, ok := r.Context().Value(identityKey{}).(*identityConn); ok {
+				return ic.transport(p.tr).RoundTrip(r)
+			}
+			return p.tr.RoundTrip(r)
+		}),
+		// Bytes go on as they come, as in TCP mode (a slow answer with a
+		// Content-Length was held until 4 KiB had arrived).
+		FlushInterval: -1,
+		ErrorLog:      cfg.ErrorLog,
 		// After the hop-by-hop headers are removed and any 1xx answer's
 		// headers cleared; not on a 101, whose connection is handed over.
 		ModifyResponse: func(res *http.Response) error {
@@ -351,9 +384,32 @@ type identityConn struct {
 	err           atomic.Pointer[error] // the first answer cut short
 	once          sync.Once
 	done          chan struct{}
+
+	trMu   sync.Mutex
+	tr     *http.Transport // its backend connections (transport)
+	closed bool
 }
 
 func (c *identityConn) fail(err error) { c.err.CompareAndSwap(nil, &err) }
+
+// transport is c's own transport to the backend, a copy of base made at
+// its first request.
+func (c *identityConn) transport(base *http.Transport) *http.Transport {
+	c.trMu.Lock()
+	defer c.trMu.Unlock()
+	if c.tr == nil {
+		c.tr = base.Clone()
+		if c.closed {
+			c.tr.CloseIdleConnections()
+		}
+	}
+	return c.tr
+}
+
+// roundTripFunc is a function as an http.RoundTripper.
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 func (c *identityConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
@@ -373,8 +429,18 @@ func (c *identityConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// Close closes the connection and its idle backend connection; one still
+// in use is closed when it turns idle (the transport's CloseIdleConnections
+// stays in force while no request comes).
 func (c *identityConn) Close() error {
 	err := c.Conn.Close()
+	c.trMu.Lock()
+	c.closed = true
+	tr := c.tr
+	c.trMu.Unlock()
+	if tr != nil {
+		tr.CloseIdleConnections()
+	}
 	c.once.Do(func() { close(c.done) })
 	return err
 }

@@ -759,3 +759,137 @@ func TestHTTPIdentityProxyAnswerCut(t *testing.T) {
 	default:
 	}
 }
+
+// TestHTTPIdentityProxyBackendConnPerConn: each served connection has
+// backend connections of its own, as in TCP mode: its keep-alive requests
+// share one, another client's (or another connection's) never do, so a
+// backend that keeps a login per connection (NTLM, Negotiate) does not
+// serve one client as another; and it is closed when its connection is.
+func TestHTTPIdentityProxyBackendConnPerConn(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	login := map[string]string{} // backend connection → who logged in on it
+	closed := map[string]bool{}
+	hs := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			defer mu.Unlock()
+			if u := r.Header.Get("Authorization"); u != "" {
+				login[r.RemoteAddr] = u
+			}
+			fmt.Fprintf(w, "%s %s", r.RemoteAddr, login[r.RemoteAddr])
+		}),
+		ConnState: func(c net.Conn, st http.ConnState) {
+			if st == http.StateClosed {
+				mu.Lock()
+				closed[c.RemoteAddr().String()] = true
+				mu.Unlock()
+			}
+		},
+	}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	p, _, _ := startHTTPProxy(t, ln.Addr().String(), nil)
+
+	get := func(c net.Conn, br *bufio.Reader, auth string) (conn, user string) {
+		t.Helper()
+		req := "GET / HTTP/1.1\r\nHost: x\r\n"
+		if auth != "" {
+			req += "Authorization: " + auth + "\r\n"
+		}
+		io.WriteString(c, req+"\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		conn, user, _ = strings.Cut(string(b), " ")
+		return conn, user
+	}
+	a, aDone := serveOne(t, p, "spiffe://t/alice")
+	a.SetDeadline(time.Now().Add(10 * time.Second))
+	ar := bufio.NewReader(a)
+	a1, _ := get(a, ar, "NTLM alice-admin")
+	a2, who := get(a, ar, "")
+	if a1 != a2 || who != "NTLM alice-admin" {
+		t.Errorf("keep-alive requests of one connection: backend connections %s, %s (login %q); want one, still logged in", a1, a2, who)
+	}
+	b, _ := serveOne(t, p, "spiffe://t/bob")
+	b.SetDeadline(time.Now().Add(10 * time.Second))
+	b1, who := get(b, bufio.NewReader(b), "")
+	if b1 == a1 || who != "" {
+		t.Errorf("another client's request went on backend connection %s (login %q); alice's is %s", b1, who, a1)
+	}
+	a.Close()
+	<-aDone
+	waitFor(t, 5*time.Second, "alice's backend connection closed with hers", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return closed[a1] && !closed[b1]
+	})
+}
+
+// TestHTTPIdentityProxyForwardedHeaders: X-Forwarded-* and Forwarded pass
+// as the client sent them (TCP mode does not touch them), with this hop
+// added to X-Forwarded-For; an Expect: 100-continue request gets one 100
+// Continue, not the proxy's and the backend's.
+func TestHTTPIdentityProxyForwardedHeaders(t *testing.T) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.ReadAll(r.Body)
+		for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded", "Expect"} {
+			fmt.Fprintf(w, "%s=%s\n", h, strings.Join(r.Header.Values(h), "|"))
+		}
+	}))
+	p, _, _ := startHTTPProxy(t, backend, nil)
+	c, _ := serveOne(t, p, "id")
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"+
+		"X-Forwarded-Host: shop.example\r\nForwarded: for=203.0.113.7;proto=https\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+	br := bufio.NewReader(c)
+	status, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(status, "HTTP/1.1 100") {
+		t.Fatalf("first line %q, %v; want 100 Continue", status, err)
+	}
+	br.ReadString('\n') // the 100's empty line
+	io.WriteString(c, "hello")
+	resp, err := http.ReadResponse(br, nil) // a second 100 would be read here
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	want := "X-Forwarded-For=203.0.113.7, 127.0.0.1\nX-Forwarded-Host=shop.example\nX-Forwarded-Proto=https\nForwarded=for=203.0.113.7;proto=https\nExpect=\n"
+	if resp.StatusCode != 200 || string(b) != want {
+		t.Errorf("HTTP %d, backend saw:\n%s\nwant:\n%s", resp.StatusCode, b, want)
+	}
+}
+
+// TestHTTPIdentityProxyFlushesAtOnce: an answer's bytes reach the client
+// as the backend sends them, Content-Length or not (ReverseProxy held a
+// sized answer until 4 KiB had come).
+func TestHTTPIdentityProxyFlushesAtOnce(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "10")
+		io.WriteString(w, "first")
+		w.(http.Flusher).Flush()
+		<-release
+		io.WriteString(w, "later")
+	}))
+	p, _, _ := startHTTPProxy(t, backend, nil)
+	c, _ := serveOne(t, p, "id")
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "first" {
+		t.Errorf("the answer's first bytes: %q, %v; want them before the rest is sent", buf, err)
+	}
+}
