@@ -51,8 +51,12 @@ func addrPort(a net.Addr) (netip.AddrPort, bool) {
 }
 
 // EncodeProxyV2 builds a PROXY v2 header for a TCP connection from src to
-// dst carrying identity. Addresses of mixed or unknown families give an
-// UNSPEC header (no addresses), still carrying the identity.
+// dst carrying identity. Addresses of mixed or unknown families (a unix
+// socket) give an UNSPEC header (no addresses), still carrying the
+// identity, with command PROXY: the protocol lets a receiver accept it
+// (nginx does) or refuse it (HAProxy 2.6 does); LOCAL instead would say
+// the connection was not relayed for anyone, and a receiver may drop its
+// TLVs.
 func EncodeProxyV2(src, dst net.Addr, identity string) ([]byte, error) {
 	if len(identity) > 0xffff-64 {
 		return nil, errors.New("proxy v2: identity too long")
@@ -83,6 +87,14 @@ func EncodeProxyV2(src, dst net.Addr, identity string) ([]byte, error) {
 	h = append(h, 0x21, fam) // version 2, command PROXY
 	h = binary.BigEndian.AppendUint16(h, uint16(len(body)))
 	return append(h, body...), nil
+}
+
+// ProxyV2Local is the PROXY v2 header of a connection the proxy makes on
+// its own account, not for a client (command LOCAL, no addresses): what a
+// health check sends a backend that expects a header on every connection,
+// as HAProxy's check-send-proxy does.
+func ProxyV2Local() []byte {
+	return append(append([]byte{}, proxyV2Sig...), 0x20, 0x00, 0x00, 0x00)
 }
 
 // MaxProxyV2Size bounds a header ReadProxyV2 accepts.

@@ -297,3 +297,12 @@ func FuzzReadProxyV2(f *testing.F) {
 		}
 	})
 }
+
+// TestProxyV2Local: the LOCAL header reads back as LOCAL, with no
+// addresses and no TLVs.
+func TestProxyV2Local(t *testing.T) {
+	h, err := ReadProxyV2(bytes.NewReader(ProxyV2Local()))
+	if err != nil || !h.Local || h.Src.IsValid() || len(h.TLVs) != 0 {
+		t.Errorf("ReadProxyV2(ProxyV2Local()) = %+v, %v", h, err)
+	}
+}

@@ -164,8 +164,9 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 // --target) uses, and joins it to the link of the same address and
 // identities, or starts one.
 func (c *Client) newUpstream(name, addr, verifyID, serverID, target string) (*upstream, error) {
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return nil, fmt.Errorf("upstream %q: want HOST:PORT", addr)
+	if _, port, err := net.SplitHostPort(addr); err != nil || !validPort(port) {
+		// unix:PATH splits too, into host "unix" and port PATH.
+		return nil, fmt.Errorf("upstream %q: want HOST:PORT, the port a number (a server sidecar is dialled over TCP)", addr)
 	}
 	if len(target) > 255 {
 		return nil, fmt.Errorf("target name of %d bytes: at most 255 (PROTOCOL.md §7)", len(target))

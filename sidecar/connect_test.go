@@ -293,6 +293,9 @@ func TestRouteConfigErrors(t *testing.T) {
 		{"named port", func(c *ClientConfig) {
 			c.Routes = map[string]Route{"db:postgres": {Upstream: "127.0.0.1:1", VerifyID: "spiffe://x"}}
 		}, "the port a number"},
+		{"unix upstream", func(c *ClientConfig) {
+			c.ForwardProxy, c.Listen, c.Target, c.VerifyID = "", "127.0.0.1:0", "unix:/tmp/srv.sock", "spiffe://x"
+		}, "dialled over TCP"},
 		{"server-id outside verify-id", func(c *ClientConfig) {
 			c.ForwardProxy, c.Listen, c.Target = "", "127.0.0.1:0", "127.0.0.1:1"
 			c.VerifyID, c.ServerID = "spiffe://x/ns/pay/*", "spiffe://x/ns/db/pg"

@@ -825,6 +825,12 @@ func (s *Server) backendStatus() []Reachable {
 			network, a, _ := proxy.ParseAddr(addr)
 			conn, err := net.DialTimeout(network, a, time.Second)
 			if err == nil {
+				if s.cfg.ProxyProtocol {
+					// A backend that expects a header on every
+					// connection logs one without it as an error.
+					_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+					_, _ = conn.Write(proxy.ProxyV2Local())
+				}
 				conn.Close()
 			}
 			s.noteBackend(addr, err)
