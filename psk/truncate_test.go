@@ -70,13 +70,7 @@ func TestCloseDuringWriteSendsCloseNotify(t *testing.T) {
 func TestCloseTimeoutResetReadsAsReset(t *testing.T) {
 	cfg := &Config{StreamCloseTimeout: 300 * time.Millisecond}
 	cli, srv := sessionPair(t, cfg, cfg)
-	cs, ss := streamPair(t, cli, srv)
-	if err := cs.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadAll(ss); err != nil { // the client's FIN
-		t.Fatal(err)
-	}
+	cs, ss := halfClosedStreams(t, cli, srv)
 	cs.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := cs.Read(make([]byte, 1)); !errors.Is(err, ErrStreamReset) {
 		t.Errorf("client read after its close timeout: %v, want ErrStreamReset", err)
@@ -107,13 +101,7 @@ func TestNoCloseTimeout(t *testing.T) {
 	cfg := &Config{StreamCloseTimeout: -1}
 	cli, srv := sessionPair(t, cfg, cfg)
 
-	cs, ss := streamPair(t, cli, srv)
-	if err := cs.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadAll(ss); err != nil { // the client's FIN
-		t.Fatal(err)
-	}
+	cs, ss := halfClosedStreams(t, cli, srv)
 	time.Sleep(4 * closedStreamTimeout) // silence, longer than any bound here
 	if _, err := ss.Write([]byte("late answer")); err != nil {
 		t.Fatalf("server write after a silence: %v", err)
@@ -175,4 +163,18 @@ func TestResetTimerNotRearmedWhenGone(t *testing.T) {
 	if armed {
 		t.Error("the reset timer was armed again after the stream left the table")
 	}
+}
+
+// halfClosedStreams opens a stream whose client end has half-closed it,
+// once the server end has read the FIN.
+func halfClosedStreams(t *testing.T, cli, srv *Session) (cs, ss *Stream) {
+	t.Helper()
+	cs, ss = streamPair(t, cli, srv)
+	if err := cs.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(ss); err != nil { // the client's FIN
+		t.Fatal(err)
+	}
+	return cs, ss
 }

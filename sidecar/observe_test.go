@@ -16,7 +16,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/milagro-sc/milagro/dta/keydir"
-	"github.com/milagro-sc/milagro/proxy"
 )
 
 // logLines returns the JSON log lines of b whose message is msg.
@@ -324,26 +323,8 @@ func TestQuietConns(t *testing.T) {
 // HAProxy's check-send-proxy does: a backend that expects a header on
 // every connection (HAProxy's accept-proxy) logged each probe as an error.
 func TestBackendProbeSendsProxyLocal(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	got := make(chan *proxy.ProxyHeader, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		h, err := proxy.ReadProxyV2(c)
-		if err != nil {
-			t.Errorf("probe's header: %v", err)
-		}
-		got <- h
-	}()
-	p := startPair(t, ln.Addr().String(), func(s *ServerConfig, _ *ClientConfig) { s.ProxyProtocol = true })
+	backend, got := proxyHeaderBackend(t)
+	p := startPair(t, backend, func(s *ServerConfig, _ *ClientConfig) { s.ProxyProtocol = true })
 	st := p.srv.status(true)
 	if len(st.Backends) != 1 || !st.Backends[0].OK {
 		t.Errorf("backends %+v, want the one, reachable", st.Backends)

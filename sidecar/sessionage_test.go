@@ -170,20 +170,7 @@ func (p *pair) restartServer(t *testing.T, addr, backend string) {
 func TestMaxSessionAgeHTTPIdleKeepAlive(t *testing.T) {
 	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	p := startPair(t, backend, func(s *ServerConfig, _ *ClientConfig) { s.HTTP, s.MaxSessionAge = true, 300*time.Millisecond })
-	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}, Timeout: 5 * time.Second}
-	defer hc.CloseIdleConnections()
-	get := func() {
-		t.Helper()
-		resp, err := hc.Get("http://" + p.clientListen + "/")
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(b) != "ok" {
-			t.Fatalf("answer %q", b)
-		}
-	}
+	get := keepAliveGetter(t, p.clientListen, "ok")
 	get() // leaves an idle keep-alive connection, on the first session
 	waitFor(t, 5*time.Second, "the session past its age closed with its idle keep-alive connection", func() bool {
 		return len(logLines(t, p.sLog, "session closed")) == 1
@@ -210,17 +197,7 @@ func TestMaxSessionAgeHTTPMidAnswer(t *testing.T) {
 		io.WriteString(w, "k")
 	}))
 	p := startPair(t, backend, func(s *ServerConfig, _ *ClientConfig) { s.HTTP, s.MaxSessionAge = true, 300*time.Millisecond })
-	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}, Timeout: 5 * time.Second}
-	defer hc.CloseIdleConnections()
-	resp, err := hc.Get("http://" + p.clientListen + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if string(b) != "ok" {
-		t.Fatalf("answer %q", b)
-	}
+	keepAliveGetter(t, p.clientListen, "ok")()
 	waitFor(t, 3*time.Second, "the aged session closed once its connection went idle", func() bool {
 		return len(logLines(t, p.sLog, "session closed")) == 1
 	})
@@ -252,5 +229,25 @@ func TestMaxSessionAgeHTTPAppKeepsSocket(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := br.Read(make([]byte, 1)); n != 0 || err == nil {
 		t.Errorf("the app's socket read %d bytes, %v; want its end", n, err)
+	}
+}
+
+// keepAliveGetter returns a function that GETs / from addr with an HTTP
+// client keeping one idle connection (closed when the test ends) and
+// checks the answer is want.
+func keepAliveGetter(t *testing.T, addr, want string) func() {
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}, Timeout: 5 * time.Second}
+	t.Cleanup(hc.CloseIdleConnections)
+	return func() {
+		t.Helper()
+		resp, err := hc.Get("http://" + addr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != want {
+			t.Fatalf("answer %q, want %q", b, want)
+		}
 	}
 }

@@ -402,29 +402,40 @@ func TestServerHTTPMode(t *testing.T) {
 	}
 }
 
-// PROXY protocol mode: the backend reads the identity TLV.
-func TestServerProxyProtocol(t *testing.T) {
+// proxyHeaderBackend accepts one connection on a loopback port until the
+// test ends, reads its PROXY v2 header (sent on got, nil if malformed)
+// and echoes what follows.
+func proxyHeaderBackend(t *testing.T) (addr string, got <-chan *proxy.ProxyHeader) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	got := make(chan *proxy.ProxyHeader, 1)
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan *proxy.ProxyHeader, 1)
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
 		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		h, err := proxy.ReadProxyV2(c)
 		if err != nil {
-			got <- nil
+			ch <- nil
 			return
 		}
-		got <- h
+		ch <- h
+		c.SetReadDeadline(time.Time{})
 		io.Copy(c, c)
 	}()
-	p := startPair(t, ln.Addr().String(), func(s *ServerConfig, _ *ClientConfig) { s.ProxyProtocol = true })
+	return ln.Addr().String(), ch
+}
+
+// PROXY protocol mode: the backend reads the identity TLV.
+func TestServerProxyProtocol(t *testing.T) {
+	backend, got := proxyHeaderBackend(t)
+	p := startPair(t, backend, func(s *ServerConfig, _ *ClientConfig) { s.ProxyProtocol = true })
 	if err := echoOnce(p.clientListen, []byte("after the header")); err != nil {
 		t.Fatal(err)
 	}
