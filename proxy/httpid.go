@@ -168,8 +168,16 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 		},
 		// The template of each served connection's own transport
 		// (identityConn.transport), whose requests come one at a time.
-		MaxIdleConnsPerHost:   1,
-		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost: 1,
+		// No idle timeout of its own: the served connection's (IdleTimeout)
+		// bounds the pair, and its Close closes the backend connection.
+		// One dropped under it would lose a per-connection login.
+		IdleConnTimeout: 0,
+		// With Expect: 100-continue the body goes to the backend, and the
+		// client gets net/http's 100 Continue, only once the backend has
+		// said 100 (or after a second, for one that ignores Expect): an
+		// early refusal (413, 401) stops the upload before it starts.
+		ExpectContinueTimeout: time.Second,
 		ResponseHeaderTimeout: cfg.ResponseTimeout,
 		// What the app asked for, byte for byte: Go's transport would
 		// otherwise ask for gzip itself and unpack the answer, dropping
@@ -199,21 +207,27 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 			// ReverseProxy drops these before Rewrite: pass them as the
 			// client's app sent them, as TCP mode does (what it asserts,
 			// not authenticated: the identity header is), and add this
-			// hop to X-Forwarded-For, as a reverse proxy does.
+			// hop to X-Forwarded-For and Forwarded, as a reverse proxy does
+			// (RFC 7239 §4).
 			for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
 				if v := r.In.Header.Values(h); len(v) > 0 {
 					r.Out.Header[h] = slices.Clone(v)
 				}
 			}
 			if ip, _, err := net.SplitHostPort(r.In.RemoteAddr); err == nil {
+				xff := ip
 				if prior := r.Out.Header.Values("X-Forwarded-For"); len(prior) > 0 {
-					ip = strings.Join(prior, ", ") + ", " + ip
+					xff = strings.Join(prior, ", ") + ", " + ip
 				}
-				r.Out.Header.Set("X-Forwarded-For", ip)
+				r.Out.Header.Set("X-Forwarded-For", xff)
+				if prior := r.Out.Header.Values("Forwarded"); len(prior) > 0 {
+					elem := "for=" + ip
+					if strings.Contains(ip, ":") {
+						elem = `for="[` + ip + `]"`
+					}
+					r.Out.Header.Set("Forwarded", strings.Join(prior, ", ")+", "+elem)
+				}
 			}
-			// net/http answers 100 Continue itself when the body is read
-			// (at once): the backend's would be a second one.
-			r.Out.Header.Del("Expect")
 		},
 		// Each served connection has its backend connection(s) of its
 		// own, closed with it, as in TCP mode: a backend that keeps state
@@ -315,7 +329,10 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 			if r.Body != nil && r.Body != http.NoBody {
 				r.Body = &clientBody{ReadCloser: r.Body}
 			}
-			rp.ServeHTTP(w, r)
+			// The backend's 100 Continue is not passed on: net/http sends
+			// the client its own when the transport reads the body, which
+			// it does after the backend's (ExpectContinueTimeout).
+			rp.ServeHTTP(no100{w}, r)
 		}),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
@@ -398,13 +415,26 @@ func (c *identityConn) transport(base *http.Transport) *http.Transport {
 	c.trMu.Lock()
 	defer c.trMu.Unlock()
 	if c.tr == nil {
+		// A request after Close (net/http's last Close after the
+		// handler closes what it leaves) is not special-cased here.
 		c.tr = base.Clone()
-		if c.closed {
-			c.tr.CloseIdleConnections()
-		}
 	}
 	return c.tr
 }
+
+// no100 drops a 100 Continue written to it (other 1xx answers, such as
+// 103 Early Hints, pass).
+type no100 struct{ http.ResponseWriter }
+
+func (w no100) WriteHeader(code int) {
+	if code != http.StatusContinue {
+		w.ResponseWriter.WriteHeader(code)
+	}
+}
+
+// Unwrap lets http.ResponseController (ReverseProxy's flushes and
+// hijacks) reach the connection's writer.
+func (w no100) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // roundTripFunc is a function as an http.RoundTripper.
 type roundTripFunc func(*http.Request) (*http.Response, error)
@@ -431,7 +461,8 @@ func (c *identityConn) Write(p []byte) (int, error) {
 
 // Close closes the connection and its idle backend connection; one still
 // in use is closed when it turns idle (the transport's CloseIdleConnections
-// stays in force while no request comes).
+// stays in force while no request comes), and net/http calls Close once
+// more after the connection's last handler, which closes any left.
 func (c *identityConn) Close() error {
 	err := c.Conn.Close()
 	c.trMu.Lock()

@@ -861,7 +861,7 @@ func TestHTTPIdentityProxyForwardedHeaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(resp.Body)
-	want := "X-Forwarded-For=203.0.113.7, 127.0.0.1\nX-Forwarded-Host=shop.example\nX-Forwarded-Proto=https\nForwarded=for=203.0.113.7;proto=https\nExpect=\n"
+	want := "X-Forwarded-For=203.0.113.7, 127.0.0.1\nX-Forwarded-Host=shop.example\nX-Forwarded-Proto=https\nForwarded=for=203.0.113.7;proto=https, for=127.0.0.1\nExpect=100-continue\n"
 	if resp.StatusCode != 200 || string(b) != want {
 		t.Errorf("HTTP %d, backend saw:\n%s\nwant:\n%s", resp.StatusCode, b, want)
 	}
@@ -891,5 +891,26 @@ func TestHTTPIdentityProxyFlushesAtOnce(t *testing.T) {
 	buf := make([]byte, 5)
 	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "first" {
 		t.Errorf("the answer's first bytes: %q, %v; want them before the rest is sent", buf, err)
+	}
+}
+
+// TestHTTPIdentityProxyExpectRefusedEarly: a backend that refuses an
+// Expect: 100-continue request on its header (a 413 after a moment's
+// thought) has its answer reach the client before any 100 Continue, so
+// the client never starts the upload (the proxy's own 100 went out at
+// once, and the client uploaded megabytes before the 413).
+func TestHTTPIdentityProxyExpectRefusedEarly(t *testing.T) {
+	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(20 * time.Millisecond)
+		w.Header().Set("Connection", "close")
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+	}))
+	p, _, _ := startHTTPProxy(t, backend, nil)
+	c, _ := serveOne(t, p, "id")
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\nExpect: 100-continue\r\n\r\n")
+	status, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || !strings.HasPrefix(status, "HTTP/1.1 413") {
+		t.Errorf("first answer %q, %v; want the backend's 413, no 100 Continue before it", status, err)
 	}
 }
