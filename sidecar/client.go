@@ -164,9 +164,9 @@ func NewClient(cfg *ClientConfig, log zerolog.Logger) (*Client, error) {
 // --target) uses, and joins it to the link of the same address and
 // identities, or starts one.
 func (c *Client) newUpstream(name, addr, verifyID, serverID, target string) (*upstream, error) {
-	if _, port, err := net.SplitHostPort(addr); err != nil || !validPort(port) {
+	if host, port, err := net.SplitHostPort(addr); err != nil || host == "unix" || !validPort(port) && !knownPort(port) {
 		// unix:PATH splits too, into host "unix" and port PATH.
-		return nil, fmt.Errorf("upstream %q: want HOST:PORT, the port a number (a server sidecar is dialled over TCP)", addr)
+		return nil, fmt.Errorf("upstream %q: want HOST:PORT, the port a number or a service name (a server sidecar is dialled over TCP)", addr)
 	}
 	if len(target) > 255 {
 		return nil, fmt.Errorf("target name of %d bytes: at most 255 (PROTOCOL.md §7)", len(target))
@@ -628,6 +628,13 @@ func (c *Client) openTransparent(ctx context.Context, conn net.Conn) *route {
 }
 
 // validPort reports whether p is a port number, 1 to 65535.
+// knownPort reports whether p is a TCP service name this host knows
+// (/etc/services), as the dialler would look it up.
+func knownPort(p string) bool {
+	_, err := net.LookupPort("tcp", p)
+	return err == nil
+}
+
 func validPort(p string) bool {
 	n, err := strconv.Atoi(p)
 	return err == nil && n > 0 && n <= 65535 && p[0] != '+'

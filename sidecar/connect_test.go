@@ -649,3 +649,13 @@ func TestVerifyAnyServerWarns(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamServiceName: an upstream's port may be a service name the
+// dialler looks up (https), as before upstreams were checked at start.
+func TestUpstreamServiceName(t *testing.T) {
+	c := DefaultClientConfig()
+	c.Keys, c.Listen, c.Target, c.VerifyID = sharedKeys(t).clientDir(t, fxClientID), "127.0.0.1:0", "127.0.0.1:https", fxServerID
+	if _, err := NewClient(c, testLog(t)); err != nil {
+		t.Errorf("upstream 127.0.0.1:https: %v", err)
+	}
+}
