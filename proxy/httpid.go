@@ -150,6 +150,13 @@ func closeRetired(ic *identityConn) {
 
 type identityKey struct{}
 
+// servedConn is the served connection a request (or its backend request,
+// whose context derives from it) came on.
+func servedConn(ctx context.Context) (*identityConn, bool) {
+	ic, ok := ctx.Value(identityKey{}).(*identityConn)
+	return ic, ok
+}
+
 // NewHTTPIdentityProxy builds the proxy; Run serves.
 func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 	network, addr, err := ParseAddr(cfg.Target)
@@ -187,7 +194,7 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 	// retiring: the answer to r says Connection: close (net/http then
 	// closes after it), checked when the answer is made.
 	retiring := func(r *http.Request) bool {
-		ic, ok := r.Context().Value(identityKey{}).(*identityConn)
+		ic, ok := servedConn(r.Context())
 		return ok && cfg.Retiring != nil && cfg.Retiring(ic.Conn)
 	}
 	rp := &httputil.ReverseProxy{
@@ -201,7 +208,7 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 					delete(r.Out.Header, k)
 				}
 			}
-			if ic, ok := r.In.Context().Value(identityKey{}).(*identityConn); ok {
+			if ic, ok := servedConn(r.In.Context()); ok {
 				r.Out.Header.Set(IdentityHeader, ic.identity)
 			}
 			// ReverseProxy drops these before Rewrite: pass them as the
@@ -234,7 +241,7 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 		// per connection (NTLM or Negotiate logins, a session bound to
 		// the socket) never serves one client's request on another's.
 		Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
-			if ic, ok := r.Context().Value(identityKey{}).(*identityConn); ok {
+			if ic, ok := servedConn(r.Context()); ok {
 				return ic.transport(p.tr).RoundTrip(r)
 			}
 			return p.tr.RoundTrip(r)
@@ -252,7 +259,7 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 			if retiring(res.Request) {
 				res.Header.Set("Connection", "close")
 			}
-			if ic, ok := res.Request.Context().Value(identityKey{}).(*identityConn); ok && res.Body != nil && res.Body != http.NoBody {
+			if ic, ok := servedConn(res.Request.Context()); ok && res.Body != nil && res.Body != http.NoBody {
 				res.Body = &backendBody{ReadCloser: res.Body, ctx: res.Request.Context(), report: func(err error) {
 					ic.fail(err)
 					if cfg.OnBackendError != nil {
@@ -303,7 +310,7 @@ func NewHTTPIdentityProxy(cfg HTTPConfig) (*HTTPIdentityProxy, error) {
 			// ReverseProxy off CloseNotify, which fires on that EOF.)
 			ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 			defer cancel()
-			if ic, ok := r.Context().Value(identityKey{}).(*identityConn); ok {
+			if ic, ok := servedConn(r.Context()); ok {
 				eof := r.Context().Done() // net/http's: EOF or a reset
 				if r.Close {
 					eof = nil
@@ -502,7 +509,7 @@ func (l *chanListener) Close() error   { return nil }
 func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }
 
 // trackIdle keeps the set of served connections waiting for their next
-// request (net/http's StateIdle), for CloseIdle; and closes one that
+// request (net/http's StateIdle), for CloseRetiredIdle; and closes one that
 // turns idle on a carrier going away (its answer's header went out before
 // the carrier began to go away, without Connection: close).
 func (p *HTTPIdentityProxy) trackIdle(c net.Conn, st http.ConnState) {
@@ -523,22 +530,25 @@ func (p *HTTPIdentityProxy) trackIdle(c net.Conn, st http.ConnState) {
 	}
 }
 
-// CloseIdle closes the served keep-alive connections that are waiting for
-// their next request and whose underlying connection (the one handed to
-// Serve) match reports true, and returns how many. For a carrier going
-// away (a secure session past its age): the connections busy on it say
-// Connection: close with their answers (HTTPConfig.Retiring), or are
-// closed when they turn idle, the idle ones would otherwise hold it until
-// their client closes them or IdleTimeout. A psk stream's app end is
-// reset if the app has not closed it within a few seconds. As with any server's idle timeout, a request already on
-// its way meets a closed connection, which an HTTP client retries when the
-// request is idempotent (net/http.Server.Shutdown closes idle connections
-// the same way).
-func (p *HTTPIdentityProxy) CloseIdle(match func(net.Conn) bool) int {
+// CloseRetiredIdle closes the served keep-alive connections that are
+// waiting for their next request on a carrier going away
+// (HTTPConfig.Retiring), and returns how many: call it when a carrier
+// begins to go away (a secure session past its age). The connections busy
+// on it say Connection: close with their answers, or are closed when they
+// turn idle (trackIdle); the idle ones would otherwise hold it until their
+// client closes them or IdleTimeout. A psk stream's app end is reset if
+// the app has not closed it within a few seconds. As with any server's
+// idle timeout, a request already on its way meets a closed connection,
+// which an HTTP client retries when the request is idempotent
+// (net/http.Server.Shutdown closes idle connections the same way).
+func (p *HTTPIdentityProxy) CloseRetiredIdle() int {
+	if p.retiring == nil {
+		return 0
+	}
 	p.mu.Lock()
 	var closing []*identityConn
 	for ic := range p.idle {
-		if match(ic.Conn) {
+		if p.retiring(ic.Conn) {
 			closing = append(closing, ic)
 			delete(p.idle, ic)
 		}

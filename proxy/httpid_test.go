@@ -577,11 +577,11 @@ func switchToWebSocket(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, bool
 	return c, brw, true
 }
 
-// TestHTTPIdentityProxyCloseIdle: CloseIdle closes the matching
-// connections that wait for their next request, and only those: not one
-// of another carrier, not one whose request is being answered (it gets its
-// answer), not one handed over to a WebSocket.
-func TestHTTPIdentityProxyCloseIdle(t *testing.T) {
+// TestHTTPIdentityProxyCloseRetiredIdle: CloseRetiredIdle closes the connections
+// on a carrier going away that wait for their next request, and only
+// those: not one of another carrier, not one whose request is being
+// answered (it gets its answer), not one handed over to a WebSocket.
+func TestHTTPIdentityProxyCloseRetiredIdle(t *testing.T) {
 	release := make(chan struct{})
 	backend := httpBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
@@ -599,11 +599,21 @@ func TestHTTPIdentityProxyCloseIdle(t *testing.T) {
 			io.WriteString(w, "plain")
 		}
 	}))
-	p, _, _ := startHTTPProxy(t, backend, nil)
-	retiring := map[net.Conn]bool{}
+	var mu sync.Mutex
+	retiring := map[net.Conn]bool{} // carriers that go away once goingAway is set
+	var goingAway atomic.Bool
+	p, _, _ := startHTTPProxy(t, backend, nil, func(c *HTTPConfig) {
+		c.Retiring = func(c net.Conn) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return goingAway.Load() && retiring[c]
+		}
+	})
 	open := func(retire bool) (net.Conn, *bufio.Reader) {
 		c, s := tcpPair(t)
+		mu.Lock()
 		retiring[s] = retire
+		mu.Unlock()
 		go p.Serve(context.Background(), s, "id")
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		return c, bufio.NewReader(c)
@@ -650,8 +660,9 @@ func TestHTTPIdentityProxyCloseIdle(t *testing.T) {
 		return len(p.idle) == 2
 	})
 
-	if n := p.CloseIdle(func(c net.Conn) bool { return retiring[c] }); n != 1 {
-		t.Errorf("CloseIdle closed %d connections, want 1", n)
+	goingAway.Store(true)
+	if n := p.CloseRetiredIdle(); n != 1 {
+		t.Errorf("CloseRetiredIdle closed %d connections, want 1", n)
 	}
 	if b, err := idleR.ReadByte(); err != io.EOF {
 		t.Errorf("idle matching connection: read %q, %v; want EOF", b, err)
@@ -661,12 +672,12 @@ func TestHTTPIdentityProxyCloseIdle(t *testing.T) {
 	}
 	close(release)
 	if b := <-slow; b != "slow" {
-		t.Errorf("connection busy at CloseIdle: %q, want its answer", b)
+		t.Errorf("connection busy at CloseRetiredIdle: %q, want its answer", b)
 	}
 	io.WriteString(wsC, "still here")
 	buf := make([]byte, len("still here"))
 	if _, err := io.ReadFull(wsR, buf); err != nil || string(buf) != "still here" {
-		t.Errorf("WebSocket at CloseIdle: %q, %v; want its echo", buf, err)
+		t.Errorf("WebSocket at CloseRetiredIdle: %q, %v; want its echo", buf, err)
 	}
 }
 

@@ -471,10 +471,7 @@ func (s *Server) ageOut(sess *psk.Session, log zerolog.Logger) {
 	if s.httpProxy != nil {
 		// The app's idle keep-alive connections on it would hold it until
 		// the app closes them; busy ones end after their answer.
-		if n := s.httpProxy.CloseIdle(func(c net.Conn) bool {
-			st, ok := c.(*psk.Stream)
-			return ok && st.Session() == sess
-		}); n > 0 {
+		if n := s.httpProxy.CloseRetiredIdle(); n > 0 {
 			log.Debug().Int("connections", n).Msg("closed idle keep-alive connections of a session going away")
 		}
 	}
